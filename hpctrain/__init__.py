@@ -1,0 +1,10 @@
+"""hpctrain: an MPI/HPC batch toolkit for training AI models on Slurm clusters.
+
+Importing this package is cheap on purpose: nothing heavy (torch, horovod, mpi4py,
+h5py, numba) is imported here, so ``import hpctrain`` works on a login node with
+none of them installed.
+"""
+
+__version__ = "0.1.0"
+
+from hpctrain.errors import HpctrainError  # noqa: E402,F401

@@ -1,0 +1,62 @@
+"""The ``hpctrain`` command line: every subcommand is a thin layer over a library call.
+
+Each subcommand lives in ``hpctrain/commands/<name>.py`` and defines ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import nothing heavy
+at module level, so ``hpctrain --help`` stays fast. To add a command, add its module
+name to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from hpctrain import __version__
+from hpctrain.errors import HpctrainError
+
+COMMANDS = [
+    "doctor",
+    "launch",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpctrain",
+        description="MPI/HPC batch toolkit for training AI models on Slurm clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"hpctrain {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        mod = importlib.import_module(f"hpctrain.commands.{name}")
+        p = sub.add_parser(name.replace("_", "-"), help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args._run(args)
+    except HpctrainError as e:
+        if args.debug or os.environ.get("HPCTRAIN_DEBUG"):
+            raise
+        print(f"hpctrain {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hpctrain {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

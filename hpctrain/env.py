@@ -1,0 +1,101 @@
+"""Where am I: rank, local rank, world size, node and job id.
+
+One table of variables, read in one place, for Slurm, OpenMPI, MPICH/Hydra/PMI and a
+plain single process. Read-only: nothing here writes ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Mapping
+
+from hpctrain.errors import HpctrainError
+
+# (launcher, rank, local rank, world size, local size) variables, in order of precedence.
+# mpirun inside a Slurm allocation sets both families; the MPI ones describe the ranks
+# that were actually started, so they win over SLURM_PROCID of the batch step.
+_TABLE = (
+    ("openmpi", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE",
+     "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("mpich", "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE", "MPI_LOCALNRANKS"),
+    ("pmix", "PMIX_RANK", None, None, None),
+    ("slurm", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", None),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    """The facts a rank needs about itself and its job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_size: int
+    node: str
+    launcher: str  # "openmpi" | "mpich" | "pmix" | "slurm" | "single"
+    job_id: str | None
+    array_task_id: str | None
+    restart_count: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int(env: Mapping[str, str], name: str | None, default: int | None) -> int | None:
+    if name is None or name not in env:
+        return default
+    raw = env[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise HpctrainError(f"environment variable {name}={raw!r} is not an integer; "
+                            "it is set by the launcher, so check how this process was started") from None
+
+
+def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
+    """Discover this process's place in the job from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    node = env.get("SLURMD_NODENAME") or socket.gethostname()
+    job_id = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
+    array_task = env.get("SLURM_ARRAY_TASK_ID")
+    restarts = _int(env, "SLURM_RESTART_COUNT", 0) or 0
+    for launcher, r, lr, ws, ls in _TABLE:
+        if r in env:
+            rank = _int(env, r, 0)
+            world = _int(env, ws, None)
+            if world is None and launcher == "pmix":
+                world = _int(env, "OMPI_COMM_WORLD_SIZE", None) or _int(env, "SLURM_NTASKS", 1)
+            local = _int(env, lr, None)
+            if local is None:
+                local = _int(env, "SLURM_LOCALID", 0)
+            local_size = _int(env, ls, None)
+            if local_size is None:
+                local_size = _slurm_tasks_on_this_node(env) or 1
+            if world is None or world < 1 or not 0 <= rank < world:
+                raise HpctrainError(
+                    f"{launcher} says rank {rank} of world size {world}; expected 0 <= rank < size. "
+                    "HINT: under Slurm use 'srun' with --ntasks (or --ntasks-per-node), not bare 'sbatch' tasks")
+            return RankInfo(rank, local, world, local_size, node, launcher, job_id, array_task, restarts)
+    return RankInfo(0, 0, 1, 1, node, "single", job_id, array_task, restarts)
+
+
+def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> int | None:
+    # SLURM_TASKS_PER_NODE looks like "2(x3),1"; the first entry is this node's in the
+    # common homogeneous case, which is all we use it for (a default local size).
+    raw = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if not raw:
+        return None
+    head = raw.split(",")[0].split("(")[0]
+    return int(head) if head.isdigit() else None
+
+
+def in_slurm_job(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return "SLURM_JOB_ID" in env

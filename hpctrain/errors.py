@@ -1,0 +1,18 @@
+"""The exception hierarchy. Every error a user can cause derives from HpctrainError,
+so the CLI can print it as one clear line instead of a traceback."""
+
+
+class HpctrainError(Exception):
+    """Base of every error hpctrain raises on purpose."""
+
+
+class ConfigError(HpctrainError):
+    """A configuration value or key is wrong."""
+
+
+class LaunchError(HpctrainError):
+    """A process could not be launched, or a launcher is missing."""
+
+
+class ClusterError(HpctrainError):
+    """Slurm is missing, unreachable or refused a request."""

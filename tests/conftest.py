@@ -1,0 +1,77 @@
+"""Shared test fixtures and the marker rules.
+
+- ``cudasim`` tests need NUMBA_ENABLE_CUDASIM=1 set before numba is imported, so they are
+  skipped unless this pytest process was started with it (scripts/test.sh does).
+- ``slurm`` tests are skipped with a reason when no controller answers.
+- ``gpu`` tests are skipped without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _slurm_up() -> str | None:
+    if not shutil.which("scontrol"):
+        return "scontrol not on PATH"
+    try:
+        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "scontrol ping timed out"
+    if p.returncode != 0 or "UP" not in p.stdout:
+        return "no Slurm controller answers; run scripts/local-cluster.sh start"
+    return None
+
+
+def _cuda_device() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    try:
+        from numba import cuda
+
+        return cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    sim = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    slurm_reason = None
+    slurm_checked = False
+    gpu = None
+    for item in items:
+        if "cudasim" in item.keywords and not sim:
+            item.add_marker(pytest.mark.skip(reason="needs NUMBA_ENABLE_CUDASIM=1 set before numba import "
+                                                    "(scripts/test.sh runs these in their own process)"))
+        if "slurm" in item.keywords:
+            if not slurm_checked:
+                slurm_reason, slurm_checked = _slurm_up(), True
+            if slurm_reason:
+                item.add_marker(pytest.mark.skip(reason=slurm_reason))
+        if "gpu" in item.keywords:
+            if gpu is None:
+                gpu = _cuda_device()
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="no CUDA device"))
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
+
+
+@pytest.fixture
+def mpi_env() -> dict:
+    """Environment for tests that start mpirun themselves."""
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_btl_vader_single_copy_mechanism="none", PYTHONUNBUFFERED="1")
+    return env

@@ -1,0 +1,81 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from hpctrain.config import apply_overrides, field_docs, from_mapping, load_yaml, to_dict
+from hpctrain.errors import ConfigError
+
+
+@dataclass(kw_only=True, slots=True)
+class Opt:
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = field(default=0.1, metadata={"help": "learning rate"})
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass(kw_only=True, slots=True)
+class Top:
+    epochs: int = 1
+    out: Path = Path("runs")
+    tags: list[str] = field(default_factory=list)
+    seed: int | None = None
+    optimizer: Opt = field(default_factory=Opt)
+
+
+def test_nested_and_coercion():
+    cfg = from_mapping(Top, {"epochs": 3, "out": "a b", "optimizer": {"lr": 1, "name": "adam"}, "tags": ["x"]})
+    assert cfg.epochs == 3 and cfg.out == Path("a b") and cfg.optimizer.lr == 1.0 and cfg.optimizer.name == "adam"
+    assert to_dict(cfg) == {"epochs": 3, "out": "a b", "tags": ["x"], "seed": None,
+                            "optimizer": {"name": "adam", "lr": 1.0}}
+
+
+def test_unknown_key_lists_valid_and_suggests():
+    with pytest.raises(ConfigError) as e:
+        from_mapping(Top, {"optimizer": {"lrr": 0.1}})
+    msg = str(e.value)
+    assert "'optimizer.lrr'" in msg and "Did you mean 'lr'" in msg and "lr, name" in msg
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"epochs": "3"}, "epochs: got '3' (str), expected an integer"),
+    ({"epochs": True}, "expected an integer"),
+    ({"optimizer": {"name": "adamw"}}, "optimizer.name: got 'adamw', expected one of ['sgd', 'adam']"),
+    ({"optimizer": {"lr": -1}}, "lr must be > 0"),
+    ({"optimizer": 5}, "expected a section"),
+    ({"tags": "x"}, "expected a list"),
+])
+def test_bad_values_name_the_key(data, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        from_mapping(Top, data)
+    assert needle in str(e.value)
+
+
+def test_overrides_parse_yaml_scalars():
+    data = apply_overrides({"optimizer": {"name": "sgd"}}, ["optimizer.lr=0.5", "epochs=2", "out=/x y", "seed=null"])
+    cfg = from_mapping(Top, data)
+    assert cfg.optimizer.lr == 0.5 and cfg.epochs == 2 and cfg.out == Path("/x y") and cfg.seed is None
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["nonsense"])
+
+
+def test_load_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_yaml(lst)
+
+
+def test_field_docs():
+    rows = {r[0]: r for r in field_docs(Opt)}
+    assert rows["lr"][3] == "learning rate" and rows["lr"][2] == 0.1
