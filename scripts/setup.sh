@@ -24,7 +24,8 @@ command -v "$py" >/dev/null || py=python3
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- system packages ---------------------------------------------------------------------
-apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2)
+# chromium: the data-quality report is checked in a real headless browser by the tests.
+apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2 chromium)
 if [ "${HPCTRAIN_NO_APT:-0}" != 1 ]; then
     missing=()
     for p in "${apt_pkgs[@]}"; do
@@ -51,7 +52,10 @@ if [ ! -x "$venv/bin/python" ]; then
     log "creating $venv"
     "$py" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+pip_() {  # quiet pip; drops the noise of this machine's unused local index entries
+    "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+pip=(pip_)
 "${pip[@]}" install --upgrade pip setuptools wheel >/dev/null
 
 # torch first, pinned: installing the project with torch absent would pull a CUDA build.
