@@ -1,0 +1,171 @@
+"""hpctrain drift REF_DIR CUR_DIR  |  hpctrain drift --model RUN CUR_DIR"""
+
+HELP = "detect drift between two shard sets (KS + Bonferroni, PSI); exit 0 no drift, 3 drift, 2 bad input"
+DESCRIPTION = """Compare every feature of CUR_DIR with REF_DIR: a two-sample KS test (scipy) with a
+Bonferroni correction, and the PSI over the reference's deciles (0.1 moderate, 0.25 major).
+Writes OUT/drift.json, OUT/drift.png (most drifted features, reference against current) and
+OUT/drift.html.
+
+Exit status: 0 no drift, 3 drift, 2 bad input, so a shell script or a Slurm dependency can act:
+
+  hpctrain drift shards/ new-shards/ --out drift/ || sbatch retrain.sbatch
+  hpctrain drift shards/ new-shards/ --on-drift "sbatch retrain.sbatch"
+
+With --model RUN, compares the run's validation metric (RUN/result.json) with the metric of
+its checkpoint on the labelled shards in CUR_DIR; drift when it is worse by more than --tolerance.
+"""
+
+
+def add_arguments(p):
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="REF_DIR CUR_DIR, or CUR_DIR with --model")
+    p.add_argument("--model", metavar="RUN", default=None, help="run directory: model-level drift")
+    p.add_argument("--out", default="drift-report", help="output directory (default ./drift-report)")
+    p.add_argument("--ref-split", choices=["train", "val"], default=None, help="split of REF_DIR (default all)")
+    p.add_argument("--cur-split", choices=["train", "val"], default=None, help="split of CUR_DIR (default all)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise KS level before Bonferroni (default 0.05)")
+    p.add_argument("--bins", type=int, default=10, help="PSI bins from reference quantiles (default 10)")
+    p.add_argument("--max-share", type=float, default=0.0,
+                   help="report drift when the share of drifted features exceeds this (default 0: any feature)")
+    p.add_argument("--top", type=int, default=6, help="features to plot (default 6)")
+    p.add_argument("--metric", default=None, help="--model: metric name in result.json (default: val accuracy)")
+    p.add_argument("--tolerance", type=float, default=0.02, help="--model: allowed metric drop (default 0.02)")
+    p.add_argument("--on-drift", metavar="CMD", default=None,
+                   help="run CMD (split like a shell would, but no shell) when drift is found; rank 0 only")
+
+
+DRIFT_EXIT = 3
+
+
+def data_drift(args, comm) -> dict | None:
+    """The drift record on rank 0 (None elsewhere); every rank takes part."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from hpctrain.fileio import atomic_write_json
+    from hpctrain.quality import QualityError
+    from hpctrain.quality.drift import drift_share, feature_drift, most_drifted
+    from hpctrain.quality.io import check_out_dir, check_same_schema, load_manifest, local_chunks
+
+    if len(args.dirs) != 2:
+        raise QualityError(f"drift takes REF_DIR CUR_DIR (or --model RUN CUR_DIR); got {len(args.dirs)} "
+                           f"director{'y' if len(args.dirs) == 1 else 'ies'}: {args.dirs}")
+    if not 0 < args.alpha < 1:
+        raise QualityError(f"--alpha {args.alpha}: expected a level between 0 and 1")
+    ref = load_manifest(args.dirs[0], args.ref_split, "reference shard directory")
+    cur = load_manifest(args.dirs[1], args.cur_split, "current shard directory")
+    check_same_schema(ref, cur)
+    check_out_dir(args.out, ref, cur)
+    names = list(ref.schema.feature_names)
+
+    def local(m, split):
+        xs = [x for _i, x, _y in local_chunks(m, split, comm.rank, comm.size)]
+        return np.concatenate(xs) if xs else np.zeros((0, len(names)), dtype=np.float32)
+
+    lr, lc = local(ref, args.ref_split), local(cur, args.cur_split)
+    # One column at a time on rank 0: memory there is two columns, not two datasets.
+    results, keep = [], {}
+    for j, name in enumerate(names):
+        gr, gc = comm.gather(lr[:, j]), comm.gather(lc[:, j])
+        if comm.rank == 0:
+            r, c = np.concatenate(gr), np.concatenate(gc)
+            fd = feature_drift([name], [r], [c], alpha=args.alpha, bins=args.bins)[0]
+            fd.ks_drift = bool(fd.ks_pvalue < args.alpha / len(names)) if np.isfinite(fd.ks_pvalue) else False
+            fd.drifted = fd.ks_drift or fd.psi_level == "major"
+            results.append(fd)
+            keep[name] = (r, c)
+            top = {t.name for t in most_drifted(results, args.top)}
+            keep = {k: v for k, v in keep.items() if k in top}
+    if comm.rank != 0:
+        return None
+    share = drift_share(results)
+    drift = share > args.max_share
+    top = most_drifted(results, args.top)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = {
+        "kind": "data", "reference": str(ref.root), "current": str(cur.root),
+        "ref_split": args.ref_split or "all", "cur_split": args.cur_split or "all",
+        "ref_rows": ref.rows(args.ref_split), "cur_rows": cur.rows(args.cur_split),
+        "alpha": args.alpha, "bonferroni_alpha": args.alpha / len(names), "psi_bins": args.bins,
+        "psi_thresholds": {"moderate": 0.1, "major": 0.25}, "max_share": args.max_share,
+        "drifted_share": share, "drift": bool(drift), "drifted_features": [r.name for r in results if r.drifted],
+        "features": [_jsonable(r.to_json()) for r in results],
+    }
+    _write_drift_plots(out, rec, [(t.name, *keep[t.name], f"KS {t.ks_stat:.3f}, PSI {t.psi:.3f}") for t in top])
+    atomic_write_json(out / "drift.json", rec)
+    return rec
+
+
+def _jsonable(d: dict) -> dict:
+    import math
+
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _write_drift_plots(out, rec, panels) -> None:
+    from hpctrain.quality.report import img_tag, plot_drift, table, write_page, write_pngs
+
+    png = plot_drift(panels)
+    write_pngs(out, {"drift": png})
+    rows = [[f["name"], f["ks_stat"], f["ks_pvalue"], f["psi"], f["psi_level"], "yes" if f["drifted"] else ""]
+            for f in rec["features"]]
+    body = (f"<p>Reference <code>{rec['reference']}</code> ({rec['ref_rows']} rows) against current "
+            f"<code>{rec['current']}</code> ({rec['cur_rows']} rows).</p>"
+            f"<p><b>{'DRIFT' if rec['drift'] else 'no drift'}</b>: {len(rec['drifted_features'])} of "
+            f"{len(rec['features'])} features drifted (share {rec['drifted_share']:.3f}, threshold "
+            f"{rec['max_share']}); KS at alpha {rec['alpha']} / {len(rec['features'])} (Bonferroni), PSI major at "
+            f"0.25.</p>" + img_tag(png, "most drifted features")
+            + table(["feature", "KS statistic", "KS p-value", "PSI", "PSI level", "drifted"], rows))
+    write_page(out / "drift.html", "hpctrain drift report", body)
+
+
+def on_drift(cmd: str) -> int:
+    import shlex
+    import subprocess
+
+    from hpctrain.quality import QualityError
+
+    argv = shlex.split(cmd)
+    if not argv:
+        raise QualityError("--on-drift is empty; give the command to run, e.g. --on-drift 'sbatch retrain.sbatch'")
+    print(f"drift: running {shlex.join(argv)}", flush=True)
+    try:
+        return subprocess.run(argv, check=False).returncode
+    except OSError as e:
+        raise QualityError(f"--on-drift {cmd!r}: could not start {argv[0]!r} ({e}); check the command and PATH") \
+            from None
+
+
+def run(args):
+    from hpctrain.quality.dist import run_collective, world_comm
+
+    comm = world_comm()
+
+    def body() -> int:
+        if args.model is not None:
+            from hpctrain.quality.model_drift import model_drift
+
+            rec = model_drift(args) if comm.rank == 0 else None
+        else:
+            rec = data_drift(args, comm)
+        rc = 0
+        if comm.rank == 0:
+            if rec["kind"] == "data":
+                print(f"drifted features: {len(rec['drifted_features'])}/{len(rec['features'])} "
+                      f"(share {rec['drifted_share']:.3f}); {'DRIFT' if rec['drift'] else 'no drift'}")
+                for f in rec["features"]:
+                    if f["drifted"]:
+                        print(f"  {f['name']}: KS {f['ks_stat']:.4f} (p={f['ks_pvalue']:.3g}), PSI {f['psi']:.4f} "
+                              f"({f['psi_level']})")
+            else:
+                print(rec["message"])
+            print(f"report: {args.out}/drift.json")
+            if rec["drift"]:
+                rc = DRIFT_EXIT
+                if args.on_drift:
+                    hook = on_drift(args.on_drift)
+                    print(f"drift: --on-drift command exited {hook}")
+        return comm.bcast(rc)
+
+    return run_collective(comm, body)

@@ -1,0 +1,135 @@
+"""Model-level drift: a finished run's validation metric against the same metric of its final
+model on new labelled shards.
+
+The run directory gives both: ``result.json`` holds the validation metrics, and the final
+checkpoint (``checkpoints/final.pt``, else the newest valid one) holds the weights, the class
+list, the sample shape and the resolved config (for the model and the NaN policy). The model
+is scored with the trainer's own preprocessing and confusion-matrix metrics, so scoring the
+run's own validation split reproduces ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hpctrain.quality import QualityError
+
+# result.json metric -> (key of hpctrain.train.metrics.report or "loss", higher is better)
+METRICS = {"val_accuracy": ("accuracy", True), "val_macro_f1": ("macro_f1", True), "val_loss": ("loss", False)}
+
+
+def _load_run(run: Path) -> tuple[dict, dict, Path]:
+    res = run / "result.json"
+    if not res.is_file():
+        raise QualityError(f"--model {str(run)!r}: no result.json; pass the directory of a finished training run "
+                           "(hpctrain train writes result.json when it completes)")
+    try:
+        result = json.loads(res.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise QualityError(f"{str(res)!r} is not valid JSON ({e}); re-run or repair the training run") from None
+    if result.get("status") != "completed" or not isinstance(result.get("metrics"), dict):
+        raise QualityError(f"{str(res)!r}: status {result.get('status')!r}; model drift needs a completed run "
+                           "with metrics")
+    from hpctrain.train import checkpoint as C
+
+    ckpt_dir = run / "checkpoints"
+    final = ckpt_dir / "final.pt"
+    if final.is_file():
+        path, payload = final, C.load(final)
+    else:
+        found = C.newest_valid(ckpt_dir) if ckpt_dir.is_dir() else None
+        if not found:
+            raise QualityError(f"--model {str(run)!r}: no checkpoint in {str(ckpt_dir)!r}; the run has no weights")
+        path, payload = found
+    for key in ("model", "classes", "sample_shape", "config"):
+        if key not in payload:
+            raise QualityError(f"checkpoint {str(path)!r} lacks {key!r}; it was not written by hpctrain train")
+    return result, payload, path
+
+
+def score(payload: dict, manifest, split: str | None) -> dict:
+    """Accuracy, macro F1 and mean cross-entropy of the checkpoint's model on ``split`` of ``manifest``."""
+    import torch
+
+    from hpctrain.quality.io import local_chunks
+    from hpctrain.train.config import load_config
+    from hpctrain.train.data import Preprocess
+    from hpctrain.train.metrics import confusion, report
+    from hpctrain.train.models import model_from_config
+
+    cfg = load_config(payload["config"])
+    classes = [int(c) for c in payload["classes"]]
+    shape = tuple(int(v) for v in payload["sample_shape"])
+    if tuple(manifest.schema.sample_shape) != shape:
+        raise QualityError(f"current shards {str(manifest.root)!r} have sample shape "
+                           f"{tuple(manifest.schema.sample_shape)}, the model was trained on {shape}; "
+                           "pass labelled shards made from the same columns")
+    unknown = sorted(set(manifest.class_counts(split)) - set(classes))
+    if any(manifest.class_counts(split).get(c, 0) for c in unknown):
+        raise QualityError(f"current shards {str(manifest.root)!r} hold labels {unknown} the model never saw "
+                           f"(its classes: {classes}); model drift needs the same label set")
+    model = model_from_config(cfg.model, shape, len(classes))
+    model.load_state_dict(payload["model"])
+    model.eval()
+    prep = Preprocess(classes, cfg.imputation.imputer, cfg.imputation.on_nan, [], cfg.run.seed, 0)
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    loss_sum, n = 0.0, 0
+    with torch.no_grad():
+        for _i, x, y in local_chunks(manifest, split):
+            x = x.reshape((len(x),) + shape)
+            for lo in range(0, len(y), 512):
+                xb = prep.features(torch.from_numpy(np.ascontiguousarray(x[lo:lo + 512])))
+                yb = prep.labels(torch.from_numpy(y[lo:lo + 512]))
+                logits = model(xb)
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+                cm += confusion(yb.numpy(), logits.argmax(1).numpy(), k)
+                n += len(yb)
+    rep = report(cm)
+    return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "loss": loss_sum / max(n, 1), "rows": n}
+
+
+def compare(ref: float, cur: float, higher_is_better: bool, tolerance: float) -> tuple[float, bool]:
+    """(degradation, drift): degradation > 0 means worse on the new data."""
+    worse = ref - cur if higher_is_better else cur - ref
+    return worse, bool(worse > tolerance)
+
+
+def model_drift(args) -> dict:
+    from hpctrain.fileio import atomic_write_json
+    from hpctrain.quality.io import check_out_dir, load_manifest
+
+    if len(args.dirs) != 1:
+        raise QualityError(f"drift --model RUN takes one CUR_DIR of labelled shards; got {args.dirs}")
+    if args.tolerance < 0:
+        raise QualityError(f"--tolerance {args.tolerance}: expected a non-negative metric difference")
+    metric = args.metric or "val_accuracy"
+    if metric not in METRICS:
+        raise QualityError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    run = Path(args.model)
+    result, payload, ckpt = _load_run(run)
+    if metric not in result["metrics"] or result["metrics"][metric] is None:
+        raise QualityError(f"{str(run / 'result.json')!r} has no {metric!r} (metrics: {sorted(result['metrics'])}); "
+                           "train with a validation split, or choose another --metric")
+    cur = load_manifest(args.dirs[0], args.cur_split, "current shard directory")
+    check_out_dir(args.out, cur)
+    got = score(payload, cur, args.cur_split)
+    key, higher = METRICS[metric]
+    ref_value = float(result["metrics"][metric])
+    worse, drift = compare(ref_value, got[key], higher, args.tolerance)
+    rec = {
+        "kind": "model", "run": str(run), "checkpoint": str(ckpt), "current": str(cur.root),
+        "cur_split": args.cur_split or "all", "cur_rows": got["rows"], "metric": metric,
+        "reference_value": ref_value, "current_value": got[key], "degradation": worse, "tolerance": args.tolerance,
+        "drift": drift, "current_metrics": got,
+        "message": (f"{metric}: run {ref_value:.4f}, current data {got[key]:.4f} "
+                    f"({'worse' if worse > 0 else 'not worse'} by {abs(worse):.4f}, tolerance {args.tolerance}); "
+                    f"{'DRIFT' if drift else 'no drift'}"),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "drift.json", rec)
+    return rec

@@ -1,0 +1,253 @@
+"""Plots (matplotlib, Agg backend: no display needed on a compute node) and the self-contained
+HTML report: every plot is embedded as a base64 PNG, so the file opens from disk, by mail
+or from a job's output directory, with no server and no network.
+
+The page carries a tiny script that marks ``<body data-images-loaded="N/M">`` once every
+image has decoded; the browser test reads it from the DOM.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+from hpctrain.fileio import atomic_write_bytes, atomic_write_text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _bars(ax, edges, counts, **kw):
+    edges = np.asarray(edges, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    if edges.size >= 2 and counts.size == edges.size - 1:
+        ax.stairs(counts, edges, fill=True, **kw)
+
+
+def plot_histograms(columns: list[dict], max_plots: int = 24) -> bytes:
+    plt = _plt()
+    cols = columns[:max_plots]
+    n = max(len(cols), 1)
+    ncol = min(4, n)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.2 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, c in zip(axes.flat, cols):
+        ax.set_visible(True)
+        _bars(ax, c["histogram"]["edges"], c["histogram"]["counts"], color="#4C72B0")
+        ax.set_title(c["name"], fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("Histograms" + (f" (first {max_plots} columns)" if len(columns) > max_plots else ""))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_missing(columns: list[dict], row_hist: dict, max_cols: int = 60) -> bytes:
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.2))
+    cols = sorted(columns, key=lambda c: -c["missing_pct"])[:max_cols]
+    a.bar(range(len(cols)), [c["missing_pct"] for c in cols], color="#DD8452")
+    a.set_xticks(range(len(cols)), [c["name"] for c in cols], rotation=90, fontsize=6)
+    a.set_ylabel("% missing")
+    a.set_title("Missing values per column")
+    _bars(b, row_hist["edges"], row_hist["counts"], color="#DD8452")
+    b.set_xlabel("share of a row's values missing")
+    b.set_ylabel("rows")
+    b.set_title("Missingness per row")
+    return _png(fig)
+
+
+def plot_classes(counts: dict) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    keys = list(counts)
+    ax.bar([str(k) for k in keys], [counts[k] for k in keys], color="#55A868")
+    ax.set_xlabel("class")
+    ax.set_ylabel("rows")
+    ax.set_title("Class balance")
+    return _png(fig)
+
+
+def plot_corr(names: list[str], matrix: list[list]) -> bytes:
+    plt = _plt()
+    m = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    size = min(2 + 0.25 * len(names), 14)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu_r")
+    if len(names) <= 40:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("Correlation (Pearson, complete rows)")
+    return _png(fig)
+
+
+def plot_anomaly(hist: dict) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    _bars(ax, hist["edges"], hist["counts"], color="#C44E52")
+    ax.set_xlabel("IsolationForest anomaly score (higher = more anomalous)")
+    ax.set_ylabel("sampled rows")
+    ax.set_title("Anomaly score distribution")
+    return _png(fig)
+
+
+def plot_drift(features: list[tuple[str, np.ndarray, np.ndarray, str]], bins: int = 30) -> bytes:
+    """Reference vs current histograms, one panel per (name, ref, cur, caption)."""
+    plt = _plt()
+    n = max(len(features), 1)
+    ncol = min(3, n)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 2.8 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, (name, r, c, caption) in zip(axes.flat, features):
+        ax.set_visible(True)
+        r, c = r[np.isfinite(r)], c[np.isfinite(c)]
+        both = np.concatenate([r, c])
+        if both.size:
+            edges = np.histogram_bin_edges(both, bins=bins)
+            ax.hist(r, bins=edges, density=True, alpha=0.5, label="reference", color="#4C72B0")
+            ax.hist(c, bins=edges, density=True, alpha=0.5, label="current", color="#C44E52")
+        ax.set_title(f"{name}\n{caption}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Most drifted features: reference vs current")
+    fig.tight_layout()
+    return _png(fig)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+th {{ background: #f0f0f0; }} td.l, th.l {{ text-align: left; }}
+.warn {{ color: #a00; }} img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
+</style></head>
+<body data-images-loaded="pending">
+<h1>{title}</h1>
+{body}
+<script>
+(function () {{
+  function check() {{
+    var imgs = document.images, ok = 0;
+    for (var i = 0; i < imgs.length; i++) {{ if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }}
+    document.body.setAttribute("data-images-loaded", ok + "/" + imgs.length);
+    if (ok < imgs.length) setTimeout(check, 50);
+  }}
+  window.addEventListener("load", check);
+}})();
+</script>
+</body></html>
+"""
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def table(header: list[str], rows: list[list], left: int = 1) -> str:
+    def cell(v, i, tag):
+        cls = ' class="l"' if i < left else ""
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        return f"<{tag}{cls}>{html.escape('' if v is None else str(v))}</{tag}>"
+
+    out = ["<table><tr>" + "".join(cell(h, i, "th") for i, h in enumerate(header)) + "</tr>"]
+    out += ["<tr>" + "".join(cell(v, i, "td") for i, v in enumerate(r)) + "</tr>" for r in rows]
+    return "\n".join(out) + "</table>"
+
+
+def write_pngs(out_dir: Path, images: dict[str, bytes]) -> None:
+    for name, png in images.items():
+        atomic_write_bytes(out_dir / f"{name}.png", png)
+
+
+def write_page(path: Path, title: str, body: str) -> None:
+    atomic_write_text(path, _PAGE.format(title=html.escape(title), body=body))
+
+
+def profile_images(r: dict) -> dict[str, bytes]:
+    images = {
+        "histograms": plot_histograms(r["columns"]),
+        "missingness": plot_missing(r["columns"], r["row_missing_histogram"]),
+        "class_balance": plot_classes(r["classes"]["counts"]),
+        "anomaly_scores": plot_anomaly(r["anomalies"]["score_histogram"]),
+    }
+    if r.get("correlation"):
+        images["correlation"] = plot_corr(r["feature_names"], r["correlation"]["matrix"])
+    return images
+
+
+def profile_html(r: dict, images: dict[str, bytes], source: str) -> str:
+    esc = html.escape
+    parts = [f"<p>Source: <code>{esc(source)}</code> &middot; {r['rows']} rows &middot; {r['n_features']} features</p>"]
+    parts.append("<h2>Warnings</h2>")
+    if r["warnings"]:
+        parts.append("<ul>" + "".join(f'<li class="warn">[{esc(w["kind"])}] {esc(w["message"])} '
+                                      f'(threshold {w["threshold"]})</li>' for w in r["warnings"]) + "</ul>")
+    else:
+        parts.append("<p>None.</p>")
+    cls = r["classes"]
+    parts.append(f"<h2>Classes</h2><p>Imbalance ratio (largest/smallest): {cls['imbalance_ratio']}</p>")
+    parts.append(img_tag(images["class_balance"], "class balance"))
+    d = r["duplicates"]
+    parts.append(f"<h2>Duplicates</h2><p>{d['rows']} duplicate rows ({d['pct']:.3f}%); "
+                 f"{d['conflicting_label_rows']} rows share their features with a row of another label.</p>")
+    parts.append("<h2>Columns</h2>")
+    rows = [[c["name"], c["count"], c["missing_pct"], c["min"], c["max"], c["mean"], c["std"],
+             c["quantiles"]["0.25"], c["quantiles"]["0.5"], c["quantiles"]["0.75"], c["outliers_iqr"],
+             c["outliers_zscore"], "constant" if c["constant"] else ("near-constant" if c["near_constant"] else "")]
+            for c in r["columns"]]
+    parts.append(table(["column", "count", "missing %", "min", "max", "mean", "std", "q25", "median", "q75",
+                        "IQR outliers", "robust-z outliers", "flag"], rows))
+    parts.append(img_tag(images["histograms"], "histograms"))
+    parts.append("<h2>Missing values</h2>" + img_tag(images["missingness"], "missingness"))
+    if "correlation" in images:
+        parts.append("<h2>Correlation</h2>" + img_tag(images["correlation"], "correlation heatmap"))
+    a = r["anomalies"]
+    parts.append(f"<h2>Anomalies</h2><p>IsolationForest on {a['sample_rows']} sampled rows flagged {a['flagged']} "
+                 f"({a['flagged_pct']:.2f}%).</p>")
+    parts.append(img_tag(images["anomaly_scores"], "anomaly scores"))
+    parts.append(table(["shard", "row", "score"], [[t["shard"], t["row"], t["score"]] for t in a["top"]]))
+    ln = r["label_noise"]
+    parts.append(f"<h2>Label noise</h2><p>{ln['suspects']} of {ln['sample_rows']} sampled rows "
+                 f"({ln['suspects_pct']:.2f}%) disagree with the majority of their {ln['k']} nearest neighbours.</p>")
+    if ln["examples"]:
+        parts.append(table(["shard", "row", "label", "neighbours say"],
+                           [[e["shard"], e["row"], e["label"], e["neighbours_say"]] for e in ln["examples"]]))
+    parts.append("<h2>Methods</h2><ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>"
+                                                  for k, v in r["method"].items()) + "</ul>")
+    return "\n".join(parts)
+
+
+def write_profile_report(out_dir: Path, r: dict, source: str) -> Path:
+    from hpctrain.fileio import atomic_write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = profile_images(r)
+    write_pngs(out_dir, images)
+    atomic_write_json(out_dir / "report.json", r)
+    page = out_dir / "report.html"
+    write_page(page, "hpctrain data profile", profile_html(r, images, source))
+    return page

@@ -1,0 +1,135 @@
+"""Balancing: class counts equal imbalanced-learn's; SMOTE points lie on neighbour segments."""
+
+import json
+
+import numpy as np
+import pytest
+from imblearn.over_sampling import SMOTE, RandomOverSampler
+from imblearn.under_sampling import RandomUnderSampler
+
+from hpctrain.cli import main
+from hpctrain.quality import QualityError
+from hpctrain.quality.balance import balance_arrays, smote_class, target_counts
+from hpctrain.quality.stats import class_counts
+
+
+def _imbalanced(counts, f=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.full(n, c) for c, n in counts.items()]).astype(np.int64)
+    x = (rng.normal(size=(len(y), f)) + y[:, None]).astype(np.float32)
+    perm = rng.permutation(len(y))
+    return x[perm], y[perm]
+
+
+def _imblearn_counts(sampler, x, y):
+    _, yr = sampler.fit_resample(x, y)
+    return class_counts(yr)
+
+
+@pytest.mark.parametrize("counts", [{0: 500, 1: 37}, {0: 300, 1: 120, 2: 9, 5: 61}])
+@pytest.mark.parametrize("method", ["oversample", "undersample", "smote"])
+def test_auto_counts_equal_imblearn(counts, method):
+    x, y = _imbalanced(counts)
+    sampler = {"oversample": RandomOverSampler(random_state=0), "undersample": RandomUnderSampler(random_state=0),
+               "smote": SMOTE(random_state=0)}[method]
+    xb, yb, before, after = balance_arrays(x, y, method, seed=1)
+    assert before == counts
+    assert after == _imblearn_counts(sampler, x, y)
+    assert xb.shape == (len(yb), 3) and xb.dtype == np.float32
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.77, 1.0])
+def test_ratio_counts_equal_imblearn_binary(ratio):
+    x, y = _imbalanced({0: 431, 1: 40})
+    over = _imblearn_counts(RandomOverSampler(sampling_strategy=ratio, random_state=0), x, y)
+    assert balance_arrays(x, y, "oversample", ratio=ratio)[3] == over
+    assert balance_arrays(x, y, "smote", ratio=ratio)[3] == _imblearn_counts(
+        SMOTE(sampling_strategy=ratio, random_state=0), x, y)
+    under = _imblearn_counts(RandomUnderSampler(sampling_strategy=ratio, random_state=0), x, y)
+    assert balance_arrays(x, y, "undersample", ratio=ratio)[3] == under
+
+
+def test_ratio_multiclass_equals_imblearn_dict_strategy():
+    # imblearn takes a float for two classes only; our per-class rule equals its dict form
+    counts = {0: 300, 1: 120, 2: 9}
+    x, y = _imbalanced(counts)
+    t = target_counts(counts, "oversample", 0.5)
+    assert t == {0: 300, 1: 150, 2: 150}
+    assert _imblearn_counts(RandomOverSampler(sampling_strategy=t, random_state=0), x, y) == t
+    t = target_counts(counts, "undersample", 0.5)
+    assert t == {0: 18, 1: 18, 2: 9}
+    assert _imblearn_counts(RandomUnderSampler(sampling_strategy=t, random_state=0), x, y) == t
+
+
+def test_oversample_keeps_every_row_and_undersample_draws_real_rows():
+    x, y = _imbalanced({0: 200, 1: 20})
+    xo, yo, _, _ = balance_arrays(x, y, "oversample", seed=3)
+    rows = {tuple(r) + (int(c),) for r, c in zip(x, y)}
+    assert rows <= {tuple(r) + (int(c),) for r, c in zip(xo, yo)}
+    assert {tuple(r) + (int(c),) for r, c in zip(xo, yo)} <= rows
+    xu, yu, _, _ = balance_arrays(x, y, "undersample", seed=3)
+    assert len({tuple(r) for r in xu}) == len(xu) == 40
+    assert {tuple(r) + (int(c),) for r, c in zip(xu, yu)} <= rows
+    # the seed decides the draw
+    assert np.array_equal(balance_arrays(x, y, "undersample", seed=3)[0], xu)
+    assert not np.array_equal(balance_arrays(x, y, "undersample", seed=4)[0], xu)
+
+
+def test_smote_points_lie_on_neighbour_segments():
+    rng = np.random.default_rng(0)
+    xm = rng.normal(size=(25, 4))
+    k = 5
+    s = smote_class(xm, 60, k, rng)
+    d = ((xm[:, None] - xm[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    knn = np.argsort(d, axis=1)[:, :k]
+    for p in s.x:
+        # some row a and one of its k neighbours b with p on the segment [a, b]
+        best = np.inf
+        for a in range(len(xm)):
+            for b in knn[a]:
+                seg = xm[b] - xm[a]
+                t = np.clip(np.dot(p - xm[a], seg) / np.dot(seg, seg), 0, 1)
+                best = min(best, np.linalg.norm(xm[a] + t * seg - p))
+        assert best < 1e-9
+    assert np.all((s.gap >= 0) & (s.gap < 1))
+
+
+def test_smote_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(QualityError, match="at least 2 rows"):
+        smote_class(np.ones((1, 2)), 3, 5, rng)
+    with pytest.raises(QualityError, match="missing"):
+        smote_class(np.array([[1.0, np.nan], [2.0, 3.0]]), 3, 5, rng)
+    with pytest.raises(QualityError, match="two classes"):
+        target_counts({0: 10}, "oversample")
+    with pytest.raises(QualityError, match="ratio"):
+        target_counts({0: 10, 1: 3}, "oversample", 1.5)
+
+
+def test_cli_balance_writes_new_shards_and_keeps_val(tmp_path, capsys):
+    from hpctrain.data.shards import Manifest, ShardWriter, iter_arrays
+
+    x, y = _imbalanced({0: 400, 1: 30})
+    xv, yv = _imbalanced({0: 50, 1: 5}, seed=9)
+    src = tmp_path / "src"
+    with ShardWriter(src, feature_names=["a", "b", "c"], sample_shape=(3,), rows_per_shard=128) as w:
+        w.add(x, y)
+        w.add(xv, yv, split="val")
+    before = (src / "manifest.json").read_bytes()
+    out = tmp_path / "bal"
+    assert main(["balance", str(src), "--out", str(out), "--method", "smote", "--seed", "2"]) == 0
+    assert (src / "manifest.json").read_bytes() == before
+    m = Manifest.load(out)
+    want = _imblearn_counts(SMOTE(random_state=0), x, y)
+    assert m.class_counts("train") == want
+    assert m.class_counts("val") == {0: 50, 1: 5}
+    got_val = np.concatenate([xx for _, xx, _ in iter_arrays(out, "val")])
+    np.testing.assert_array_equal(got_val, xv)
+    assert m.meta["balance"]["after"] == {str(k): v for k, v in want.items()}
+    assert "after" in capsys.readouterr().out
+    # refusing to overwrite the input, and a non-empty output
+    assert main(["balance", str(src), "--out", str(src), "--method", "oversample"]) == 2
+    assert main(["balance", str(src), "--out", str(out), "--method", "oversample"]) == 2
+    assert main(["balance", str(src), "--out", str(out), "--method", "oversample", "--force"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["meta"]["balance"]["method"] == "oversample"

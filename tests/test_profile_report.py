@@ -1,0 +1,124 @@
+"""`hpctrain profile` end to end: report.json against numpy/pandas, the PNGs, the self-contained
+HTML rendered by a real headless Chromium with every image loaded, and bad input."""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpctrain.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PNGS = ["histograms", "missingness", "class_balance", "correlation", "anomaly_scores"]
+
+
+def _planted(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    x[:, 1] = 2.0                                  # constant column
+    x[rng.random(n) < 0.3, 2] = np.nan             # 30% missing
+    x[:40, 3] = 25.0                               # outliers
+    y = np.where(rng.random(n) < 0.05, 1, 0).astype(np.int64)
+    x[n - 30:] = x[100:130]                        # 30 duplicate rows (2%)
+    y[n - 30:] = y[100:130]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    from hpctrain.data.shards import ShardWriter
+
+    root = tmp_path_factory.mktemp("prof")
+    x, y = _planted()
+    with ShardWriter(root / "shards", feature_names=list("abcde"), sample_shape=(5,), rows_per_shard=400) as w:
+        w.add(x[:1300], y[:1300])
+        w.add(x[1300:], y[1300:], split="val")
+    assert main(["profile", str(root / "shards"), "--out", str(root / "report")]) == 0
+    return root, x, y
+
+
+def test_report_json_matches_pandas(profiled, capsys):
+    root, x, y = profiled
+    r = json.loads((root / "report" / "report.json").read_text())
+    df = pd.DataFrame(x.astype(np.float64))
+    assert r["rows"] == len(x) and r["feature_names"] == list("abcde")
+    for j, c in enumerate(r["columns"]):
+        assert c["count"] == df[j].count()
+        assert c["missing_pct"] == pytest.approx(100 * df[j].isna().mean())
+        assert c["mean"] == pytest.approx(df[j].mean(), rel=1e-12)
+        if df[j].count() > 1:
+            assert c["std"] == pytest.approx(df[j].std(), rel=1e-9)
+        assert c["quantiles"]["0.5"] == df[j].median()
+        assert c["quantiles"]["0.25"] == df[j].quantile(0.25) and c["quantiles"]["0.99"] == df[j].quantile(0.99)
+        assert c["min"] == df[j].min() and c["max"] == df[j].max()
+        assert sum(c["histogram"]["counts"]) == df[j].count()
+    assert r["columns"][3]["outliers_iqr"] >= 40
+    assert r["duplicates"]["rows"] == int(pd.DataFrame(x).assign(y=y).duplicated().sum()) == 30
+    assert r["classes"]["counts"] == {"0": int((y == 0).sum()), "1": int((y == 1).sum())}
+    kinds = {(w["kind"], w.get("column")) for w in r["warnings"]}
+    assert {("constant", "b"), ("missing", "c"), ("imbalance", None), ("duplicates", None)} <= kinds
+    full = df.dropna()
+    np.testing.assert_allclose(np.array(r["correlation"]["matrix"], dtype=float)[np.ix_([0, 2, 3], [0, 2, 3])],
+                               np.corrcoef(full[[0, 2, 3]].to_numpy(), rowvar=False), atol=1e-12)
+    assert r["anomalies"]["top"][0]["shard"].endswith(".h5")
+
+
+def test_pngs_and_self_contained_html(profiled):
+    root, _, _ = profiled
+    for name in PNGS:
+        assert (root / "report" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (root / "report" / "report.html").read_text()
+    srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
+    assert len(srcs) == len(PNGS)
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1])[:4] == b"\x89PNG"
+    assert "http://" not in page and "https://" not in page
+
+
+def _render(page, tmp_path):
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                        "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = re.search(r'data-images-loaded="([^"]*)"', p.stdout)
+    assert m, p.stdout[:2000]
+    return m.group(1)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium_with_all_images(profiled, tmp_path):
+    root, _, _ = profiled
+    assert _render(root / "report" / "report.html", tmp_path) == f"{len(PNGS)}/{len(PNGS)}"
+    # negative control: the check does notice an image that fails to decode
+    page = (root / "report" / "report.html").read_text()
+    broken = re.sub(r"data:image/png;base64,[^\"]+", "data:image/png;base64,AAAA", page, count=1)
+    (tmp_path / "broken.html").write_text(broken)
+    assert _render(tmp_path / "broken.html", tmp_path) == f"{len(PNGS) - 1}/{len(PNGS)}"
+
+
+def test_profile_bad_input(tmp_path, capsys):
+    from hpctrain.data.shards import ShardWriter
+
+    assert main(["profile", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    d = tmp_path / "d"
+    with ShardWriter(d, feature_names=["a", "b"], sample_shape=(2,)) as w:
+        w.add(np.zeros((10, 2), dtype=np.float32), np.zeros(10, dtype=np.int64))
+    assert main(["profile", str(d), "--split", "val", "--out", str(tmp_path / "r")]) == 2
+    assert "no rows in split 'val'" in capsys.readouterr().err
+    assert main(["profile", str(d), "--out", str(d / "report")]) == 2
+    assert "never modify their input" in capsys.readouterr().err
+    assert not (d / "report").exists()
+    m = json.loads((d / "manifest.json").read_text())
+    m["shards"] = []
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert main(["profile", str(d), "--out", str(tmp_path / "r")]) == 2
+    assert "lists no shards" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
