@@ -1,0 +1,127 @@
+"""hpctrain shard INPUT --out DIR | hpctrain shard verify DIR | hpctrain shard info DIR"""
+
+HELP = "convert CSV/TSV, .npy/.npz, Parquet or a built-in dataset to checksummed HDF5 shards"
+DESCRIPTION = """Convert INPUT to HDF5 shards plus manifest.json in DIR, in memory bounded by about one shard.
+
+  hpctrain shard data.csv --out shards/ --label target --val-fraction 0.1
+  hpctrain shard sklearn:digits --out shards/ --val-fraction 0.2
+  hpctrain shard 'sklearn:digits?missing=0.05&imbalance=10&seed=0' --out shards/
+  hpctrain shard 'synthetic:classification?rows=1000000&features=64&classes=10&imbalance=20&missing=0.05' --out s/
+  hpctrain shard verify shards/      # sha256, schema and every chunk's fletcher32
+  hpctrain shard info shards/        # rows, shards, classes, missing share
+
+INPUT: a .csv/.tsv with a header, a .npy (2-D, label column index --label, default last),
+a .npz with x and y, a .parquet (needs pyarrow), sklearn:digits|breast_cancer|wine|iris, or
+synthetic:classification?rows=&features=&classes=&imbalance=&missing=&seed=&shape=.
+Built-in inputs accept ?missing=F&imbalance=R&seed=S to inject missing values and imbalance.
+See docs/data.md.
+"""
+
+
+def add_arguments(p):
+    p.add_argument("input", metavar="INPUT", help="input file or built-in spec; or 'verify' / 'info'")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="shard directory (for verify / info)")
+    p.add_argument("--out", "-o", help="output shard directory (absent or empty)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shards", type=int, help="about this many training shards (equal sizes)")
+    g.add_argument("--rows-per-shard", type=int, help="rows per shard file")
+    p.add_argument("--label", help="label column (name; an index for .npy). Default: label/target/y/class")
+    p.add_argument("--compression", choices=["none", "lzf", "gzip"], default="lzf", help="HDF5 filter (default lzf)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the split (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="share of rows per class held out as 'val'")
+    p.add_argument("--no-shuffle", action="store_true", help="keep input order (default: shuffle rows)")
+    p.add_argument("--force", action="store_true", help="replace an existing shard directory")
+    p.add_argument("--quick", action="store_true", help="verify: sha256 and schema only, skip reading the chunks")
+    p.add_argument("--json", action="store_true", help="info/verify: print JSON")
+
+
+def run(args):
+    from hpctrain.data.shards import ShardError
+
+    if args.input in ("verify", "info") and args.dir is not None:
+        return _verify(args) if args.input == "verify" else _info(args)
+    if args.input in ("verify", "info"):
+        raise ShardError(f"'hpctrain shard {args.input}' needs the shard directory: hpctrain shard {args.input} DIR")
+    if args.dir is not None:
+        raise ShardError(f"unexpected argument {args.dir!r}; the output directory is given with --out DIR")
+    if not args.out:
+        raise ShardError("no output directory: pass --out DIR")
+    return _write(args)
+
+
+def _write(args):
+    import time
+
+    from hpctrain.data.sources import write_shards
+
+    t0 = time.perf_counter()
+    m = write_shards(args.input, args.out, shards=args.shards, rows_per_shard=args.rows_per_shard, label=args.label,
+                     compression=args.compression, seed=args.seed, val_fraction=args.val_fraction,
+                     shuffle=not args.no_shuffle, overwrite=args.force)
+    dt = time.perf_counter() - t0
+    print(f"wrote {m.rows()} rows ({m.rows('train')} train, {m.rows('val')} val) in {len(m.shards)} shards "
+          f"to {args.out} in {dt:.1f} s; sample shape {tuple(m.schema.sample_shape)}, "
+          f"{len(m.schema.classes)} classes")
+    return 0
+
+
+def _verify(args):
+    import json
+
+    from hpctrain.data.shards import Manifest, verify
+
+    m = Manifest.load(args.dir, check_files=False)
+    problems = verify(m, deep=not args.quick)
+    if args.json:
+        print(json.dumps({"dir": args.dir, "shards": len(m.shards), "problems": problems}, indent=2))
+    elif problems:
+        for p in problems:
+            print(f"FAIL {p}")
+        print(f"{len(problems)} problem(s) in {len(m.shards)} shards; re-create the shard directory with "
+              "'hpctrain shard INPUT --out DIR --force'")
+    else:
+        print(f"OK {len(m.shards)} shards, {m.rows()} rows: sha256, schema"
+              f"{'' if args.quick else ', chunk checksums'} and class counts match the manifest")
+    return 1 if problems else 0
+
+
+def info_dict(m) -> dict:
+    out = {"dir": str(m.root), "version": m.version, "sample_shape": list(m.schema.sample_shape),
+           "features": m.schema.n_features, "classes": m.schema.classes, "splits": {}}
+    if m.schema.class_names:
+        out["class_names"] = m.schema.class_names
+    for split in ("train", "val"):
+        shards = m.shards_for(split)
+        if not shards:
+            continue
+        st = m.column_stats(split)
+        total = float(st.total.sum())
+        out["splits"][split] = {
+            "rows": m.rows(split), "shards": len(shards), "class_counts": m.class_counts(split),
+            "missing_share": float(st.nan_count.sum() / total) if total else 0.0,
+            "inf_values": int(st.inf_count.sum()),
+            "columns_with_missing": int((st.nan_count > 0).sum()),
+        }
+    return out
+
+
+def _info(args):
+    import json
+
+    from hpctrain.data.shards import Manifest
+
+    m = Manifest.load(args.dir)
+    d = info_dict(m)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{d['dir']}: format v{d['version']}, sample shape {tuple(d['sample_shape'])} ({d['features']} features), "
+          f"{len(d['classes'])} classes")
+    for split, s in d["splits"].items():
+        counts = s["class_counts"]
+        lo, hi = min(counts.values()), max(counts.values())
+        ratio = f"{hi / lo:.1f}" if lo else "inf"
+        print(f"  {split:5s} {s['rows']:>10d} rows in {s['shards']:>4d} shards; "
+              f"missing {100 * s['missing_share']:.2f}% ({s['columns_with_missing']} columns); imbalance {ratio}:1")
+        print(f"        classes {counts}")
+    return 0

@@ -1,0 +1,588 @@
+"""Input readers for ``hpctrain shard``: each yields bounded chunks of (x float32, y int64).
+
+Supported inputs (see docs/data.md):
+
+- ``*.csv`` / ``*.tsv`` (header required), streamed with the csv module;
+- ``*.npy`` (2-D, label column chosen by ``--label``, memory-mapped) and ``*.npz`` (``x``, ``y``);
+- ``*.parquet`` through pyarrow, streamed by record batch;
+- ``sklearn:digits|breast_cancer|wine|iris`` (shipped with scikit-learn, no download);
+- ``synthetic:classification?rows=&features=&classes=&imbalance=&missing=&seed=&shape=``.
+
+Built-in specs accept ``?missing=F&imbalance=R&seed=S`` to inject missing values (each
+feature value NaN with probability F) and class imbalance (class k of C kept with
+probability R**(-k/(C-1)), so the last class is R times rarer than the first).
+
+Memory is bounded by a chunk for the streamed formats; npz and sklearn inputs are in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from hpctrain.data.shards import Manifest, ShardError, ShardWriter, default_rows_per_shard
+
+MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "none", "?")
+LABEL_GUESSES = ("label", "target", "y", "class")
+CHUNK_CELLS = 1 << 19
+
+Chunk = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(kw_only=True)
+class Source:
+    """An input, described up front and read as a stream of chunks."""
+
+    name: str
+    feature_names: list[str]
+    sample_shape: tuple[int, ...]
+    rows: int | None  # None when unknown without a pass over the input
+    read: Callable[[], Iterator[Chunk]]
+    label: str | None = None
+    classes: list[int] | None = None
+    label_names: dict[str, int] | None = None  # filled while reading when labels are strings
+    in_memory: bool = False
+    count_rows: Callable[[], int] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def chunks(self) -> Iterator[Chunk]:
+        return self.read()
+
+    def total_rows(self) -> int:
+        if self.rows is None and self.count_rows is not None:
+            self.rows = self.count_rows()
+        if self.rows is None:
+            raise ShardError(f"cannot count the rows of {self.name!r}; use --rows-per-shard instead of --shards")
+        return self.rows
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+
+def _where(lines: list[int] | None, i: int) -> str:
+    return f"line {lines[i]}" if lines is not None else f"row {i + 1}"
+
+
+def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | None, src: str) -> np.ndarray:
+    """Parse a 2-D array of strings to float32; missing tokens become NaN; a bad cell is
+    reported by line and column."""
+    try:
+        return block.astype(np.float64).astype(np.float32)
+    except ValueError:
+        pass
+    out = np.empty(block.shape, np.float32)
+    for j in range(block.shape[1]):
+        col = np.char.strip(block[:, j].astype(str))
+        try:
+            out[:, j] = col.astype(np.float64)
+            continue
+        except ValueError:
+            pass
+        col = col.copy()
+        col[np.isin(np.char.lower(col), MISSING_TOKENS)] = "nan"
+        try:
+            out[:, j] = col.astype(np.float64)
+        except ValueError:
+            for i, v in enumerate(col):
+                try:
+                    float(v)
+                except ValueError:
+                    raise ShardError(f"{src}: {_where(lines, i)}, column {names[j]!r}: value {str(v)[:40]!r} is not "
+                                     "a number; fix the value, or leave it empty for a missing value") from None
+    return out
+
+
+class LabelParser:
+    """Integer labels pass through; string labels get ids in order of first appearance.
+    The first chunk decides which, for the whole input."""
+
+    def __init__(self, src: str, column: str) -> None:
+        self.src, self.column = src, column
+        self.names: dict[str, int] | None = None
+        self.numeric: bool | None = None
+
+    def __call__(self, col: np.ndarray, lines: list[int] | None) -> np.ndarray:
+        col = np.char.strip(np.asarray(col).astype(str))
+        empty = np.isin(np.char.lower(col), MISSING_TOKENS)
+        if empty.any():
+            i = int(np.flatnonzero(empty)[0])
+            raise ShardError(f"{self.src}: {_where(lines, i)}: label column {self.column!r} is empty or missing "
+                             f"({str(col[i])!r}); every row needs a label")
+        if self.numeric is None:
+            self.numeric = all(_is_number(v) for v in col.tolist())
+            if not self.numeric:
+                self.names = {}
+        if self.numeric:
+            try:
+                v = col.astype(np.float64)
+            except ValueError:
+                i = next(i for i, s in enumerate(col.tolist()) if not _is_number(s))
+                raise ShardError(f"{self.src}: {_where(lines, i)}: label {str(col[i])!r} in column {self.column!r} "
+                                 "is not a number, but earlier labels were numbers") from None
+            bad = ~np.isfinite(v) | (v != np.round(np.nan_to_num(v))) | (np.abs(np.nan_to_num(v)) >= 2**62)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ShardError(f"{self.src}: {_where(lines, i)}: label {str(col[i])!r} in column {self.column!r} "
+                                 "is not an integer class id")
+            return v.astype(np.int64)
+        assert self.names is not None
+        out = np.empty(len(col), np.int64)
+        for i, s in enumerate(col.tolist()):
+            out[i] = self.names.setdefault(s, len(self.names))
+        return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _resolve_label(columns: list[str], label: str | None, src: str) -> int:
+    if label is not None:
+        if label in columns:
+            return columns.index(label)
+        raise ShardError(f"{src}: label column {label!r} does not exist; columns are {columns[:20]}"
+                         f"{' ...' if len(columns) > 20 else ''}; pass one of them with --label")
+    for guess in LABEL_GUESSES:
+        for i, c in enumerate(columns):
+            if c.strip().lower() == guess:
+                return i
+    raise ShardError(f"{src}: no label column found (looked for {list(LABEL_GUESSES)}); name it with --label COL")
+
+
+# --- CSV / TSV --------------------------------------------------------------------------------
+
+
+def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -> Source:
+    src = str(path)
+    delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f, delimiter=delim), None)
+    except UnicodeDecodeError:
+        raise ShardError(f"{src} is not UTF-8 text; convert it (iconv -t utf-8) or pass .npy/.parquet") from None
+    if not header or all(not h.strip() for h in header):
+        raise ShardError(f"{src} is empty: expected a header line and data rows")
+    columns = [h.strip() for h in header]
+    li = _resolve_label(columns, label, src)
+    feat_idx = [i for i in range(len(columns)) if i != li]
+    if not feat_idx:
+        raise ShardError(f"{src}: only the label column {columns[li]!r}; expected feature columns too")
+    names = [columns[i] for i in feat_idx]
+    chunk_rows = max(64, CHUNK_CELLS // len(columns))
+    labels = LabelParser(src, columns[li])
+    s = Source(name=src, feature_names=names, sample_shape=(len(names),), rows=None, read=lambda: iter(()),
+               label=columns[li])
+
+    def convert(rows: list[list[str]], lines: list[int]) -> Chunk:
+        block = np.array(rows, dtype=str)
+        x = strings_to_float(block[:, feat_idx], names, lines, src)
+        y = labels(block[:, li], lines)
+        s.label_names = labels.names
+        return x, y
+
+    def read() -> Iterator[Chunk]:
+        with open(path, newline="", encoding="utf-8") as f:
+            r = csv.reader(f, delimiter=delim)
+            next(r)
+            rows: list[list[str]] = []
+            lines: list[int] = []
+            try:
+                for rec in r:
+                    if not rec or (len(rec) == 1 and not rec[0].strip()):
+                        continue
+                    if len(rec) != len(columns):
+                        raise ShardError(f"{src}: line {r.line_num} has {len(rec)} fields, the header has "
+                                         f"{len(columns)}; fix the row (quote values that contain {delim!r})")
+                    rows.append(rec)
+                    lines.append(r.line_num)
+                    if len(rows) >= chunk_rows:
+                        yield convert(rows, lines)
+                        rows, lines = [], []
+            except csv.Error as e:
+                raise ShardError(f"{src}: line {r.line_num}: malformed CSV ({e})") from None
+            except UnicodeDecodeError:
+                raise ShardError(f"{src}: near line {r.line_num}: not UTF-8 text") from None
+            if rows:
+                yield convert(rows, lines)
+
+    def count() -> int:
+        with open(path, newline="", encoding="utf-8") as f:
+            r = csv.reader(f, delimiter=delim)
+            next(r)
+            return sum(1 for rec in r if rec and not (len(rec) == 1 and not rec[0].strip()))
+
+    s.read, s.count_rows = read, count
+    return s
+
+
+# --- NumPy ------------------------------------------------------------------------------------
+
+
+def npy_source(path: Path, *, label: str | None) -> Source:
+    src = str(path)
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ShardError(f"{src} is not a readable .npy file ({e})") from None
+    if a.ndim != 2 or a.shape[1] < 2 or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ShardError(f"{src}: a .npy input must be a numeric 2-D array (rows x columns, one of them the label); "
+                         f"got {a.dtype}{a.shape}. Use a .npz with 'x' and 'y' for other shapes")
+    try:
+        li = int(label) if label is not None else a.shape[1] - 1
+    except ValueError:
+        raise ShardError(f"{src}: --label for a .npy is a column index, got {label!r}") from None
+    if not -a.shape[1] <= li < a.shape[1]:
+        raise ShardError(f"{src}: label column {li} does not exist; the array has {a.shape[1]} columns")
+    li %= a.shape[1]
+    feat = [i for i in range(a.shape[1]) if i != li]
+    step = max(1, CHUNK_CELLS * 4 // a.shape[1])
+
+    def read() -> Iterator[Chunk]:
+        for s in range(0, len(a), step):
+            block = np.asarray(a[s:s + step])
+            yield block[:, feat].astype(np.float32), _int_labels(block[:, li], src, s)
+
+    return Source(name=src, feature_names=[f"c{i}" for i in feat], sample_shape=(len(feat),), rows=len(a),
+                  read=read, label=f"c{li}")
+
+
+def _int_labels(y: np.ndarray, src: str, offset: int = 0) -> np.ndarray:
+    y = np.asarray(y)
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(np.nan_to_num(y)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ShardError(f"{src}: row {offset + i + 1}: label {y[i].item()!r} is not an integer class id")
+        return y.astype(np.int64)
+    raise ShardError(f"{src}: labels of dtype {y.dtype} are not integers")
+
+
+def npz_source(path: Path) -> Source:
+    src = str(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+        keys = list(z.keys())
+    except (ValueError, OSError) as e:
+        raise ShardError(f"{src} is not a readable .npz file ({e})") from None
+    if "x" not in keys or "y" not in keys:
+        raise ShardError(f"{src}: a .npz input needs arrays 'x' and 'y'; it has {keys}")
+    x, y = z["x"], z["y"]
+    if x.ndim < 1 or len(x) != len(y) or y.ndim != 1:
+        raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and y (N,)")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ShardError(f"{src}: x has dtype {x.dtype}; expected numbers")
+    if x.ndim == 1:
+        x = x[:, None]
+    n_feat = int(np.prod(x.shape[1:]))
+    names = [str(v) for v in z["feature_names"]] if "feature_names" in keys else [f"f{i}" for i in range(n_feat)]
+    if len(names) != n_feat:
+        raise ShardError(f"{src}: {len(names)} feature_names for {n_feat} features")
+    yy = _int_labels(y, src)
+    return _memory_source(src, x.astype(np.float32), yy, names)
+
+
+def _memory_source(name: str, x: np.ndarray, y: np.ndarray, names: list[str], **kw: Any) -> Source:
+    def read() -> Iterator[Chunk]:
+        step = max(1, CHUNK_CELLS * 4 // max(1, int(np.prod(x.shape[1:]))))
+        for s in range(0, len(x), step):
+            yield x[s:s + step], y[s:s + step]
+
+    return Source(name=name, feature_names=names, sample_shape=tuple(x.shape[1:]), rows=len(x), read=read,
+                  in_memory=True, **kw)
+
+
+# --- Parquet ----------------------------------------------------------------------------------
+
+
+def parquet_source(path: Path, *, label: str | None) -> Source:
+    src = str(path)
+    try:
+        import pyarrow.parquet as pq
+        import pyarrow.types as pat
+    except ImportError:
+        raise ShardError("reading Parquet needs pyarrow: pip install pyarrow (or the 'dev' extra)") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001  pyarrow raises several unrelated types for bad files
+        raise ShardError(f"{src} is not a readable Parquet file ({e})") from None
+    columns = list(pf.schema_arrow.names)
+    li = _resolve_label(columns, label, src)
+    names = [c for i, c in enumerate(columns) if i != li]
+    if not names:
+        raise ShardError(f"{src}: only the label column; expected feature columns too")
+    for c in names:
+        t = pf.schema_arrow.field(c).type
+        if not (pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_string(t)
+                or pat.is_large_string(t) or pat.is_decimal(t) or pat.is_null(t)):
+            raise ShardError(f"{src}: column {c!r} has type {t}; feature columns must be numeric")
+    labels = LabelParser(src, columns[li])
+    s = Source(name=src, feature_names=names, sample_shape=(len(names),), rows=pf.metadata.num_rows,
+               read=lambda: iter(()), label=columns[li])
+
+    def read() -> Iterator[Chunk]:
+        start = 0
+        for batch in pf.iter_batches(batch_size=max(64, CHUNK_CELLS // len(columns))):
+            n = batch.num_rows
+            lines = None
+            x = np.empty((n, len(names)), np.float32)
+            for j, c in enumerate(names):
+                col = batch.column(c)
+                t = col.type
+                if pat.is_string(t) or pat.is_large_string(t):
+                    vals = np.array(["" if v is None else v for v in col.to_pylist()], dtype=str)
+                    try:
+                        x[:, j] = strings_to_float(vals[:, None], [c], lines, src)[:, 0]
+                    except ShardError as e:
+                        raise ShardError(str(e).replace("row ", f"row {start}+", 1)) from None
+                else:
+                    x[:, j] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            lab = batch.column(columns[li])
+            if lab.null_count:
+                i = next(i for i, v in enumerate(lab.to_pylist()) if v is None)
+                raise ShardError(f"{src}: row {start + i + 1}: label column {columns[li]!r} is null")
+            if pat.is_integer(lab.type) or pat.is_boolean(lab.type):
+                y = np.asarray(lab.to_numpy(zero_copy_only=False)).astype(np.int64)
+            else:
+                y = labels(np.array([str(v) for v in lab.to_pylist()]), None)
+                s.label_names = labels.names
+            start += n
+            yield x, y
+
+    s.read = read
+    return s
+
+
+# --- built-in datasets ------------------------------------------------------------------------
+
+SKLEARN = ("digits", "breast_cancer", "wine", "iris")
+COMMON_PARAMS = {"missing": float, "imbalance": float, "seed": int}
+SKLEARN_PARAMS = {**COMMON_PARAMS, "flat": int}
+SYNTH_PARAMS = {**COMMON_PARAMS, "rows": int, "features": int, "classes": int, "shape": str, "sep": float}
+
+
+def _params(query: str, allowed: dict[str, type], spec: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if k not in allowed:
+            raise ShardError(f"{spec!r}: unknown parameter {k!r}; valid: {', '.join(sorted(allowed))}")
+        try:
+            out[k] = allowed[k](v)
+        except ValueError:
+            raise ShardError(f"{spec!r}: parameter {k}={v!r} is not a {allowed[k].__name__}") from None
+    if not 0.0 <= out.get("missing", 0.0) < 1.0:
+        raise ShardError(f"{spec!r}: missing={out['missing']} must be in [0, 1)")
+    if out.get("imbalance", 1.0) < 1.0:
+        raise ShardError(f"{spec!r}: imbalance={out['imbalance']} must be >= 1 (the majority/minority ratio)")
+    return out
+
+
+def class_keep_probs(n_classes: int, imbalance: float) -> np.ndarray:
+    """Class k of C is kept (or drawn) with weight R**(-k/(C-1)): the first class is the
+    majority, the last R times rarer."""
+    if n_classes <= 1 or imbalance <= 1.0:
+        return np.ones(max(n_classes, 1))
+    return imbalance ** (-np.arange(n_classes) / (n_classes - 1))
+
+
+def inject(chunks: Iterator[Chunk], classes: list[int], *, missing: float, imbalance: float,
+           seed: int) -> Iterator[Chunk]:
+    """Subsample classes to the imbalance ratio and blank features to NaN, reproducibly."""
+    rng = np.random.default_rng([seed, 7])
+    keep = class_keep_probs(len(classes), imbalance)
+    index = {c: i for i, c in enumerate(classes)}
+    for x, y in chunks:
+        if imbalance > 1.0:
+            p = keep[np.array([index[int(v)] for v in y], dtype=np.int64)] if len(y) else np.zeros(0)
+            m = rng.random(len(y)) < p
+            x, y = x[m], y[m]
+        if missing > 0.0:
+            x = x.copy()
+            x[rng.random(x.shape) < missing] = np.nan
+        yield x, y
+
+
+def sklearn_source(name: str, query: str, spec: str) -> Source:
+    p = _params(query, SKLEARN_PARAMS, spec)
+    if name not in SKLEARN:
+        raise ShardError(f"{spec!r}: unknown scikit-learn dataset {name!r}; choose one of "
+                         f"{', '.join('sklearn:' + s for s in SKLEARN)}")
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise ShardError(f"{spec!r} needs scikit-learn: pip install scikit-learn") from None
+    b = getattr(datasets, f"load_{name}")()
+    x = np.asarray(b.data, dtype=np.float32)
+    y = np.asarray(b.target, dtype=np.int64)
+    names = [str(v) for v in getattr(b, "feature_names", [f"f{i}" for i in range(x.shape[1])])]
+    if name == "digits" and not p.get("flat"):
+        x = x.reshape(-1, 1, 8, 8)  # an image dataset: (C, H, W) for the CNN; ?flat=1 keeps 64 columns
+    classes = sorted(int(c) for c in np.unique(y))
+    src = _memory_source(spec, x, y, names, classes=classes, params=p)
+    if p.get("missing", 0.0) > 0 or p.get("imbalance", 1.0) > 1:
+        base = src.read
+        src.read = lambda: inject(base(), classes, missing=p.get("missing", 0.0),
+                                  imbalance=p.get("imbalance", 1.0), seed=p.get("seed", 0))
+        if p.get("imbalance", 1.0) > 1:
+            src.rows = None
+            src.count_rows = lambda: sum(len(c[1]) for c in src.read())
+    return src
+
+
+def synthetic_source(kind: str, query: str, spec: str) -> Source:
+    if kind != "classification":
+        raise ShardError(f"{spec!r}: unknown synthetic kind {kind!r}; use synthetic:classification?rows=...")
+    p = _params(query, SYNTH_PARAMS, spec)
+    rows, n_classes, seed = p.get("rows", 10_000), p.get("classes", 2), p.get("seed", 0)
+    if "shape" in p:
+        try:
+            shape = tuple(int(v) for v in p["shape"].lower().split("x"))
+        except ValueError:
+            raise ShardError(f"{spec!r}: shape={p['shape']!r} is not like 1x8x8") from None
+    else:
+        shape = (p.get("features", 20),)
+    if rows < 1 or n_classes < 2 or any(v < 1 for v in shape):
+        raise ShardError(f"{spec!r}: need rows >= 1, classes >= 2 and positive feature counts")
+    d = int(np.prod(shape))
+    # Class means on a scale where the classes overlap a little: learnable, not trivial.
+    centers = (np.random.default_rng([seed, 1]).standard_normal((n_classes, d)) * p.get("sep", 1.0)).astype(np.float32)
+    prior = class_keep_probs(n_classes, p.get("imbalance", 1.0))
+    prior = prior / prior.sum()
+    missing = p.get("missing", 0.0)
+    step = max(1, CHUNK_CELLS * 8 // d)
+
+    def read() -> Iterator[Chunk]:
+        for i, s in enumerate(range(0, rows, step)):
+            n = min(step, rows - s)
+            rng = np.random.default_rng([seed, 2, i])
+            y = rng.choice(n_classes, size=n, p=prior).astype(np.int64)
+            x = rng.standard_normal((n, d), dtype=np.float32)
+            x += centers[y]
+            if missing > 0:
+                x[rng.random((n, d)) < missing] = np.nan
+            yield x.reshape(n, *shape), y
+
+    return Source(name=spec, feature_names=[f"f{i}" for i in range(d)], sample_shape=shape, rows=rows, read=read,
+                  classes=list(range(n_classes)), params=p)
+
+
+def open_source(spec: str, *, label: str | None = None) -> Source:
+    """The Source for an input path or a ``sklearn:``/``synthetic:`` spec."""
+    if spec.startswith("sklearn:") or spec.startswith("synthetic:"):
+        kind, _, rest = spec.partition(":")
+        name, _, query = rest.partition("?")
+        return sklearn_source(name, query, spec) if kind == "sklearn" else synthetic_source(name, query, spec)
+    path = Path(spec)
+    if not path.exists():
+        raise ShardError(f"input {spec!r} does not exist; pass a CSV/TSV, .npy/.npz or .parquet file, or "
+                         "sklearn:digits / synthetic:classification?rows=...")
+    if path.is_dir():
+        raise ShardError(f"input {spec!r} is a directory; pass a file")
+    if not os.access(path, os.R_OK):
+        raise ShardError(f"input {spec!r} is not readable (permissions)")
+    if path.stat().st_size == 0:
+        raise ShardError(f"input {spec!r} is empty")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".tab", ".txt"):
+        return csv_source(path, label=label)
+    if suffix == ".npy":
+        return npy_source(path, label=label)
+    if suffix == ".npz":
+        return npz_source(path)
+    if suffix in (".parquet", ".pq"):
+        return parquet_source(path, label=label)
+    raise ShardError(f"input {spec!r}: unknown format {suffix!r}; expected .csv, .tsv, .npy, .npz or .parquet")
+
+
+# --- splitting and writing --------------------------------------------------------------------
+
+
+class SplitAssigner:
+    """Streaming, stratified train/val split: within each class, exactly floor or ceil of
+    ``fraction`` of the rows go to val, spread evenly from a seeded random phase."""
+
+    def __init__(self, fraction: float, seed: int) -> None:
+        if not 0.0 <= fraction < 1.0:
+            raise ShardError(f"val fraction {fraction} must be in [0, 1)")
+        self.fraction = fraction
+        self.rng = np.random.default_rng([seed, 3])
+        self.seen: dict[int, int] = {}
+        self.phase: dict[int, float] = {}
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        val = np.zeros(len(y), bool)
+        if self.fraction == 0.0 or len(y) == 0:
+            return val
+        for c in np.unique(y).tolist():
+            idx = np.flatnonzero(y == c)
+            k0 = self.seen.get(c, 0)
+            ph = self.phase.setdefault(c, float(self.rng.random()))
+            k = np.arange(k0, k0 + len(idx), dtype=np.float64)
+            val[idx] = np.floor((k + 1) * self.fraction + ph) > np.floor(k * self.fraction + ph)
+            self.seen[c] = k0 + len(idx)
+        return val
+
+
+def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None, rows_per_shard: int | None = None,
+                 label: str | None = None, compression: str = "lzf", seed: int = 0, val_fraction: float = 0.0,
+                 shuffle: bool = True, overwrite: bool = False) -> Manifest:
+    """Convert input ``spec`` to a shard directory ``out`` in bounded memory; returns its manifest."""
+    if shards is not None and rows_per_shard is not None:
+        raise ShardError("give --shards or --rows-per-shard, not both")
+    if shards is not None and shards < 1:
+        raise ShardError(f"--shards {shards}: expected at least 1")
+    src = open_source(spec, label=label)
+    if shards is not None:
+        total = src.total_rows()
+        if total == 0:
+            raise ShardError(f"input {spec!r} is empty: no data rows")
+        rows_per_shard = max(1, math.ceil(total * (1.0 - val_fraction) / shards))
+    elif rows_per_shard is None:
+        # Counting an in-memory input is cheap and lets small inputs get several shards.
+        total = src.total_rows() if src.rows is not None or src.in_memory else None
+        rows_per_shard = default_rows_per_shard(src.sample_shape, total)
+    split = SplitAssigner(val_fraction, seed)
+    meta = {"source": spec, "label": src.label, "seed": seed, "val_fraction": val_fraction, "shuffled": shuffle,
+            "params": src.params}
+    writer = ShardWriter(out, feature_names=src.feature_names, sample_shape=src.sample_shape,
+                         rows_per_shard=rows_per_shard, compression=compression, classes=src.classes, meta=meta,
+                         shuffle_seed=seed if shuffle else None, overwrite=overwrite)
+    with writer:
+        chunks = src.chunks()
+        if shuffle and src.in_memory:
+            chunks = _shuffled(chunks, seed)
+        for x, y in chunks:
+            v = split(y)
+            if v.any():
+                writer.add(x[~v], y[~v], "train")
+                writer.add(x[v], y[v], "val")
+            else:
+                writer.add(x, y, "train")
+        if src.label_names is not None:
+            writer.class_names = sorted(src.label_names, key=src.label_names.__getitem__)
+        return writer.close()
+
+
+def _shuffled(chunks: Iterator[Chunk], seed: int) -> Iterator[Chunk]:
+    # In-memory sources only: gather everything, permute once, re-chunk.
+    parts = list(chunks)
+    if not parts:
+        return
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    perm = np.random.default_rng([seed, 4]).permutation(len(y))
+    step = max(1, len(parts[0][1]))
+    for s in range(0, len(y), step):
+        yield x[perm[s:s + step]], y[perm[s:s + step]]

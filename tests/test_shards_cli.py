@@ -1,0 +1,201 @@
+"""``hpctrain shard``: every input kind against an oracle, built-in injection, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hpctrain.cli import main
+from hpctrain.data import sources
+from hpctrain.data.shards import Manifest, ShardError, iter_arrays
+from hpctrain.data.sources import SplitAssigner, write_shards
+
+
+def read_all(d, split=None):
+    xs, ys = zip(*[(x, y) for _, x, y in iter_arrays(d, split)])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def sort_rows(x, y):
+    flat = np.concatenate([y[:, None].astype(np.float64), np.nan_to_num(x.reshape(len(x), -1), nan=-1e30)], 1)
+    order = np.lexsort(flat.T[::-1])
+    return x[order], y[order]
+
+
+def test_digits_cli(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    out = tmp_path / "dg"
+    assert main(["shard", "sklearn:digits", "--out", str(out), "--val-fraction", "0.2"]) == 0
+    m = Manifest.load(out)
+    b = load_digits()
+    assert m.schema.sample_shape == (1, 8, 8) and m.rows() == 1797 and m.schema.classes == list(range(10))
+    # Stratified: each class loses floor or ceil of 20% to val.
+    full = {int(k): int(v) for k, v in zip(*np.unique(b.target, return_counts=True))}
+    for c, n in m.class_counts("val").items():
+        assert abs(n - 0.2 * full[c]) <= 1
+    x, y = read_all(out)
+    gx, gy = sort_rows(x.reshape(1797, 64), y)
+    wx, wy = sort_rows(b.data.astype(np.float32), b.target)
+    assert np.array_equal(gx, wx) and np.array_equal(gy, wy)
+    assert main(["shard", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["splits"]["val"]["rows"] == m.rows("val") and info["splits"]["train"]["missing_share"] == 0.0
+
+
+def test_builtin_injection(tmp_path):
+    m = write_shards("sklearn:digits?missing=0.1&imbalance=10&seed=3", tmp_path / "a")
+    x, y = read_all(tmp_path / "a")
+    assert abs(np.isnan(x).mean() - 0.1) < 0.01
+    counts = np.bincount(y)
+    assert 6 < counts[0] / counts[9] < 16  # about 10:1 from first to last class
+    assert m.meta["params"] == {"missing": 0.1, "imbalance": 10.0, "seed": 3}
+    again = write_shards("sklearn:digits?missing=0.1&imbalance=10&seed=3", tmp_path / "b")
+    assert [s.sha256 for s in again.shards] == [s.sha256 for s in m.shards]  # reproducible
+    m = write_shards("synthetic:classification?rows=3000&features=5&classes=3&imbalance=9&missing=0.2&seed=1",
+                     tmp_path / "c", shards=4)
+    x, y = read_all(tmp_path / "c")
+    assert x.shape == (3000, 5) and len(m.shards) == 4 and abs(np.isnan(x).mean() - 0.2) < 0.02
+    c = np.bincount(y)
+    assert 5 < c[0] / c[2] < 15
+    m = write_shards("synthetic:classification?rows=10&shape=2x3x4&classes=2", tmp_path / "d")
+    assert m.schema.sample_shape == (2, 3, 4)
+    with pytest.raises(ShardError, match="unknown parameter 'rowz'"):
+        write_shards("synthetic:classification?rowz=10", tmp_path / "e")
+    with pytest.raises(ShardError, match="unknown scikit-learn dataset"):
+        write_shards("sklearn:mnist", tmp_path / "e")
+
+
+def _csv(tmp_path, name="d.csv", sep=","):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(257, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 257)
+    x[3, 1] = np.nan
+    x[7, 2] = np.inf
+    lines = [sep.join(["a", "b", "target", "c", "d"])]
+    for i in range(257):
+        cells = [repr(float(v)) for v in x[i]]
+        if i == 3:
+            cells[1] = ""  # an empty cell is a missing value
+        cells.insert(2, str(y[i]))
+        lines.append(sep.join(cells))
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p, x, y
+
+
+@pytest.mark.parametrize("name,sep", [("d.csv", ","), ("d.tsv", "\t")])
+def test_csv_round_trip_exact_order(tmp_path, name, sep):
+    p, x, y = _csv(tmp_path, name, sep)
+    m = write_shards(str(p), tmp_path / "s", shards=3, shuffle=False)
+    assert len(m.shards) == 3 and m.schema.feature_names == ["a", "b", "c", "d"]
+    gx, gy = read_all(tmp_path / "s")
+    np.testing.assert_array_equal(gx, x)  # NaN and inf preserved
+    np.testing.assert_array_equal(gy, y)
+
+
+def test_csv_streams_in_bounded_chunks(tmp_path, monkeypatch):
+    p, x, y = _csv(tmp_path)
+    monkeypatch.setattr(sources, "CHUNK_CELLS", 100)  # 20 rows per chunk for 5 columns
+    src = sources.open_source(str(p))
+    sizes = [len(c[1]) for c in src.chunks()]
+    assert max(sizes) == 64 and sum(sizes) == 257  # the 64-row floor; never the whole file
+    m = write_shards(str(p), tmp_path / "s", rows_per_shard=50, shuffle=False)
+    assert [s.rows for s in m.shards] == [50] * 5 + [7]
+
+
+def test_csv_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,label\n1,2,0\n3,x7,1\n")
+    with pytest.raises(ShardError, match=r"line 3, column 'b': value 'x7' is not a number"):
+        write_shards(str(bad), tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing half-written
+    with pytest.raises(ShardError, match="label column 'nope' does not exist"):
+        write_shards(str(bad), tmp_path / "o", label="nope")
+    (tmp_path / "h.csv").write_text("a,b,label\n")
+    with pytest.raises(ShardError, match="empty"):
+        write_shards(str(tmp_path / "h.csv"), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(ShardError, match="empty"):
+        write_shards(str(tmp_path / "e.csv"), tmp_path / "o")
+    (tmp_path / "r.csv").write_text("a,b,label\n1,2,0\n1,2\n")
+    with pytest.raises(ShardError, match="line 3 has 2 fields"):
+        write_shards(str(tmp_path / "r.csv"), tmp_path / "o")
+    (tmp_path / "l.csv").write_text("a,label\n1,0\n2,0.5\n")
+    with pytest.raises(ShardError, match="line 3: label '0.5'.*not an integer"):
+        write_shards(str(tmp_path / "l.csv"), tmp_path / "o")
+    with pytest.raises(ShardError, match="does not exist"):
+        write_shards(str(tmp_path / "missing.csv"), tmp_path / "o")
+
+
+def test_string_labels_get_names(tmp_path):
+    p = tmp_path / "s.csv"
+    p.write_text("f,species\n1,cat\n2,dog\n3,cat\n4,eel\n")
+    m = write_shards(str(p), tmp_path / "o", label="species", shuffle=False)
+    assert m.schema.class_names == ["cat", "dog", "eel"]
+    assert np.array_equal(read_all(tmp_path / "o")[1], [0, 1, 0, 2])
+
+
+def test_npy_npz_parquet(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(100, 3)).astype(np.float32)
+    x[0, 0] = np.nan
+    y = rng.integers(0, 4, 100)
+    np.save(tmp_path / "a.npy", np.concatenate([x, y[:, None].astype(np.float32)], 1))
+    write_shards(str(tmp_path / "a.npy"), tmp_path / "s1", shuffle=False)
+    gx, gy = read_all(tmp_path / "s1")
+    assert np.array_equal(gx, x, equal_nan=True) and np.array_equal(gy, y)
+    img = rng.normal(size=(50, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "b.npz", x=img, y=y[:50])
+    m = write_shards(str(tmp_path / "b.npz"), tmp_path / "s2", shuffle=False)
+    assert m.schema.sample_shape == (1, 4, 4)
+    assert np.array_equal(read_all(tmp_path / "s2")[0], img)
+    np.savez(tmp_path / "c.npz", data=img)
+    with pytest.raises(ShardError, match="needs arrays 'x' and 'y'"):
+        write_shards(str(tmp_path / "c.npz"), tmp_path / "s3")
+    import pandas as pd
+
+    df = pd.DataFrame({"u": x[:, 0], "v": x[:, 1], "w": x[:, 2], "label": y})
+    df.to_parquet(tmp_path / "d.parquet")
+    write_shards(str(tmp_path / "d.parquet"), tmp_path / "s4", shuffle=False)
+    gx, gy = read_all(tmp_path / "s4")
+    assert np.array_equal(gx, x, equal_nan=True) and np.array_equal(gy, y)
+    df["v"] = df["v"].astype(str)
+    df.loc[5, "v"] = "oops"
+    df.to_parquet(tmp_path / "e.parquet")
+    with pytest.raises(ShardError, match=r"column 'v': value 'oops'"):
+        write_shards(str(tmp_path / "e.parquet"), tmp_path / "s5")
+
+
+def test_split_assigner_is_stratified_and_streaming():
+    y = np.repeat([0, 1, 2], [100, 37, 5])
+    rng = np.random.default_rng(0)
+    y = y[rng.permutation(len(y))]
+    a = SplitAssigner(0.25, seed=1)
+    v = np.concatenate([a(y[i:i + 13]) for i in range(0, len(y), 13)])  # chunked stream
+    for c, n in [(0, 100), (1, 37), (2, 5)]:
+        assert abs(v[y == c].sum() - 0.25 * n) <= 1
+
+
+def test_cli_verify_and_errors(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["shard", "synthetic:classification?rows=5000&features=8", "--out", str(out),
+                 "--shards", "4", "--compression", "none"]) == 0
+    assert main(["shard", "verify", str(out)]) == 0
+    p = out / "train-00002.h5"
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 4
+    p.write_bytes(bytes(b))
+    capsys.readouterr()
+    assert main(["shard", "verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL train-00002.h5" in text and "sha256" in text
+    assert main(["shard", "sklearn:digits", "--out", str(out)]) == 2  # not empty, no --force
+    assert "not empty" in capsys.readouterr().err
+    assert main(["shard", "nope.csv", "--out", str(tmp_path / "x")]) == 2
+    assert main(["shard", "info", str(tmp_path / "none")]) == 2
+    assert main(["shard", "sklearn:digits", "--out", str(out), "--force", "--rows-per-shard", "500"]) == 0
+    assert [s.rows for s in Manifest.load(out).shards] == [500, 500, 500, 297]
