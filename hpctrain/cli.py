@@ -19,6 +19,19 @@ from hpctrain.errors import HpctrainError
 COMMANDS = [
     "doctor",
     "launch",
+    "shard",
+    "farm",
+    "profile",
+    "drift",
+    "clean",
+    "balance",
+    "impute",
+    "train",
+    "submit",
+    "status",
+    "logs",
+    "cancel",
+    "sweep",
 ]
 
 
@@ -55,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hpctrain {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(rc or 0)
 
 

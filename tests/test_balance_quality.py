@@ -133,3 +133,23 @@ def test_cli_balance_writes_new_shards_and_keeps_val(tmp_path, capsys):
     assert main(["balance", str(src), "--out", str(out), "--method", "oversample"]) == 2
     assert main(["balance", str(src), "--out", str(out), "--method", "oversample", "--force"]) == 0
     assert json.loads((out / "manifest.json").read_text())["meta"]["balance"]["method"] == "oversample"
+
+
+def test_cli_balance_option_errors_name_the_fix(tmp_path, capsys):
+    from hpctrain.data.shards import ShardWriter
+
+    x, y = _imbalanced({0: 60, 1: 12})
+    x[np.flatnonzero(y == 1)[:3], 0] = np.nan
+    src = tmp_path / "src"
+    with ShardWriter(src, feature_names=["a", "b", "c"], sample_shape=(3,)) as w:
+        w.add(x, y)
+    assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "smote", "--k", "0"]) == 2
+    assert "--k 0" in capsys.readouterr().err
+    assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "smote"]) == 2
+    err = capsys.readouterr().err
+    assert "class 1: smote: 3 of the class's 12 rows" in err and "hpctrain impute" in err
+    assert not (tmp_path / "b").exists()
+    # plain oversampling copes with the missing values; the summary gives the totals
+    assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "oversample"]) == 0
+    out = capsys.readouterr().out
+    assert "(72 rows)" in out and "(120 rows)" in out and f"wrote {tmp_path / 'b'}" in out

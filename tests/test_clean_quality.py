@@ -123,3 +123,22 @@ def test_cli_clean_writes_new_dir_and_leaves_input(tmp_path, capsys):
     assert "no step chosen" in capsys.readouterr().err
     assert main(["clean", str(tmp_path / "nope"), "--out", str(tmp_path / "y"), "--drop-duplicates"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_clean_summary_and_option_errors(tmp_path, capsys):
+    from hpctrain.data.shards import ShardWriter
+
+    x, y = _constructed()
+    src = tmp_path / "src"
+    with ShardWriter(src, feature_names=["a", "b", "c"], sample_shape=(3,)) as w:
+        w.add(x, y)
+    assert main(["clean", str(src), "--out", str(tmp_path / "c"), "--drop-duplicates"]) == 0
+    # the last line says where the data went and how many rows survived (91 - 5 duplicates)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'c'}: train 91 -> 86 rows")
+    # --method alone would silently do nothing
+    assert main(["clean", str(src), "--out", str(tmp_path / "d"), "--drop-duplicates", "--method", "zscore"]) == 2
+    err = capsys.readouterr().err
+    assert "--method zscore" in err and "--outliers" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["clean", str(src), "--out", str(tmp_path / "file"), "--drop-duplicates"]) == 2
+    assert "not a directory" in capsys.readouterr().err

@@ -143,3 +143,50 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     (ref / "manifest.json").write_text(json.dumps(m))
     assert main(["drift", str(ref), str(renamed), "--out", str(tmp_path / "o")]) == 2
     assert "dtype" in capsys.readouterr().err
+
+
+def test_bad_options_fail_fast_with_one_line(tmp_path, capsys):
+    x, y = _normal(300, 2, 0)
+    xs, ys = _normal(300, 2, 1, shift=2.0)
+    ref, cur = _shards(tmp_path / "ref", x, y), _shards(tmp_path / "cur", xs, ys)
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["--bins", "1"], "--bins 1"), (["--top", "0"], "--top 0"), (["--max-share", "1"], "--max-share 1"),
+        (["--on-drift", "echo 'unbalanced"], "quoting"), (["--on-drift", "no-such-program-xyz"], "not an executable"),
+        (["--out", str(tmp_path / "file")], "not a directory"),
+        (["--out", str(tmp_path / "file" / "sub")], "not a writable directory"),
+    ]
+    for extra, want in cases:
+        opts = ["--out", str(tmp_path / "o")] + extra if "--out" not in extra else extra
+        assert main(["drift", str(ref), str(cur), *opts]) == 2, extra
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)
+        # checked before any data is read: nothing written
+        assert not (tmp_path / "o").exists(), extra
+
+
+def test_missing_share_reported_beside_the_verdict(tmp_path, capsys):
+    x, y = _normal(800, 2, 0)
+    xc, yc = _normal(800, 2, 1)
+    xc[:320, 1] = np.nan                      # 40% missing in the current data only
+    ref, cur = _shards(tmp_path / "ref", x, y), _shards(tmp_path / "cur", xc, yc)
+    assert main(["drift", str(ref), str(cur), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "f1 0.0% -> 40.0%" in out and f"report: {tmp_path / 'o'}/drift.html" in out
+    rec = json.loads((tmp_path / "o" / "drift.json").read_text())
+    f1 = rec["features"][1]
+    assert f1["ref_nonfinite_pct"] == 0.0 and f1["cur_nonfinite_pct"] == pytest.approx(100 * np.isnan(xc[:, 1]).mean())
+    assert f1["cur_count"] == 480
+
+
+def test_feature_that_becomes_all_missing_is_drift(tmp_path, capsys):
+    x, y = _normal(400, 2, 0)
+    xc, yc = _normal(400, 2, 0)               # the same rows: KS and PSI see no change in f0
+    xc[:, 1] = np.nan
+    ref, cur = _shards(tmp_path / "ref", x, y), _shards(tmp_path / "cur", xc, yc)
+    assert main(["drift", str(ref), str(cur), "--out", str(tmp_path / "o")]) == 3
+    assert "f1: finite values in one set only (reference 400, current 0)" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "o" / "drift.json").read_text())
+    assert rec["drifted_features"] == ["f1"] and rec["features"][1]["ks_pvalue"] is None
+    both_empty = feature_drift(["z"], [np.full(5, np.nan)], [np.full(5, np.nan)])[0]
+    assert not both_empty.drifted and not both_empty.vanished

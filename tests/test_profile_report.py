@@ -122,3 +122,52 @@ def test_profile_bad_input(tmp_path, capsys):
     assert main(["profile", str(d), "--out", str(tmp_path / "r")]) == 2
     assert "lists no shards" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_terminal_summary_and_warning_rules(profiled, capsys):
+    root, _, _ = profiled
+    r = json.loads((root / "report" / "report.json").read_text())
+    rules = {w["kind"]: w["rule"] for w in r["warnings"]}
+    assert rules["missing"] == "missing > 20%" and rules["imbalance"] == "imbalance ratio > 10"
+    assert rules["duplicates"] == "duplicate rows > 1%" and rules["constant"] == "min == max"
+    assert main(["profile", str(root / "shards"), "--out", str(root / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "rows 1500, features 5" in out
+    assert "WARNING [missing] 1 column(s) (rule: missing > 20%): c" in out
+    assert "(rule: imbalance ratio > 10)" in out
+    assert out.strip().splitlines()[-1].startswith(f"report: {root / 'again' / 'report.html'}")
+    page = (root / "report" / "report.html").read_text()
+    assert "<h2>Summary</h2>" in page and "missing &gt; 20%" in page
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """Column names with TeX-like dollars or HTML, and directories with spaces, quotes and markup."""
+    from hpctrain.data.shards import ShardWriter
+
+    names = ["cost ($)", r"$\frac$", "<script>alert(1)</script>", 'q"uote']
+    rng = np.random.default_rng(0)
+    base = tmp_path_factory.mktemp("hostile") / "a b'c\"<i>d</i>"
+    for sub, shift in (("ref", 0.0), ("cur", 1.0)):
+        x = rng.normal(shift, size=(300, 4)).astype(np.float32)
+        with ShardWriter(base / sub, feature_names=names, sample_shape=(4,)) as w:
+            w.add(x, (rng.random(300) < 0.5).astype(np.int64))
+    assert main(["profile", str(base / "ref"), "--out", str(base / "prof <b>")]) == 0
+    assert main(["drift", str(base / "ref"), str(base / "cur"), "--out", str(base / "drift <b>")]) == 3
+    return base
+
+
+def test_hostile_names_and_paths(hostile):
+    """The plots render (matplotlib would parse $...$ as TeX and fail) and the pages escape everything."""
+    base = hostile
+    for page in (base / "prof <b>" / "report.html", base / "drift <b>" / "drift.html"):
+        text = page.read_text()
+        assert "<script>alert" not in text and "<i>d</i>" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "&lt;i&gt;d&lt;/i&gt;" in text
+    assert (base / "drift <b>" / "drift.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
+def test_drift_page_and_hostile_paths_render_in_chromium(hostile, tmp_path):
+    assert _render(hostile / "drift <b>" / "drift.html", tmp_path) == "1/1"
+    assert _render(hostile / "prof <b>" / "report.html", tmp_path) == f"{len(PNGS)}/{len(PNGS)}"

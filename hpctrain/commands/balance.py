@@ -45,15 +45,19 @@ def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verif
 def run(args):
     from hpctrain.quality.dist import run_collective, world_comm
 
+    if args.k < 1:
+        from hpctrain.quality import QualityError
+
+        raise QualityError(f"--k {args.k}: SMOTE needs at least 1 neighbour (default 5)")
     comm = world_comm()
 
     def body() -> int:
         if comm.rank == 0:
             before, after = balance_dir(args.dir, args.out, args.method, ratio=args.ratio, seed=args.seed, k=args.k,
                                         force=args.force, verify=args.verify)
-            print(f"train class counts before: {before}")
-            print(f"train class counts after:  {after}")
-            print(f"wrote {args.out}")
+            print(f"train class counts before: {before} ({sum(before.values())} rows)")
+            print(f"train class counts after:  {after} ({sum(after.values())} rows)")
+            print(f"wrote {args.out} (method {args.method}; the val split, if any, is copied unchanged)")
         comm.barrier()
         return 0
 

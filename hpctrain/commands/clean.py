@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="new shard directory")
     p.add_argument("--drop-duplicates", action="store_true")
     p.add_argument("--outliers", choices=["clip", "drop"], default=None)
-    p.add_argument("--method", choices=["iqr", "zscore"], default="iqr", help="outlier fences (default iqr)")
+    p.add_argument("--method", choices=["iqr", "zscore"], default=None, help="outlier fences (default iqr)")
     p.add_argument("--drop-rows-missing-over", type=float, default=None, metavar="F")
     p.add_argument("--denoise", choices=["median3"], default=None)
     p.add_argument("--drop-label-noise", action="store_true")
@@ -60,8 +60,11 @@ def run(args):
     from hpctrain.quality.clean import CleanPlan
     from hpctrain.quality.dist import run_collective, world_comm
 
+    if args.method is not None and args.outliers is None:
+        raise QualityError(f"--method {args.method} chooses the outlier fences, but no --outliers clip|drop was given; "
+                           "add --outliers, or drop --method")
     plan = CleanPlan(drop_duplicates=args.drop_duplicates, drop_rows_missing_over=args.drop_rows_missing_over,
-                     outliers=args.outliers, method=args.method, denoise=args.denoise,
+                     outliers=args.outliers, method=args.method or "iqr", denoise=args.denoise,
                      drop_label_noise=args.drop_label_noise, knn_k=args.knn_k)
     if plan.is_empty():
         raise QualityError("clean: no step chosen; pass at least one of --drop-duplicates, --outliers, "
@@ -72,11 +75,14 @@ def run(args):
         # Cleaning needs whole-split views (duplicates, neighbours); rank 0 does it, others wait.
         if comm.rank == 0:
             results = clean_dir(args.dir, args.out, plan, force=args.force, verify=args.verify)
+            totals = []
             for split, steps in results.items():
                 for s in steps:
                     print(f"{split}: {s.step}: {s.rows_in} rows in, removed {s.rows_removed}, "
                           f"changed {s.rows_changed} rows / {s.values_changed} values")
-            print(f"wrote {args.out}")
+                if steps:
+                    totals.append(f"{split} {steps[0].rows_in} -> {steps[-1].rows_in - steps[-1].rows_removed} rows")
+            print(f"wrote {args.out}: {', '.join(totals)} (counts also in its manifest.json, meta.clean)")
         comm.barrier()
         return 0
 

@@ -38,20 +38,25 @@ DRIFT_EXIT = 3
 
 def data_drift(args, comm) -> dict | None:
     """The drift record on rank 0 (None elsewhere); every rank takes part."""
-    from pathlib import Path
-
     import numpy as np
 
     from hpctrain.fileio import atomic_write_json
     from hpctrain.quality import QualityError
     from hpctrain.quality.drift import drift_share, feature_drift, most_drifted
-    from hpctrain.quality.io import check_out_dir, check_same_schema, load_manifest, local_chunks
+    from hpctrain.quality.io import check_out_dir, check_same_schema, load_manifest, local_chunks, make_out_dir
 
     if len(args.dirs) != 2:
         raise QualityError(f"drift takes REF_DIR CUR_DIR (or --model RUN CUR_DIR); got {len(args.dirs)} "
                            f"director{'y' if len(args.dirs) == 1 else 'ies'}: {args.dirs}")
     if not 0 < args.alpha < 1:
         raise QualityError(f"--alpha {args.alpha}: expected a level between 0 and 1")
+    if args.bins < 2:
+        raise QualityError(f"--bins {args.bins}: PSI needs at least 2 bins (default 10, the reference deciles)")
+    if args.top < 1:
+        raise QualityError(f"--top {args.top}: expected at least 1 feature to plot")
+    if not 0 <= args.max_share < 1:
+        raise QualityError(f"--max-share {args.max_share}: expected a share of features in [0, 1); 0 reports drift "
+                           "when any feature drifts")
     ref = load_manifest(args.dirs[0], args.ref_split, "reference shard directory")
     cur = load_manifest(args.dirs[1], args.cur_split, "current shard directory")
     check_same_schema(ref, cur)
@@ -71,7 +76,7 @@ def data_drift(args, comm) -> dict | None:
             r, c = np.concatenate(gr), np.concatenate(gc)
             fd = feature_drift([name], [r], [c], alpha=args.alpha, bins=args.bins)[0]
             fd.ks_drift = bool(fd.ks_pvalue < args.alpha / len(names)) if np.isfinite(fd.ks_pvalue) else False
-            fd.drifted = fd.ks_drift or fd.psi_level == "major"
+            fd.drifted = fd.ks_drift or fd.psi_level == "major" or fd.vanished
             results.append(fd)
             keep[name] = (r, c)
             top = {t.name for t in most_drifted(results, args.top)}
@@ -81,8 +86,7 @@ def data_drift(args, comm) -> dict | None:
     share = drift_share(results)
     drift = share > args.max_share
     top = most_drifted(results, args.top)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(args.out)
     rec = {
         "kind": "data", "reference": str(ref.root), "current": str(cur.root),
         "ref_split": args.ref_split or "all", "cur_split": args.cur_split or "all",
@@ -90,11 +94,20 @@ def data_drift(args, comm) -> dict | None:
         "alpha": args.alpha, "bonferroni_alpha": args.alpha / len(names), "psi_bins": args.bins,
         "psi_thresholds": {"moderate": 0.1, "major": 0.25}, "max_share": args.max_share,
         "drifted_share": share, "drift": bool(drift), "drifted_features": [r.name for r in results if r.drifted],
-        "features": [_jsonable(r.to_json()) for r in results],
+        "features": [_jsonable(r.to_json() | _missing(r, ref.rows(args.ref_split), cur.rows(args.cur_split)))
+                     for r in results],
     }
-    _write_drift_plots(out, rec, [(t.name, *keep[t.name], f"KS {t.ks_stat:.3f}, PSI {t.psi:.3f}") for t in top])
+    _write_drift_plots(out, rec, [(t.name, *keep[t.name], "finite values in one set only" if t.vanished
+                                   else f"KS {t.ks_stat:.3f}, PSI {t.psi:.3f}") for t in top])
     atomic_write_json(out / "drift.json", rec)
     return rec
+
+
+def _missing(r, ref_rows: int, cur_rows: int) -> dict:
+    # KS and PSI see finite values only; a change in how often a feature is missing is reported
+    # beside them (not part of the verdict), since it is often the first sign of a broken pipeline
+    return {"ref_nonfinite_pct": 100.0 * (1 - r.ref_count / max(ref_rows, 1)),
+            "cur_nonfinite_pct": 100.0 * (1 - r.cur_count / max(cur_rows, 1))}
 
 
 def _jsonable(d: dict) -> dict:
@@ -104,20 +117,46 @@ def _jsonable(d: dict) -> dict:
 
 
 def _write_drift_plots(out, rec, panels) -> None:
+    import html
+
     from hpctrain.quality.report import img_tag, plot_drift, table, write_page, write_pngs
 
+    esc = html.escape
     png = plot_drift(panels)
     write_pngs(out, {"drift": png})
-    rows = [[f["name"], f["ks_stat"], f["ks_pvalue"], f["psi"], f["psi_level"], "yes" if f["drifted"] else ""]
-            for f in rec["features"]]
-    body = (f"<p>Reference <code>{rec['reference']}</code> ({rec['ref_rows']} rows) against current "
-            f"<code>{rec['current']}</code> ({rec['cur_rows']} rows).</p>"
+    rows = [[f["name"], f["ks_stat"], f["ks_pvalue"], f["psi"], f["psi_level"], "yes" if f["drifted"] else "",
+             f["ref_nonfinite_pct"], f["cur_nonfinite_pct"]] for f in rec["features"]]
+    body = (f"<p>Reference <code>{esc(rec['reference'])}</code> (split {esc(rec['ref_split'])}, "
+            f"{rec['ref_rows']} rows) against current <code>{esc(rec['current'])}</code> "
+            f"(split {esc(rec['cur_split'])}, {rec['cur_rows']} rows).</p>"
             f"<p><b>{'DRIFT' if rec['drift'] else 'no drift'}</b>: {len(rec['drifted_features'])} of "
             f"{len(rec['features'])} features drifted (share {rec['drifted_share']:.3f}, threshold "
-            f"{rec['max_share']}); KS at alpha {rec['alpha']} / {len(rec['features'])} (Bonferroni), PSI major at "
-            f"0.25.</p>" + img_tag(png, "most drifted features")
-            + table(["feature", "KS statistic", "KS p-value", "PSI", "PSI level", "drifted"], rows))
+            f"{rec['max_share']}). A feature drifts when its KS p-value is below alpha {rec['alpha']} / "
+            f"{len(rec['features'])} features (Bonferroni) or its PSI over {rec['psi_bins']} reference-quantile bins "
+            f"is at least 0.25 (major; 0.1 is moderate).</p>" + img_tag(png, "most drifted features")
+            + table(["feature", "KS statistic", "KS p-value", "PSI", "PSI level", "drifted",
+                    "missing % (reference)", "missing % (current)"], rows))
     write_page(out / "drift.html", "hpctrain drift report", body)
+
+
+def hook_argv(cmd: str) -> list[str]:
+    """The --on-drift command split like a shell would; checked before any data is read, so a
+    typo fails at once instead of after the drift test (when the hook is needed)."""
+    import shlex
+    import shutil
+
+    from hpctrain.quality import QualityError
+
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as e:
+        raise QualityError(f"--on-drift {cmd!r}: cannot be split into words ({e}); check the quoting") from None
+    if not argv:
+        raise QualityError("--on-drift is empty; give the command to run, e.g. --on-drift 'sbatch retrain.sbatch'")
+    if shutil.which(argv[0]) is None:
+        raise QualityError(f"--on-drift {cmd!r}: {argv[0]!r} is not an executable on PATH (the command runs without a "
+                           "shell: for pipes or ';' use --on-drift \"bash -c '...'\")")
+    return argv
 
 
 def on_drift(cmd: str) -> int:
@@ -126,9 +165,7 @@ def on_drift(cmd: str) -> int:
 
     from hpctrain.quality import QualityError
 
-    argv = shlex.split(cmd)
-    if not argv:
-        raise QualityError("--on-drift is empty; give the command to run, e.g. --on-drift 'sbatch retrain.sbatch'")
+    argv = hook_argv(cmd)
     print(f"drift: running {shlex.join(argv)}", flush=True)
     try:
         return subprocess.run(argv, check=False).returncode
@@ -140,6 +177,8 @@ def on_drift(cmd: str) -> int:
 def run(args):
     from hpctrain.quality.dist import run_collective, world_comm
 
+    if args.on_drift is not None:
+        hook_argv(args.on_drift)
     comm = world_comm()
 
     def body() -> int:
@@ -154,13 +193,30 @@ def run(args):
             if rec["kind"] == "data":
                 print(f"drifted features: {len(rec['drifted_features'])}/{len(rec['features'])} "
                       f"(share {rec['drifted_share']:.3f}); {'DRIFT' if rec['drift'] else 'no drift'}")
-                for f in rec["features"]:
-                    if f["drifted"]:
+                drifted = [f for f in rec["features"] if f["drifted"]]
+                if len(drifted) > 10:
+                    print(f"  (showing the 10 of {len(drifted)} drifted features with the largest KS statistic; "
+                          "all are in drift.json)")
+                    # a vanished feature has no KS statistic (null) and comes first: it is the worst case
+                    drifted = sorted(drifted, key=lambda f: -2.0 if f["ks_stat"] is None else -f["ks_stat"])[:10]
+                for f in drifted:
+                    if f["vanished"]:
+                        print(f"  {f['name']}: finite values in one set only (reference {f['ref_count']}, current "
+                              f"{f['cur_count']})")
+                    else:
                         print(f"  {f['name']}: KS {f['ks_stat']:.4f} (p={f['ks_pvalue']:.3g}), PSI {f['psi']:.4f} "
                               f"({f['psi_level']})")
+                moved = [f"{f['name']} {f['ref_nonfinite_pct']:.1f}% -> {f['cur_nonfinite_pct']:.1f}%"
+                         for f in rec["features"] if abs(f["cur_nonfinite_pct"] - f["ref_nonfinite_pct"]) > 5]
+                if moved:
+                    print("note: the share of missing values moved by more than 5 points (not part of the verdict): "
+                          + ", ".join(moved[:8]) + (f" and {len(moved) - 8} more" if len(moved) > 8 else ""))
             else:
                 print(rec["message"])
-            print(f"report: {args.out}/drift.json")
+            if rec["kind"] == "data":
+                print(f"report: {args.out}/drift.html (also drift.json, drift.png)")
+            else:
+                print(f"report: {args.out}/drift.json")
             if rec["drift"]:
                 rc = DRIFT_EXIT
                 if args.on_drift:

@@ -48,7 +48,7 @@ def run(args):
             page = write_profile_report(Path(args.out), r, str(m.root))
             for line in summary_lines(r):
                 print(line)
-            print(f"report: {page}")
+            print(f"report: {page} (also report.json and the PNG plots in {page.parent})")
         comm.barrier()
         return 0
 

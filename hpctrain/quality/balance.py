@@ -87,9 +87,13 @@ def smote_class(x: np.ndarray, n_new: int, k: int, rng: np.random.Generator) -> 
     if n_new <= 0:
         z = np.zeros(0, dtype=np.int64)
         return SmoteSamples(x=np.zeros((0, x.shape[1])), base=z, other=z, gap=np.zeros(0))
+    if k < 1:
+        raise QualityError(f"smote: --k {k}; expected at least 1 neighbour (default 5)")
     if not np.isfinite(x).all():
-        raise QualityError("smote: the class has missing or infinite values; impute or clean them first "
-                           "(hpctrain clean --drop-rows-missing-over 0)")
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise QualityError(f"smote: {bad} of the class's {n} rows hold missing or infinite values, and a segment "
+                           "to a NaN is undefined; impute them first (hpctrain impute) or drop them "
+                           "(hpctrain clean --drop-rows-missing-over 0), or use --method oversample")
     if n < 2:
         raise QualityError(f"smote: a class with {n} row cannot be interpolated; it needs at least 2 rows "
                            "(use --method oversample)")
@@ -123,7 +127,10 @@ def balance_arrays(x: np.ndarray, y: np.ndarray, method: str, ratio: float | Non
         extra = targets[c] - before.get(c, 0)
         if extra <= 0:
             continue
-        s = smote_class(flat[y == c], extra, k, rng)
+        try:
+            s = smote_class(flat[y == c], extra, k, rng)
+        except QualityError as e:
+            raise QualityError(f"class {c}: {e}") from None
         xs.append(s.x.astype(x.dtype).reshape((extra,) + x.shape[1:]))
         ys.append(np.full(extra, c, dtype=np.int64))
     xo, yo = np.concatenate(xs), np.concatenate(ys)

@@ -9,7 +9,9 @@ to -inf/+inf, repeated edges merged), proportions get ``eps`` added to every bin
 bin does not make the logarithm infinite, then PSI = sum((cur - ref) * ln(cur / ref)).
 Levels: < 0.1 none, 0.1 to 0.25 moderate, >= 0.25 major.
 
-A feature counts as drifted when KS rejects after Bonferroni or PSI is major. KS alone
+A feature counts as drifted when KS rejects after Bonferroni or PSI is major, or when it has
+finite values on one side only (a feature that became entirely missing cannot be tested, and
+is the plainest drift of all). KS alone
 rejects tiny shifts once samples are large, and PSI alone misses shape changes within a
 bin; either signal is worth a look, and both are reported.
 """
@@ -36,6 +38,7 @@ class FeatureDrift:
     drifted: bool
     ref_count: int
     cur_count: int
+    vanished: bool = False  # finite values on one side only
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -91,8 +94,10 @@ def feature_drift(names: list[str], ref_cols, cur_cols, alpha: float = 0.05, bin
         ks_drift = bool(p < alpha / m) if np.isfinite(p) else False
         v = psi(r, c, bins) if r.size and c.size else float("nan")
         level = psi_level(v) if np.isfinite(v) else "none"
+        vanished = (r.size == 0) != (c.size == 0)
         out.append(FeatureDrift(name=name, ks_stat=stat, ks_pvalue=p, ks_drift=ks_drift, psi=v, psi_level=level,
-                                drifted=ks_drift or level == "major", ref_count=int(r.size), cur_count=int(c.size)))
+                                drifted=ks_drift or level == "major" or vanished, ref_count=int(r.size),
+                                cur_count=int(c.size), vanished=vanished))
     return out
 
 

@@ -76,13 +76,35 @@ def splits_present(m, split: str | None) -> list[str]:
 
 
 def check_out_dir(out_dir, *manifests) -> None:
-    """Reports never go inside an input shard directory: the commands do not modify their input."""
+    """Reports never go inside an input shard directory: the commands do not modify their input.
+    Checked before any work, so a bad --out fails in a second, not after the whole pass."""
+    import os
+
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise QualityError(f"--out {str(out_dir)!r} exists and is not a directory; choose a directory path")
+    base = Path(out_dir).absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise QualityError(f"--out {str(out_dir)!r} cannot be created: {str(base)!r} is not a writable directory; "
+                           "choose another --out")
     out = Path(out_dir).resolve()
     for m in manifests:
         root = Path(m.root).resolve()
         if out == root or root in out.parents:
             raise QualityError(f"--out {str(out_dir)!r} is inside the input shard directory {str(m.root)!r}; "
                                "quality commands never modify their input: choose another directory")
+
+
+def make_out_dir(out_dir) -> Path:
+    """Create the report directory, with a clear error where that is not possible."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QualityError(f"--out {str(out_dir)!r} cannot be created ({e.strerror or e}); choose a writable "
+                           "directory") from None
+    return out
 
 
 def writer_for(m, out_dir, *, meta: dict, force: bool = False):

@@ -129,7 +129,8 @@ def model_drift(args) -> dict:
                     f"({'worse' if worse > 0 else 'not worse'} by {abs(worse):.4f}, tolerance {args.tolerance}); "
                     f"{'DRIFT' if drift else 'no drift'}"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from hpctrain.quality.io import make_out_dir
+
+    out = make_out_dir(args.out)
     atomic_write_json(out / "drift.json", rec)
     return rec

@@ -49,7 +49,9 @@ class ProfileConfig:
 
 
 def _num(v) -> float | None:
-    """A JSON-safe number: NaN/inf become null."""
+    """A JSON-safe number: None, NaN and inf become null."""
+    if v is None:
+        return None
     v = float(v)
     return v if math.isfinite(v) else None
 
@@ -163,8 +165,9 @@ def _assemble(merged, q, mad, out_iqr, out_z, hist, row_hist, names, cfg: Profil
     std = mom.std()
     warnings: list[dict] = []
 
-    def warn(kind, message, value, threshold, column=None):
-        w = {"kind": kind, "message": message, "value": _num(value), "threshold": _num(threshold)}
+    def warn(kind, message, value, threshold, column=None, *, rule):
+        # ``rule`` is the threshold as a reader wants it ("missing > 20%"); value/threshold are its numbers
+        w = {"kind": kind, "message": message, "rule": rule, "value": _num(value), "threshold": _num(threshold)}
         if column is not None:
             w["column"] = column
         warnings.append(w)
@@ -187,19 +190,21 @@ def _assemble(merged, q, mad, out_iqr, out_z, hist, row_hist, names, cfg: Profil
         })
         if miss_pct > cfg.missing_warn_pct:
             warn("missing", f"column {name!r} misses {miss_pct:.1f}% of its values", miss_pct, cfg.missing_warn_pct,
-                 name)
+                 name, rule=f"missing > {cfg.missing_warn_pct:g}%")
         if mom.inf_count[j]:
             warn("infinite", f"column {name!r} holds {int(mom.inf_count[j])} infinite values (excluded from its "
-                 "statistics)", int(mom.inf_count[j]), 0, name)
+                 "statistics)", int(mom.inf_count[j]), 0, name,
+                 rule="infinite values > 0")
         if constant:
-            warn("constant", f"column {name!r} is constant" + (" (no finite values)" if cnt == 0 else ""), 0, 0,
-                 name)
+            warn("constant", f"column {name!r} is constant" + (" (no finite values)" if cnt == 0 else ""),
+                 None, None, name, rule="min == max")
         elif near_constant:
-            warn("near_constant", f"column {name!r} is near-constant: its 1% and 99% quantiles are equal", 0.98,
-                 0.98, name)
+            warn("near_constant", f"column {name!r} is near-constant (about 98% or more of its values are one value)",
+                 None, None, name, rule="1% quantile == 99% quantile")
         if cnt and 100.0 * out_iqr[j] / cnt > cfg.outlier_warn_pct:
             pct = 100.0 * out_iqr[j] / cnt
-            warn("outliers", f"column {name!r} has {pct:.1f}% IQR outliers", pct, cfg.outlier_warn_pct, name)
+            warn("outliers", f"column {name!r} has {pct:.1f}% IQR outliers", pct, cfg.outlier_warn_pct, name,
+                 rule=f"IQR outliers > {cfg.outlier_warn_pct:g}% of values")
 
     counts = dict(merged["classes"])
     for c in declared_classes or []:
@@ -208,14 +213,17 @@ def _assemble(merged, q, mad, out_iqr, out_z, hist, row_hist, names, cfg: Profil
     ratio = imbalance_ratio(counts)
     absent = [c for c, n in counts.items() if n == 0]
     if ratio > cfg.imbalance_warn:
-        warn("imbalance", f"class imbalance ratio {ratio:.1f} (largest/smallest class)", ratio, cfg.imbalance_warn)
+        warn("imbalance", f"class imbalance ratio {ratio:.1f} (largest/smallest class)", ratio, cfg.imbalance_warn,
+             rule=f"imbalance ratio > {cfg.imbalance_warn:g}")
     if absent:
-        warn("absent_class", f"declared classes with no rows: {absent}", len(absent), 0)
+        warn("absent_class", f"declared classes with no rows: {absent}", len(absent), 0,
+             rule="a declared class has 0 rows")
 
     dup, conflicted = duplicate_counts(merged["hashes"], merged["feature_hashes"])
     dup_pct = 100.0 * dup / max(rows, 1)
     if dup_pct > cfg.duplicates_warn_pct:
-        warn("duplicates", f"{dup} duplicate rows ({dup_pct:.2f}%)", dup_pct, cfg.duplicates_warn_pct)
+        warn("duplicates", f"{dup} duplicate rows ({dup_pct:.2f}%)", dup_pct, cfg.duplicates_warn_pct,
+             rule=f"duplicate rows > {cfg.duplicates_warn_pct:g}%")
 
     corr = None
     com: CoMoments | None = merged["comoments"]
@@ -242,7 +250,8 @@ def _assemble(merged, q, mad, out_iqr, out_z, hist, row_hist, names, cfg: Profil
     }
     if noise_pct > cfg.label_noise_warn_pct:
         warn("label_noise", f"{noise_pct:.1f}% of sampled rows disagree with their {cfg.knn_k} nearest neighbours",
-             noise_pct, cfg.label_noise_warn_pct)
+             noise_pct, cfg.label_noise_warn_pct,
+             rule=f"label-noise suspects > {cfg.label_noise_warn_pct:g}% of the sample")
 
     return {
         "rows": rows, "n_features": len(names), "feature_names": list(names), "columns": columns,
@@ -266,9 +275,15 @@ def p_str(sample_size: int, rows: int) -> str:
     return f"{min(1.0, sample_size / max(rows, 1)):.4g}"
 
 
-def summary_lines(r: dict) -> list[str]:
+def summary_lines(r: dict, max_names: int = 8) -> list[str]:
     """A short terminal summary."""
-    lines = [f"rows {r['rows']}, features {r['n_features']}, classes {r['classes']['counts']} "
+    cc = r["classes"]["counts"]
+    if len(cc) <= 12:
+        counts = "class counts {" + ", ".join(f"{k}: {v}" for k, v in cc.items()) + "}"
+    else:
+        big, small = max(cc, key=cc.get), min(cc, key=cc.get)
+        counts = f"{len(cc)} classes (largest {big}: {cc[big]}, smallest {small}: {cc[small]})"
+    lines = [f"rows {r['rows']}, features {r['n_features']}, {counts} "
              f"(imbalance ratio {r['classes']['imbalance_ratio']:.2f})",
              f"duplicates {r['duplicates']['rows']} ({r['duplicates']['pct']:.2f}%), "
              f"anomalies flagged {r['anomalies']['flagged']}/{r['anomalies']['sample_rows']} sampled, "
@@ -277,8 +292,18 @@ def summary_lines(r: dict) -> list[str]:
     if miss and miss[0]["missing_pct"] > 0:
         lines.append("most missing: " + ", ".join(f"{c['name']} {c['missing_pct']:.1f}%" for c in miss
                                                   if c["missing_pct"] > 0))
-    lines.append(f"{len(r['warnings'])} warning(s)")
-    lines += [f"  WARNING [{w['kind']}] {w['message']} (threshold {w['threshold']})" for w in r["warnings"][:15]]
-    if len(r["warnings"]) > 15:
-        lines.append(f"  ... {len(r['warnings']) - 15} more in report.json")
+    ws = r["warnings"]
+    lines.append(f"{len(ws)} warning(s)")
+    # dataset-wide warnings one line each; column warnings one line per kind, so 60 outlying
+    # columns do not push the class imbalance off the screen
+    lines += [f"  WARNING [{w['kind']}] {w['message']} (rule: {w['rule']})" for w in ws if "column" not in w]
+    by_kind: dict[str, list[dict]] = {}
+    for w in ws:
+        if "column" in w:
+            by_kind.setdefault(w["kind"], []).append(w)
+    for kind, group in by_kind.items():
+        names = [w["column"] for w in group]
+        more = f" and {len(names) - max_names} more" if len(names) > max_names else ""
+        lines.append(f"  WARNING [{kind}] {len(names)} column(s) (rule: {group[0]['rule']}): "
+                     f"{', '.join(names[:max_names])}{more}")
     return lines
