@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of hpctrain's numba kernels against scikit-learn, numpy and torch.
+
+Every row is measured in this one run, on this machine, with the competitors interleaved
+(each repetition times every contender once; the best of the repetitions is reported).
+numba compile time is excluded: every kernel is called once on a small array (a warm-up)
+before any timing; ``cache=True`` then also saves later processes most of that compile.
+
+  python scripts/bench_kernels.py                      # CPU: imputation + augmentation
+  python scripts/bench_kernels.py --quick              # a small, fast smoke run
+  python scripts/bench_kernels.py --gpu                # also the CUDA kernels: GB/s and the
+                                                       # fraction of device-to-device copy bandwidth
+  python scripts/bench_kernels.py --json out.json      # the figures as JSON too
+
+Imputation input: rows x cols float32 with a share of NaN; fit + transform (a copy, as
+sklearn returns). Augmentation: flip + crop + noise + cutout on N x 3 x 32 x 32 batches,
+against the same operations written with vectorised torch CPU tensor ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+IMPUTE_TARGET = {"mean": 8.0, "median": 10.0}
+AUGMENT_TARGET = 2.0
+AUG_CHAIN = [{"op": "flip", "p": 0.5}, {"op": "crop", "padding": 4}, {"op": "noise", "std": 0.1},
+             {"op": "cutout", "size": 8, "p": 0.5}]
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def warm_up() -> None:
+    """Compile (or load from the numba cache) every kernel the timings use."""
+    from hpctrain.kernels.impute import Imputer, fit_statistics
+    from hpctrain.kernels.pipeline import build_pipeline
+
+    x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
+    x[::3, 1] = np.nan
+    for s in ("mean", "median"):
+        Imputer(s).fit_transform(x)
+        fit_statistics(lambda: [x], 4, s)
+    p = build_pipeline(AUG_CHAIN, 0)
+    p(np.zeros((4, 3, 8, 8), np.float32))
+
+
+def bench_impute(rows: int, cols: int, nan: float, repeat: int) -> list[dict]:
+    from sklearn.impute import SimpleImputer
+
+    from hpctrain.kernels.impute import Imputer
+
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, cols), dtype=np.float32)
+    x[rng.random(x.shape) < nan] = np.nan
+    out = []
+    for strategy in ("mean", "median"):
+        t_sk, t_np, t_ours = [], [], []
+        res = {}
+        nan_stat = np.nanmean if strategy == "mean" else np.nanmedian
+
+        def run_sklearn(s=strategy):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return SimpleImputer(strategy=s).fit_transform(x)
+
+        def run_numpy(f=nan_stat):
+            return np.where(np.isnan(x), f(x, axis=0).astype(np.float32), x)
+
+        def run_ours(s=strategy):
+            return Imputer(s).fit_transform(x)
+
+        for _ in range(repeat):
+            for key, fn, times in (("sk", run_sklearn, t_sk), ("np", run_numpy, t_np), ("ours", run_ours, t_ours)):
+                t0 = time.perf_counter()
+                res[key] = fn()
+                times.append(time.perf_counter() - t0)
+        sk, ours = res["sk"], res["ours"]
+        if strategy == "mean":
+            exact = np.where(np.isnan(x), np.nanmean(x.astype(np.float64), axis=0), x).astype(np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel_sk = float(np.nanmax(np.abs(ours - sk) / np.abs(sk)))
+                rel_exact = float(np.nanmax(np.abs(ours - exact) / np.abs(exact)))
+                rel_sk_exact = float(np.nanmax(np.abs(sk - exact) / np.abs(exact)))
+            equal = {"max_rel_diff_vs_sklearn": rel_sk, "max_rel_diff_vs_float64_exact": rel_exact,
+                     "sklearn_max_rel_diff_vs_float64_exact": rel_sk_exact}
+        else:
+            equal = {"equal_to_sklearn": bool(np.array_equal(ours, sk))}
+        row = {"bench": f"impute {strategy}", "shape": [rows, cols], "nan_share": nan,
+               "sklearn_s": min(t_sk), "numpy_s": min(t_np), "hpctrain_s": min(t_ours),
+               "speedup_vs_sklearn": min(t_sk) / min(t_ours), "speedup_vs_numpy": min(t_np) / min(t_ours),
+               "target": IMPUTE_TARGET[strategy], **equal}
+        out.append(row)
+    return out
+
+
+def torch_chain(x, g):
+    """flip + crop (zero padding) + noise + cutout with vectorised torch CPU ops."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    xp = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=g)
+    dx = torch.randint(0, 9, (n,), generator=g)
+    rows = dy[:, None] + torch.arange(h)
+    cols = dx[:, None] + torch.arange(w)
+    x = xp[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+           rows[:, None, :, None], cols[:, None, None, :]]
+    x = x + 0.1 * torch.randn(x.shape, generator=g)
+    cy = torch.randint(0, h, (n,), generator=g)
+    cx = torch.randint(0, w, (n,), generator=g)
+    on = torch.rand(n, generator=g) < 0.5
+    ys, xs = torch.arange(h), torch.arange(w)
+    my = (ys[None] >= (cy - 4)[:, None]) & (ys[None] < (cy + 4)[:, None])
+    mx = (xs[None] >= (cx - 4)[:, None]) & (xs[None] < (cx + 4)[:, None])
+    m = my[:, :, None] & mx[:, None, :] & on[:, None, None]
+    return x.masked_fill(m[:, None], 0.0)
+
+
+def bench_augment(n: int, repeat: int) -> list[dict]:
+    import numba
+    import torch
+
+    from hpctrain.kernels.pipeline import build_pipeline
+
+    torch.set_num_threads(numba.get_num_threads())  # same cores for both
+    x = np.random.default_rng(1).random((n, 3, 32, 32), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    g = torch.Generator().manual_seed(0)
+    torch_chain(xt[:8], g)
+    fused = build_pipeline(AUG_CHAIN, 0)
+    single = build_pipeline(AUG_CHAIN, 0)
+    single.fuse = False
+    single(x[:8])
+    t_t, t_f, t_s = [], [], []
+    for _ in range(repeat):
+        t_t.append(_time(lambda: torch_chain(xt, g)))
+        t_f.append(_time(lambda: fused(x)))
+        t_s.append(_time(lambda: single(x)))
+    return [{"bench": "augment flip+crop+noise+cutout", "shape": [n, 3, 32, 32], "torch_s": min(t_t),
+             "hpctrain_fused_s": min(t_f), "hpctrain_unfused_s": min(t_s),
+             "speedup_vs_torch": min(t_t) / min(t_f), "speedup_unfused_vs_torch": min(t_t) / min(t_s),
+             "target": AUGMENT_TARGET, "threads": numba.get_num_threads()}]
+
+
+def bench_gpu(rows: int, cols: int, nan: float, n_img: int, repeat: int, copy_mib: int) -> tuple[dict, list[dict]]:
+    """Device kernels in GB/s, counting bytes like a copy (read + write = 2 x the array size),
+    against the measured device-to-device copy bandwidth. Outputs and per-sample parameters
+    are on the device before timing, so a row times the kernel alone (CUDA events)."""
+    from numba import cuda
+
+    from hpctrain.kernels import _cuda_common as C
+    from hpctrain.kernels._cuda_impute import fill_inplace_kernel
+    from hpctrain.kernels.impute import Imputer
+    from hpctrain.kernels.pipeline import build_pipeline
+
+    if C.SIMULATOR:  # a smoke run of this code path; its figures mean nothing
+        name = "numba CUDA simulator (figures meaningless)"
+    else:
+        name = cuda.get_current_device().name
+        name = name.decode() if isinstance(name, bytes) else str(name)
+
+    def event_time(fn) -> float:
+        start, stop = cuda.event(), cuda.event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return max(start.elapsed_time(stop) / 1e3, 1e-9)  # the simulator reports 0
+
+    def timed(fn) -> float:
+        fn()  # warm-up: compile, first-touch
+        cuda.synchronize()
+        return min(event_time(fn) for _ in range(repeat))
+
+    nbytes = copy_mib << 20
+    src_buf = cuda.device_array(nbytes // 4, dtype=np.float32)
+    dst_buf = cuda.device_array(nbytes // 4, dtype=np.float32)
+    t_copy = timed(lambda: dst_buf.copy_to_device(src_buf))
+    copy_gbs = 2 * nbytes / t_copy / 1e9
+    src_buf = dst_buf = None  # free them before the kernels run
+    rows_out = []
+
+    rng = np.random.default_rng(0)
+    x = rng.random((rows, cols), dtype=np.float32)
+    x[rng.random(x.shape) < nan] = np.nan
+    imp = Imputer("mean").fit(x)
+    src = cuda.to_device(x)
+    work = cuda.device_array_like(src)
+    full = cuda.to_device(imp.statistics_.astype(np.float32))
+    blocks, threads = C.row_launch(rows, cols)
+    times = []
+    for _ in range(repeat + 1):  # restore the NaNs (untimed) before each timed in-place fill
+        work.copy_to_device(src)
+        cuda.synchronize()
+        times.append(event_time(lambda: fill_inplace_kernel[blocks, threads](work, full)))
+    best = min(times[1:]) if len(times) > 1 else times[0]
+    ok = bool(np.array_equal(work.copy_to_host(), imp.transform(x.copy())))
+    gbs = 2 * x.nbytes / best / 1e9
+    rows_out.append({"kernel": "impute transform (in place)", "shape": [rows, cols], "seconds": best, "GB_s": gbs,
+                     "fraction_of_copy": gbs / copy_gbs, "equal_to_cpu": ok})
+
+    img = cuda.to_device(np.random.default_rng(1).random((n_img, 3, 32, 32), dtype=np.float32))
+    out = cuda.device_array_like(img)
+    for entry in ({"op": "noise", "std": 0.1}, {"op": "flip", "p": 0.5}, {"op": "crop", "padding": 4},
+                  {"op": "cutout", "size": 8, "p": 0.5}):
+        p = build_pipeline([entry], 0)
+        p(img[:1])  # creates the pipeline's CUDA context (xoroshiro states)
+        op = p.ops[0]
+        prm = {k: cuda.to_device(v) if isinstance(v, np.ndarray) else v
+               for k, v in op.draw(p.rng, tuple(img.shape), None).items()}
+        t = timed(lambda op=op, prm=prm, ctx=p._cuda: op.cuda(img, out, prm, None, ctx))
+        gbs = 2 * img.nbytes / t / 1e9
+        rows_out.append({"kernel": f"augment {entry['op']}", "shape": list(img.shape), "seconds": t, "GB_s": gbs,
+                         "fraction_of_copy": gbs / copy_gbs})
+    return {"device": name, "copy_GB_s": copy_gbs, "copy_MiB": copy_mib}, rows_out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--cols", type=int, default=32)
+    ap.add_argument("--nan", type=float, default=0.1)
+    ap.add_argument("--images", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=2, help="repetitions per contender (best is reported)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
+    ap.add_argument("--gpu", action="store_true", help="also run the CUDA kernels (needs a CUDA device)")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA kernels")
+    ap.add_argument("--copy-mib", type=int, default=1024, help="size of the device-to-device copy (MiB)")
+    ap.add_argument("--gpu-rows", type=int, default=None, help="rows of the device imputation (default --rows)")
+    ap.add_argument("--json", default=None, help="write the figures here too")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rows, args.images = 100_000, 256
+
+    import numba
+
+    report: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+                                "python": sys.version.split()[0], "numba": numba.__version__},
+                    "note": "numba compile time excluded (warm-up call before timing); best of --repeat"}
+    print(f"# machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+          f"numba {numba.__version__} with {numba.get_num_threads()} threads")
+    print("# numba compile time is excluded: every kernel ran once (warm-up) before timing")
+    load = os.getloadavg()[0]
+    report["machine"]["load_average_1min_at_start"] = load
+    print(f"# load average (1 min) at start: {load:.2f} on {os.cpu_count()} cores"
+          + ("  -- the machine is busy: CPU timings are noisy" if load > 0.5 * (os.cpu_count() or 1) else ""))
+    t = time.perf_counter()
+    warm_up()
+    print(f"# warm-up (compile or cache load): {time.perf_counter() - t:.1f} s")
+
+    if not args.gpu_only:
+        imp = bench_impute(args.rows, args.cols, args.nan, args.repeat)
+        aug = bench_augment(args.images, max(args.repeat, 3))
+        report["impute"], report["augment"] = imp, aug
+        print(f"\n{'benchmark':<34}{'sklearn s':>11}{'numpy s':>10}{'hpctrain s':>12}{'x sklearn':>11}"
+              f"{'x numpy':>9}{'target':>8}  result check")
+        for r in imp:
+            check = (f"equal to sklearn: {r['equal_to_sklearn']}" if "equal_to_sklearn" in r else
+                     f"max rel diff vs sklearn {r['max_rel_diff_vs_sklearn']:.1e}, vs float64 exact "
+                     f"{r['max_rel_diff_vs_float64_exact']:.1e} (sklearn vs exact "
+                     f"{r['sklearn_max_rel_diff_vs_float64_exact']:.1e})")
+            print(f"{r['bench'] + ' {}x{}'.format(*r['shape']):<34}{r['sklearn_s']:>11.3f}{r['numpy_s']:>10.3f}"
+                  f"{r['hpctrain_s']:>12.3f}{r['speedup_vs_sklearn']:>10.1f}x{r['speedup_vs_numpy']:>8.1f}x"
+                  f"{r['target']:>7.0f}x  {check}")
+        print(f"\n{'benchmark':<44}{'torch s':>9}{'fused s':>9}{'unfused s':>11}{'x torch':>9}{'target':>8}")
+        for r in aug:
+            print(f"{r['bench'] + ' N={}'.format(r['shape'][0]):<44}{r['torch_s']:>9.3f}{r['hpctrain_fused_s']:>9.3f}"
+                  f"{r['hpctrain_unfused_s']:>11.3f}{r['speedup_vs_torch']:>8.1f}x{r['target']:>7.0f}x")
+
+    if args.gpu or args.gpu_only:
+        rows = args.gpu_rows or (2_000_000 if args.quick else args.rows)
+        n_img = 4096 if args.quick else args.images
+        info, gpu = bench_gpu(rows, args.cols, args.nan, n_img,
+                              max(args.repeat, 5), args.copy_mib)
+        report["gpu"] = {**info, "kernels": gpu}
+        print(f"\n# device: {info['device']}; device-to-device copy: {info['copy_GB_s']:.0f} GB/s "
+              "(bytes read + written)")
+        print(f"{'kernel':<34}{'shape':<22}{'ms':>9}{'GB/s':>9}{'of copy':>9}")
+        for r in gpu:
+            print(f"{r['kernel']:<34}{'x'.join(map(str, r['shape'])):<22}{r['seconds'] * 1e3:>9.3f}"
+                  f"{r['GB_s']:>9.0f}{r['fraction_of_copy']:>8.0%}" + ("" if r.get("equal_to_cpu", True) else
+                                                                        "  MISMATCH vs CPU"))
+    report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
+    print(f"\n# load average (1 min) at end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
