@@ -68,25 +68,43 @@ def phase_raw(d: Path, args) -> dict:
 
     from hpctrain.data.shards import Manifest, h5_open
 
+    import h5py  # noqa: F401  imported before the clock starts, as in (b)
+
     m = Manifest.load(d)
     base = rss_mb()
     slab = m.chunk_rows * 16
     buf = np.empty((slab, *m.schema.sample_shape), np.float32)
-    t0, c0 = time.perf_counter(), time.process_time()
-    n = 0
-    for s in m.shards:
-        with h5_open(m.path(s)) as f:
-            x = f["x"]
-            for a in range(0, s.rows, slab):
-                b = min(a + slab, s.rows)
-                x.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
-                n += b - a
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"samples": n, "seconds": dt, "rate": n / dt, "cpu_rate": n / cpu, "peak_mb": peak_mb() - base,
-            "note": f"slabs of {slab} rows"}
+
+    def one_pass() -> int:
+        n = 0
+        for s in m.shards:
+            with h5_open(m.path(s)) as f:
+                x = f["x"]
+                for a in range(0, s.rows, slab):
+                    b = min(a + slab, s.rows)
+                    x.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
+                    n += b - a
+        return n
+
+    return timed_passes(one_pass, base, note=f"slabs of {slab} rows")
+
+
+def timed_passes(one_pass, base: float, **extra) -> dict:
+    """Two passes in this process: the first includes one-off costs (first touch of buffers,
+    opening files), the second is the steady state of a multi-epoch run."""
+    out: dict = {}
+    for key in ("", "warm_"):
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = one_pass()
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.update({f"{key}samples": n, f"{key}seconds": dt, f"{key}rate": n / dt, f"{key}cpu_rate": n / cpu})
+    return {**out, "peak_mb": peak_mb() - base, **extra}
 
 
 def phase_loader(d: Path, args) -> dict:
+    import numpy as np
+
+    import h5py  # noqa: F401  imported before the clock starts, as in (a)
     import torch
 
     from hpctrain.data.loader import ShardLoader
@@ -94,22 +112,27 @@ def phase_loader(d: Path, args) -> dict:
     torch.set_num_threads(1)
     L = ShardLoader(d, 0, 1, args.batch, shuffle=True, seed=0, prefetch=args.prefetch, buffer_rows=args.buffer_rows)
     base = rss_mb()
-    L.set_epoch(args.epoch)
-    t0, c0 = time.perf_counter(), time.process_time()
-    n = 0
-    for x, _y in L:
-        n += x.shape[0]
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    row = 4 * int(x[0].numel()) + 8
+    epoch = [args.epoch * 2]
+
+    def one_pass() -> int:
+        L.set_epoch(epoch[0])
+        epoch[0] += 1
+        n = 0
+        for x, _y in L:
+            n += x.shape[0]
+        return n
+
+    r = timed_passes(one_pass, base)
+    row = 4 * int(np.prod(L.sample_shape)) + 8
     g = L.block_batches
     waiting = max(1, -(-args.prefetch // g)) if args.prefetch else 0
     blocks = waiting + 2  # queued + the one being filled + the one being consumed
-    # The buffer's rows, plus 16 bytes per row of permutation indices, plus the blocks in flight.
-    bound = (L.buffer_rows * (row + 16) + blocks * g * args.batch * row) / 2**20
-    return {"samples": n, "seconds": dt, "rate": n / dt, "cpu_rate": n / cpu, "peak_mb": peak_mb() - base,
-            "bound_mb": bound,
-            "note": f"bound: shuffle buffer {L.buffer_rows} rows (+ indices) + {blocks} blocks of {g} batches x "
-                    f"{args.batch} = {bound:.1f} MiB"}
+    nbuf = 2 if args.prefetch else 1  # with prefetch the next buffer is read while this one is cut
+    # The buffers' rows, plus 16 bytes per row of permutation indices, plus the blocks in flight.
+    bound = (nbuf * L.buffer_rows * (row + 16) + blocks * g * args.batch * row) / 2**20
+    r.update(bound_mb=bound, note=f"bound: {nbuf} shuffle buffer(s) of {L.buffer_rows} rows (+ indices) + {blocks} "
+                                  f"blocks of {g} batches x {args.batch} = {bound:.1f} MiB")
+    return r
 
 
 def phase_naive(d: Path, args) -> dict:
@@ -186,6 +209,7 @@ def main() -> int:
         (d / "manifest.json").unlink()
     write_data(d, args.gb, args.features, args.shards, args.compression)
     results: dict = {}
+    runs: dict = {}
     names = {"a": "(a) raw h5py slab reads", "b": "(b) ShardLoader, shuffled, torch",
              "c": "(c) naive Dataset+DataLoader"}
     passthru = [a for a in sys.argv[1:] if a != "--fresh"]
@@ -199,12 +223,13 @@ def main() -> int:
             print(out.stderr, file=sys.stderr)
             return 1
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        runs.setdefault(p, []).append(r)
         if p in results:
             peak = max(results[p]["peak_mb"], r["peak_mb"])
-            cpu_rate = max(results[p]["cpu_rate"], r["cpu_rate"])
+            best = {k: max(results[p][k], r[k]) for k in ("cpu_rate", "warm_rate", "warm_cpu_rate") if k in r}
             if r["rate"] > results[p]["rate"]:
                 results[p] = r
-            results[p]["peak_mb"], results[p]["cpu_rate"] = peak, cpu_rate
+            results[p].update(best, peak_mb=peak)
             continue
         results[p] = r
     for p in ("a", "b", "c"):
@@ -218,7 +243,14 @@ def main() -> int:
           "may be shared); (c): one timed subset")
     cab = results["b"]["cpu_rate"] / results["a"]["cpu_rate"]
     cbc = results["b"]["cpu_rate"] / results["c"]["cpu_rate"]
-    print(f"(b)/(a) = {ab:.2f} wall, {cab:.2f} per CPU-second  (target >= 0.7)")
+    print(f"(b)/(a) = {ab:.2f} wall, {cab:.2f} per CPU-second  (target >= 0.7): first pass in each process")
+    wab = results["b"]["warm_rate"] / results["a"]["warm_rate"]
+    wcab = results["b"]["warm_cpu_rate"] / results["a"]["warm_cpu_rate"]
+    print(f"(b)/(a) = {wab:.2f} wall, {wcab:.2f} per CPU-second: second pass (a later epoch for (b)), "
+          f"{results['a']['warm_rate']:,.0f} vs {results['b']['warm_rate']:,.0f} samples/s")
+    pairs = [f"{rb['rate'] / ra['rate']:.2f}/{rb['warm_rate'] / ra['warm_rate']:.2f}"
+             for ra, rb in zip(runs["a"], runs["b"])]
+    print("(b)/(a) wall of each alternating pair, first/second pass: " + " ".join(pairs))
     print(f"(b)/(c) = {bc:,.0f} wall, {cbc:,.0f} per CPU-second  (target >= 100)")
     print("per CPU-second counts every thread's CPU time, so it is the ratio of work per sample and "
           "depends far less on what else runs on the machine; (b) includes its prefetch thread")

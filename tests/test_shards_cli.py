@@ -199,3 +199,63 @@ def test_cli_verify_and_errors(tmp_path, capsys):
     assert main(["shard", "info", str(tmp_path / "none")]) == 2
     assert main(["shard", "sklearn:digits", "--out", str(out), "--force", "--rows-per-shard", "500"]) == 0
     assert [s.rows for s in Manifest.load(out).shards] == [500, 500, 500, 297]
+
+
+def test_values_beyond_float32_are_refused_not_made_inf(tmp_path):
+    # NaN/inf are kept exactly, but a finite value that float32 cannot hold would silently become inf.
+    (tmp_path / "ok.csv").write_text("a,b,label\nnan,inf,0\n-inf,,1\n3e38,NA,0\n")
+    x, _ = read_all(write_shards(str(tmp_path / "ok.csv"), tmp_path / "ok", shuffle=False).root)
+    want = np.array([[np.nan, np.inf], [-np.inf, np.nan], [3e38, np.nan]], np.float32)
+    assert np.array_equal(x, want, equal_nan=True)
+    (tmp_path / "big.csv").write_text("a,b,label\n1,2,0\n1e40,2,1\n")
+    with pytest.raises(ShardError, match=r"line 3, column 'a': value 1e\+40 is outside the float32 range"):
+        write_shards(str(tmp_path / "big.csv"), tmp_path / "o1")
+    np.save(tmp_path / "big.npy", np.array([[1.0, 0], [2, 1], [-1e300, 0]]))
+    with pytest.raises(ShardError, match=r"row 3, column 'c0'.*float32 range"):
+        write_shards(str(tmp_path / "big.npy"), tmp_path / "o2")
+    np.savez(tmp_path / "big.npz", x=np.array([[1.0], [5e38]]), y=np.array([0, 1]))
+    with pytest.raises(ShardError, match=r"row 2, column 'f0'.*float32 range"):
+        write_shards(str(tmp_path / "big.npz"), tmp_path / "o3")
+    import pandas as pd
+
+    pd.DataFrame({"f": [1.0, 2.0, 4e38], "label": [0, 1, 0]}).to_parquet(tmp_path / "big.parquet")
+    with pytest.raises(ShardError, match=r"row 3, column 'f'.*float32 range"):
+        write_shards(str(tmp_path / "big.parquet"), tmp_path / "o4")
+    # A bad string cell in a later row group is reported by its row in the file.
+    pd.DataFrame({"f": ["1", "2"] * 100 + ["x"], "label": [0, 1] * 100 + [0]}).to_parquet(
+        tmp_path / "s.parquet", row_group_size=64)
+    with pytest.raises(ShardError, match=r"row 201, column 'f': value 'x' is not a number"):
+        write_shards(str(tmp_path / "s.parquet"), tmp_path / "o5")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_cli_hostile_paths_and_unusable_output(tmp_path, capsys):
+    d = tmp_path / "we ird 'q' \"dq\" ;$x"
+    d.mkdir()
+    src = d / "in put's.tsv"
+    src.write_text("a\tb\tlabel\n1\t2\t0\n3\t4\t1\n")
+    out = d / "out dir's \"x\""
+    assert main(["shard", str(src), "--out", str(out)]) == 0
+    assert main(["shard", "verify", str(out)]) == 0
+    assert main(["shard", "info", str(out)]) == 0
+    x, y = read_all(out)
+    assert sorted(y.tolist()) == [0, 1] and sorted(x[:, 0].tolist()) == [1.0, 3.0]
+    capsys.readouterr()
+    for bad in ("/proc/hpctrain-no/such", str(src)):  # cannot be created; a file, not a directory
+        assert main(["shard", str(src), "--out", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and "--out" in err
+
+
+def test_csv_header_quirks(tmp_path):
+    # An Excel byte-order mark is not part of the first column's name (it would hide 'label').
+    (tmp_path / "bom.csv").write_bytes("\ufefflabel,a,b\n0,1,2\n1,3,4\n".encode())
+    m = write_shards(str(tmp_path / "bom.csv"), tmp_path / "o1", shuffle=False)
+    assert m.schema.feature_names == ["a", "b"] and m.meta["label"] == "label"
+    (tmp_path / "dup.csv").write_text("a,a,label\n1,2,0\n")
+    with pytest.raises(ShardError, match=r"column name\(s\) \['a'\] appear more than once"):
+        write_shards(str(tmp_path / "dup.csv"), tmp_path / "o2")
+    (tmp_path / "semi.csv").write_text("a;b;label\n1;2;0\n")
+    with pytest.raises(ShardError, match="uses another delimiter"):
+        write_shards(str(tmp_path / "semi.csv"), tmp_path / "o3")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()

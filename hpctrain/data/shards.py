@@ -81,7 +81,7 @@ def h5_open(path: str | os.PathLike, mode: str = "r", *, locking: bool | None = 
         raise ShardError(f"shard file {str(path)!r} does not exist; re-create the shard directory "
                          "with 'hpctrain shard' or fix the manifest") from None
     except OSError as e:
-        if "lock" in str(e).lower():
+        if re.search(r"\block", str(e), re.IGNORECASE):  # not "sblock" (superblock) in a truncation error
             raise ShardError(f"shard file {str(path)!r}: HDF5 could not lock it ({e}); another process holds it "
                              f"open for writing, or the file system rejects locks: unset {LOCKING_ENV} or set it "
                              "to FALSE (hpctrain's default) for read-only access") from e
@@ -548,8 +548,12 @@ class ShardWriter:
         if root.exists() and not root.is_dir():
             raise ShardError(f"output {str(root)!r} exists and is not a directory; choose another --out")
         self._created_root = not root.exists()
-        root.mkdir(parents=True, exist_ok=True)
-        existing = [p for p in root.iterdir()]
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            existing = [p for p in root.iterdir()]
+        except OSError as e:
+            raise ShardError(f"output directory {str(root)!r} cannot be created or listed ({e.strerror or e}); "
+                             "choose a writable --out") from None
         if not existing:
             return
         ours = all(p.name == MANIFEST_NAME or _SHARD_NAME.match(p.name) or p.name.startswith(".") for p in existing)

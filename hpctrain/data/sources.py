@@ -66,18 +66,36 @@ class Source:
 # --- conversions ------------------------------------------------------------------------------
 
 
-def _where(lines: list[int] | None, i: int) -> str:
-    return f"line {lines[i]}" if lines is not None else f"row {i + 1}"
+def _where(lines: list[int] | None, i: int, offset: int = 0) -> str:
+    return f"line {lines[i]}" if lines is not None else f"row {offset + i + 1}"
 
 
-def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | None, src: str) -> np.ndarray:
+def to_float32(a: np.ndarray, names: list[str], lines: list[int] | None, src: str, offset: int = 0) -> np.ndarray:
+    """``a`` (rows first) as float32. A finite value beyond float32's range is an error naming its
+    row and column: casting would silently turn it into inf, which "NaN and inf are preserved"
+    must not mean. ``offset`` is the row number of ``a[0]`` in the input, counted from 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = a.astype(np.float32)
+    if out.dtype.kind == "f" and a.dtype.itemsize > 4 and a.dtype.kind == "f":
+        bad = np.isinf(out) & np.isfinite(a)
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad.reshape(len(a), -1))[0])
+            col = names[j] if j < len(names) else f"feature {j}"
+            v = a.reshape(len(a), -1)[i, j].item()
+            raise ShardError(f"{src}: {_where(lines, i, offset)}, column {col!r}: value {v!r}"
+                             " is outside the float32 range (about +-3.4e38); rescale the column before sharding")
+    return out
+
+
+def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | None, src: str,
+                     offset: int = 0) -> np.ndarray:
     """Parse a 2-D array of strings to float32; missing tokens become NaN; a bad cell is
-    reported by line and column."""
+    reported by line (or row, counted from ``offset``) and column."""
     try:
-        return block.astype(np.float64).astype(np.float32)
+        return to_float32(block.astype(np.float64), names, lines, src, offset)
     except ValueError:
         pass
-    out = np.empty(block.shape, np.float32)
+    out = np.empty(block.shape, np.float64)
     for j in range(block.shape[1]):
         col = np.char.strip(block[:, j].astype(str))
         try:
@@ -94,9 +112,9 @@ def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | Non
                 try:
                     float(v)
                 except ValueError:
-                    raise ShardError(f"{src}: {_where(lines, i)}, column {names[j]!r}: value {str(v)[:40]!r} is not "
-                                     "a number; fix the value, or leave it empty for a missing value") from None
-    return out
+                    raise ShardError(f"{src}: {_where(lines, i, offset)}, column {names[j]!r}: value {str(v)[:40]!r} "
+                                     "is not a number; fix the value, or leave it empty for a missing value") from None
+    return to_float32(out, names, lines, src, offset)
 
 
 class LabelParser:
@@ -167,13 +185,20 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
     src = str(path)
     delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f, delimiter=delim), None)
     except UnicodeDecodeError:
         raise ShardError(f"{src} is not UTF-8 text; convert it (iconv -t utf-8) or pass .npy/.parquet") from None
     if not header or all(not h.strip() for h in header):
         raise ShardError(f"{src} is empty: expected a header line and data rows")
     columns = [h.strip() for h in header]
+    if len(columns) == 1 and any(d in columns[0] for d in ";|\t," if d != delim):
+        raise ShardError(f"{src}: the header {columns[0][:60]!r} is one column when split on {delim!r}; "
+                         "the file uses another delimiter: convert it to comma- (.csv) or tab-separated (.tsv)")
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    if dup:
+        raise ShardError(f"{src}: column name(s) {dup[:5]} appear more than once in the header; "
+                         "rename them so every column is unique")
     li = _resolve_label(columns, label, src)
     feat_idx = [i for i in range(len(columns)) if i != li]
     if not feat_idx:
@@ -192,7 +217,7 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
         return x, y
 
     def read() -> Iterator[Chunk]:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             r = csv.reader(f, delimiter=delim)
             next(r)
             rows: list[list[str]] = []
@@ -217,7 +242,7 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
                 yield convert(rows, lines)
 
     def count() -> int:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             r = csv.reader(f, delimiter=delim)
             next(r)
             return sum(1 for rec in r if rec and not (len(rec) == 1 and not rec[0].strip()))
@@ -251,7 +276,7 @@ def npy_source(path: Path, *, label: str | None) -> Source:
     def read() -> Iterator[Chunk]:
         for s in range(0, len(a), step):
             block = np.asarray(a[s:s + step])
-            yield block[:, feat].astype(np.float32), _int_labels(block[:, li], src, s)
+            yield to_float32(block[:, feat], [f"c{i}" for i in feat], None, src, s), _int_labels(block[:, li], src, s)
 
     return Source(name=src, feature_names=[f"c{i}" for i in feat], sample_shape=(len(feat),), rows=len(a),
                   read=read, label=f"c{li}")
@@ -291,7 +316,7 @@ def npz_source(path: Path) -> Source:
     if len(names) != n_feat:
         raise ShardError(f"{src}: {len(names)} feature_names for {n_feat} features")
     yy = _int_labels(y, src)
-    return _memory_source(src, x.astype(np.float32), yy, names)
+    return _memory_source(src, to_float32(x, names, None, src), yy, names)
 
 
 def _memory_source(name: str, x: np.ndarray, y: np.ndarray, names: list[str], **kw: Any) -> Source:
@@ -343,12 +368,10 @@ def parquet_source(path: Path, *, label: str | None) -> Source:
                 t = col.type
                 if pat.is_string(t) or pat.is_large_string(t):
                     vals = np.array(["" if v is None else v for v in col.to_pylist()], dtype=str)
-                    try:
-                        x[:, j] = strings_to_float(vals[:, None], [c], lines, src)[:, 0]
-                    except ShardError as e:
-                        raise ShardError(str(e).replace("row ", f"row {start}+", 1)) from None
+                    x[:, j] = strings_to_float(vals[:, None], [c], lines, src, start)[:, 0]
                 else:
-                    x[:, j] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+                    v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+                    x[:, j] = to_float32(v[:, None], [c], None, src, start)[:, 0]
             lab = batch.column(columns[li])
             if lab.null_count:
                 i = next(i for i, v in enumerate(lab.to_pylist()) if v is None)
