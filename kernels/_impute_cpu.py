@@ -11,6 +11,8 @@ rank, the CLI) skips most of the compile time after the first run.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -20,6 +22,7 @@ _LOW31 = np.uint64(0x7FFFFFFF)
 _BYTE = np.uint64(255)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _INF_BITS = np.uint64(0x7F800000)
+_SPARE = np.uint64(256)
 
 
 def blocks(n: int) -> int:
@@ -232,23 +235,58 @@ def _radix_hist(xbits, shift, prefix, nb):
     """Histogram of the 8-bit digit at ``shift`` of the keys of each column's non-NaN
     values whose higher digits equal ``prefix[j, t]``'s; shape (d, T, 256).
 
-    ``xbits`` is the float32 data viewed as uint32 (NaN: exponent all ones, mantissa non-zero)."""
+    ``xbits`` is the float32 data viewed as uint32 (NaN: exponent all ones, mantissa non-zero).
+    Branch-free: a NaN or a value outside the prefix is counted in a spare bin 256 that is
+    dropped at the end (a branch on the missing share mispredicts and costs more)."""
     n, d = xbits.shape
     t_count = prefix.shape[1]
     sh = np.uint64(shift)
     hs = np.uint64(shift + 8)
-    hist = np.zeros((nb, d, t_count, 256), dtype=np.int64)
+    high = np.empty((d, t_count), dtype=np.uint64)
+    for j in range(d):
+        for t in range(t_count):
+            high[j, t] = prefix[j, t] >> hs
+    hist = np.zeros((nb, d, t_count, 257), dtype=np.int64)
     for b in prange(nb):
+        h = hist[b]
         for i in range(b * n // nb, (b + 1) * n // nb):
             for j in range(d):
                 bits = np.uint64(xbits[i, j])
-                if (bits & _LOW31) > _INF_BITS:
-                    continue
+                ok = (bits & _LOW31) <= _INF_BITS
                 k = _key(bits)
+                digit = (k >> sh) & _BYTE
+                top = k >> hs
                 for t in range(t_count):
-                    if (k >> hs) == (prefix[j, t] >> hs):
-                        hist[b, j, t, (k >> sh) & _BYTE] += 1
-    return hist.sum(axis=0)
+                    h[j, t, digit if ok & (top == high[j, t]) else _SPARE] += 1
+    return hist[:, :, :, :256].sum(axis=0)
+
+
+@njit(parallel=True, cache=True)
+def _sum_count_top(x, xbits, nb):
+    """One pass: per-feature float64 sum and count of the non-NaN values, and the histogram
+    of the top 8 key bits (the first radix round, which has no prefix yet); shape (d, 256)."""
+    n, d = x.shape
+    sums = np.zeros((nb, d), dtype=np.float64)
+    counts = np.zeros((nb, d), dtype=np.int64)
+    hist = np.zeros((nb, d, 257), dtype=np.int64)
+    for b in prange(nb):
+        s = np.zeros(d, dtype=np.float64)
+        c = np.zeros(d, dtype=np.int64)
+        h = hist[b]
+        for i in range(b * n // nb, (b + 1) * n // nb):
+            for j in range(d):
+                v = x[i, j]
+                ok = v == v
+                s[j] += np.float64(v) if ok else 0.0
+                c[j] += 1 if ok else 0
+                h[j, (_key(np.uint64(xbits[i, j])) >> np.uint64(24)) if ok else _SPARE] += 1
+        sums[b, :] = s
+        counts[b, :] = c
+    return sums.sum(axis=0), counts.sum(axis=0), hist[:, :, :256].sum(axis=0)
+
+
+def sum_count_top(x):
+    return _sum_count_top(x, x.view(np.uint32), blocks(x.shape[0]))
 
 
 def key_to_float(keys: np.ndarray) -> np.ndarray:
@@ -368,3 +406,128 @@ def col_median_fast(x: np.ndarray) -> np.ndarray:
 
 def fill_copy(x, out, values):
     return _fill_copy(x, out, values, blocks(x.shape[0]))
+
+
+# --- median, faster: a sampled bracket, two streaming row-major passes --------------------
+# A random sample of rows gives, per column, two pivots lo <= hi that bracket both middle
+# order statistics with overwhelming probability. Pass 1 (vectorised over the features of a
+# row) counts, per row block and column, the values below lo, equal to lo, strictly between
+# and equal to hi; pass 2 copies only the values strictly between (a few percent) into
+# per-(block, column) windows sized by pass 1, so no atomics and no transposed copy of the
+# data. A selection in each column's small window finishes the job. The pivots only decide
+# the speed: a column whose middle ranks fall outside its bracket (a bad sample) is redone
+# with the full method, so the result is exact whatever the sample.
+
+
+@njit(parallel=True, cache=True)
+def _bracket_counts(x, lo, hi, nb):
+    n, d = x.shape
+    cnt = np.zeros((nb, 4, d), dtype=np.int64)
+    for b in prange(nb):
+        lt = np.zeros(d, dtype=np.int64)
+        el = np.zeros(d, dtype=np.int64)
+        md = np.zeros(d, dtype=np.int64)
+        eh = np.zeros(d, dtype=np.int64)
+        for i in range(b * n // nb, (b + 1) * n // nb):
+            for j in range(d):  # branch-free so that the loop over j vectorises
+                v = x[i, j]
+                a = lo[j]
+                c = hi[j]
+                lt[j] += 1 if v < a else 0
+                el[j] += 1 if v == a else 0
+                md[j] += 1 if (v > a) & (v < c) else 0
+                eh[j] += 1 if v == c else 0
+        cnt[b, 0, :] = lt
+        cnt[b, 1, :] = el
+        cnt[b, 2, :] = md
+        cnt[b, 3, :] = eh
+    return cnt
+
+
+@njit(parallel=True, cache=True)
+def _bracket_gather(x, lo, hi, start, total, nb):
+    n, d = x.shape
+    buf = np.empty(total + 1, dtype=np.float32)
+    for b in prange(nb):
+        w = start[b, :].copy()
+        for i in range(b * n // nb, (b + 1) * n // nb):
+            for j in range(d):
+                v = x[i, j]
+                ok = (v > lo[j]) & (v < hi[j])
+                # branch-free: always store (an outsider lands in the slack slot at the end); a
+                # branch on this mispredicts enough to make the pass 5x slower
+                buf[w[j] if ok else total] = v
+                w[j] += 1 if ok else 0
+    return buf[:total]
+
+
+@njit(parallel=True, cache=True)
+def _bracket_resolve(buf, off, lo, hi, tot, k_lo, k_hi):
+    """Per column the two middle order statistics, from the bracket counts ``tot`` (4, d);
+    ``ok[j]`` False where a rank fell outside the bracket."""
+    d = lo.shape[0]
+    out = np.full(d, np.nan)
+    ok = np.ones(d, dtype=np.bool_)
+    for j in prange(d):
+        if k_lo[j] < 0:
+            continue
+        lt = tot[0, j]
+        el = tot[1, j]
+        md = tot[2, j]
+        eh = tot[3, j] if hi[j] != lo[j] else 0  # lo == hi: the "equal" values were counted twice
+        pair = np.empty(2, dtype=np.float64)
+        for q in range(2):
+            k = k_lo[j] if q == 0 else k_hi[j]
+            if k < lt or k >= lt + el + md + eh:
+                ok[j] = False
+            elif k < lt + el:
+                pair[q] = lo[j]
+            elif k < lt + el + md:
+                pair[q] = select_inplace(buf[off[j]:off[j + 1]], k - lt - el)
+            else:
+                pair[q] = hi[j]
+        if ok[j]:
+            out[j] = pair[1] if k_lo[j] == k_hi[j] else (pair[0] + pair[1]) / 2.0
+    return out, ok
+
+
+def col_median_sampled(x: np.ndarray, count: np.ndarray, *, sample: int = 32768, margin: float = 2.0,
+                       seed: int = 0) -> np.ndarray:
+    """Exact per-column median of row-major float32 ``x`` whose per-column non-NaN counts are
+    ``count`` (NaN for an empty column). ``sample`` rows pick the pivots; ``margin`` (in
+    units of sqrt(sampled values)) widens the bracket. Both only change the speed."""
+    n, d = x.shape
+    count = np.asarray(count, dtype=np.int64)
+    k_lo = np.where(count > 0, (count - 1) // 2, -1)
+    k_hi = np.where(count > 0, count // 2, -1)
+    lo = np.full(d, -np.inf, dtype=np.float32)
+    hi = np.full(d, np.inf, dtype=np.float32)
+    if n > 0 and sample > 0:
+        # at most ~4 M sampled values, so wide samples (images) do not copy much
+        size = min(int(sample), n, max(256, (1 << 22) // max(d, 1)))
+        rows = np.sort(np.random.default_rng(seed).integers(0, n, size=size))
+        s = np.sort(x[rows], axis=0)  # NaN sorts last
+        ms = (s == s).sum(axis=0)
+        for j in np.flatnonzero((ms > 0) & (count > 0)):
+            scale = ms[j] / count[j]
+            w = margin * math.sqrt(ms[j]) + 1.0
+            r_lo = math.floor(k_lo[j] * scale - w)
+            r_hi = math.ceil(k_hi[j] * scale + w)
+            if r_lo >= 0:
+                lo[j] = s[r_lo, j]
+            if r_hi < ms[j]:
+                hi[j] = s[r_hi, j]
+    nb = blocks(n)
+    cnt = _bracket_counts(x, lo, hi, nb)
+    mid = cnt[:, 2, :]
+    col_total = mid.sum(axis=0)
+    off = np.zeros(d + 1, dtype=np.int64)
+    np.cumsum(col_total, out=off[1:])
+    # block b of column j writes at off[j] + (mid of column j in blocks before b)
+    start = off[:d][None, :] + np.cumsum(mid, axis=0) - mid
+    buf = _bracket_gather(x, lo, hi, np.ascontiguousarray(start), int(off[d]), nb)
+    out, ok = _bracket_resolve(buf, off, lo, hi, cnt.sum(axis=0), k_lo, k_hi)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        out[bad] = col_median_fast(np.ascontiguousarray(x[:, bad]))
+    return out

@@ -435,3 +435,13 @@ class Smote(Op):
 
 OPS: dict[str, type[Op]] = {cls.name: cls for cls in
                             (Flip, Crop, Noise, SaltPepper, Cutout, Jitter, Mixup, TabularNoise, Smote)}
+
+
+def __getattr__(name: str) -> Any:
+    # ``hpctrain.kernels.augment.build_pipeline`` is a public name too; resolved lazily because
+    # the pipeline module imports this one
+    if name == "build_pipeline":
+        from hpctrain.kernels.pipeline import build_pipeline
+
+        return build_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,16 +9,17 @@ Exactness when distributed (every rank holds part of the rows):
 
 - mean / constant: per-column float64 sums and counts, merged by one allreduce. For a shard
   directory they come straight from the manifest's column statistics (no data read).
-- median: a radix selection on the float32 bit patterns: four passes, each an 8-bit
+- median: a radix selection on the float32 bit patterns: four rounds, each an 8-bit
   histogram per column over the local data and one allreduce of ``d x 2 x 256`` int64, pin
-  down the two middle order statistics exactly. Cost: 1 + 4 passes over the data and
-  4 small allreduces, whatever the number of rows.
+  down the two middle order statistics exactly. The first round's histogram is built in the
+  pass that counts the values. Cost: 4 passes over the data and 4 small allreduces,
+  whatever the number of rows.
 - most_frequent: per-column value counts (sorted distinct values and counts) gathered to
   every rank and merged. Cost: memory and traffic proportional to the number of distinct
   values; right for discrete/categorical columns, heavy for continuous ones.
 
-An in-memory fit without a communicator uses, for the median, one transposing pass and a
-histogram-guided selection per column (see ``_impute_cpu.col_median_fast``) and, for
+An in-memory fit without a communicator uses, for the median, a sampled bracket and two
+streaming passes (see ``_impute_cpu.col_median_sampled``) and, for
 most_frequent, a sort per column of a compacted feature-major copy; both paths are exact.
 """
 
@@ -91,8 +92,13 @@ def as_2d_float32(x: Any, what: str = "X") -> np.ndarray:
     if a.ndim < 2:
         raise ImputeError(f"{what} has shape {a.shape}; expected (rows, features) or (rows, *sample_shape); "
                           "reshape a single sample with x[None, :] or a single feature with x[:, None]")
-    a = a.reshape(a.shape[0], -1)
-    return np.ascontiguousarray(a, dtype=np.float32)
+    a = a.reshape(a.shape[0], math.prod(a.shape[1:]))  # not -1: that fails for zero rows
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(a, dtype=np.float32)
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and np.any(np.isinf(out) & np.isfinite(a)):
+        raise ImputeError(f"{what} has {a.dtype} values beyond the float32 range (|x| > 3.4e38), which the float32 "
+                          "output cannot hold: rescale the data first")
+    return out
 
 
 def is_device_array(x: Any) -> bool:
@@ -125,11 +131,14 @@ def _chunks_sum_count(chunks: Callable[[], Iterable[np.ndarray]], d: int) -> tup
     return sums, count, rows
 
 
-def radix_select(chunks: Callable[[], Iterable[np.ndarray]], ranks: np.ndarray, comm=None) -> np.ndarray:
+def radix_select(chunks: Callable[[], Iterable[np.ndarray]], ranks: np.ndarray, comm=None,
+                 first: np.ndarray | None = None) -> np.ndarray:
     """Exact order statistics: ``out[j, t]`` is the ``ranks[j, t]``-th smallest (0-based)
     non-NaN value of column j over all chunks on all ranks. Ranks out of range give NaN.
 
-    ``chunks()`` must yield the same local data on every call (it is read four times)."""
+    ``chunks()`` must yield the same local data on every call (it is read four times, or
+    three when ``first``, this rank's (d, 256) histogram of the top 8 key bits, is given:
+    ``_impute_cpu.sum_count_top`` makes it in the pass that counts the values)."""
     from hpctrain.kernels import _impute_cpu as K
 
     ranks = np.asarray(ranks, dtype=np.int64)
@@ -138,10 +147,17 @@ def radix_select(chunks: Callable[[], Iterable[np.ndarray]], ranks: np.ndarray, 
     prefix = np.zeros((d, t), dtype=np.uint64)
     valid = want >= 0
     for shift in (24, 16, 8, 0):
-        hist = np.zeros((d, t, 256), dtype=np.int64)
-        for x in chunks():
-            hist += K.radix_hist(x.view(np.uint32), shift, prefix)
-        hist = allreduce_sum(hist, comm)
+        # the two middle ranks usually share their leading digits (always on the first pass):
+        # then one histogram per column serves both
+        same = bool(np.all(prefix == prefix[:, :1]))
+        hist = np.zeros((d, 1 if same else t, 256), dtype=np.int64)
+        for x in (() if shift == 24 and first is not None else chunks()):
+            hist += K.radix_hist(x.view(np.uint32), shift, np.ascontiguousarray(prefix[:, :1]) if same else prefix)
+        if shift == 24 and first is not None:
+            hist[:, 0, :] = first  # the first round has no prefix: same = True
+        hist = allreduce_sum(hist, comm)  # ``same`` agrees on every rank: the prefixes come from merged counts
+        if same:
+            hist = np.broadcast_to(hist, (d, t, 256))
         cum = np.cumsum(hist, axis=2)
         digit = (cum <= want[:, :, None]).sum(axis=2)  # first bin whose running count exceeds the rank
         valid &= digit < 256
@@ -201,7 +217,19 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
     from hpctrain.kernels import _impute_cpu as K
 
     d = int(n_features)
-    if sum_count is None:
+    first = None
+    if sum_count is None and strategy == "median" and not (in_memory is not None and _size(comm) == 1):
+        # the streaming median: the counting pass also makes the first radix round's histogram,
+        # which saves one read of the data (shards are re-read on every pass)
+        sums, count, rows, first = np.zeros(d), np.zeros(d, dtype=np.int64), 0, np.zeros((d, 256), dtype=np.int64)
+        for x in chunks():
+            s_, c_, h_ = K.sum_count_top(x)
+            sums += s_
+            count += c_
+            first += h_
+            rows += x.shape[0]
+        sum_count = (sums, count, rows)
+    elif sum_count is None:
         sum_count = _chunks_sum_count(chunks, d)
     merged = merge_statistics({"sum": sum_count[0], "count": sum_count[1], "rows": sum_count[2]}, comm)
     sums, count, rows = merged["sum"], merged["count"], merged["rows"]
@@ -214,11 +242,11 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
         stats = np.full(d, float(fill_value))
     elif strategy == "median":
         if in_memory is not None and _size(comm) == 1:
-            stats = K.col_median_fast(in_memory)
+            stats = K.col_median_sampled(in_memory, count)
         else:
             ranks = np.stack([(count - 1) // 2, count // 2], axis=1)
             ranks[empty] = -1
-            sel = radix_select(chunks, ranks, comm)
+            sel = radix_select(chunks, ranks, comm, first=first)
             stats = (sel[:, 0] + sel[:, 1]) / 2.0
     elif strategy == "most_frequent":
         if in_memory is not None and _size(comm) == 1:
@@ -275,6 +303,9 @@ class Imputer:
         if isinstance(data, (str, os.PathLike)) or type(data).__name__ == "Manifest":
             return self._fit_shards(data, comm=comm, split=split, from_manifest=from_manifest)
         x = as_2d_float32(data)
+        if x.shape[0] == 0:
+            raise ImputeError(f"X has shape {np.shape(data)}: no rows to fit on; fit needs at least one sample "
+                              "(scikit-learn refuses too)")
         res = fit_statistics(lambda: [x], x.shape[1], self.strategy, self._fill(), comm, in_memory=x)
         self._set(res, source={"kind": "array", "rows": res.rows})
         return self
@@ -288,7 +319,9 @@ class Imputer:
             raise ImputeError(f"shard directory {str(m.root)!r} has no {split!r} shards; fit on split=None (all) "
                               "or another split")
         d = m.schema.n_features
-        source = {"kind": "shards", "dir": str(m.root), "split": split, "rows": m.rows(split)}
+        # the feature names let 'impute apply' refuse statistics of another dataset of the same width
+        source = {"kind": "shards", "dir": str(m.root), "split": split, "rows": m.rows(split),
+                  "feature_names": list(m.schema.feature_names)}
         if from_manifest and self.strategy in ("mean", "constant"):
             st = m.column_stats(split)
             if np.any(st.inf_count > 0):
@@ -416,7 +449,7 @@ class Imputer:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ImputeError(f"{where} is not an hpctrain imputer file (format {FORMAT!r} missing); "
                               "write one with 'hpctrain impute fit DIR'")
-        if not isinstance(d.get("version"), int) or d["version"] > FORMAT_VERSION:
+        if type(d.get("version")) is not int or d["version"] > FORMAT_VERSION:
             raise ImputeError(f"{where} has version {d.get('version')!r}; this hpctrain reads up to "
                               f"{FORMAT_VERSION}: upgrade hpctrain or re-run 'hpctrain impute fit'")
         try:
@@ -427,13 +460,16 @@ class Imputer:
             n = int(d["n_features"])
         except (KeyError, TypeError, ValueError) as e:
             raise ImputeError(f"{where} is malformed ({type(e).__name__}: {e}); re-run 'hpctrain impute fit'") from None
+        if np.any(np.isinf(stats)):
+            raise ImputeError(f"{where} holds infinite statistics; the file is corrupt: re-run 'hpctrain impute fit'")
         if len(stats) != n or (len(ind) and (ind.min() < 0 or ind.max() >= n)):
             raise ImputeError(f"{where}: {len(stats)} statistics for {n} features (or an indicator index out of "
                               "range); the file is corrupt: re-run 'hpctrain impute fit'")
         imp.statistics_ = stats
         imp.n_features_in_ = n
         imp.indicator_features_ = ind
-        imp.source = dict(d.get("source") or {})
+        src = d.get("source")
+        imp.source = dict(src) if isinstance(src, dict) else {}  # informative only: a bad one is dropped
         return imp
 
     @classmethod

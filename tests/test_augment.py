@@ -206,3 +206,13 @@ def test_refuses_to_run_in_another_process(img):
     p._pid = -1  # as seen from a forked DataLoader worker
     with pytest.raises(AugmentError, match="training process"):
         p(img)
+
+
+def test_build_pipeline_public_from_augment_too(img):
+    from hpctrain.kernels import augment, pipeline
+    from hpctrain.kernels.augment import build_pipeline
+
+    assert build_pipeline is pipeline.build_pipeline
+    np.testing.assert_array_equal(build_pipeline([{"op": "flip", "p": 1.0}], 0)(img)[0], img[..., ::-1])
+    with pytest.raises(AttributeError):
+        augment.no_such_name  # noqa: B018

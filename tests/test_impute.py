@@ -47,7 +47,10 @@ def _check_against_sklearn(x, strategy, keep, indicator, fill=None):
         # sklearn accumulates float32 sums; compare with its float64 run (exact sums) at 1e-6
         ref64 = SimpleImputer(strategy=strategy, keep_empty_features=keep,
                               add_indicator=indicator).fit_transform(x.astype(np.float64))
-        np.testing.assert_allclose(got, ref64, rtol=1e-6, atol=0)
+        # a subnormal float32 result carries fewer significant bits than 1e-6 needs: compare
+        # with the float64 result rounded to float32, give or take the smallest subnormal
+        tiny = float(np.finfo(np.float32).smallest_subnormal)
+        np.testing.assert_allclose(got, ref64.astype(np.float32), rtol=1e-6, atol=tiny)
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     else:
         np.testing.assert_array_equal(got, ref)
@@ -90,11 +93,50 @@ def test_distributed_method_equals_in_memory(x, strategy, cut):
     np.testing.assert_array_equal(streamed, in_memory)
 
 
-def test_large_median_and_mode_exact():
+@settings(max_examples=40, deadline=None)
+@given(x=matrices(), sample=st.integers(0, 30), margin=st.sampled_from([0.0, 0.5, 2.0]), seed=st.integers(0, 3))
+def test_sampled_median_is_exact_whatever_the_sample(x, sample, margin, seed):
+    """The pivots of the fast in-memory median come from a random sample; a tiny sample with
+    no margin makes the bracket miss the middle ranks, and the fallback must keep it exact."""
+    from hpctrain.kernels import _impute_cpu as K
+
+    count = (~np.isnan(x)).sum(axis=0)
+    got = K.col_median_sampled(x, count, sample=sample, margin=margin, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        ref = np.nanmedian(x.astype(np.float64), axis=0)
+    np.testing.assert_array_equal(got.astype(np.float32), ref.astype(np.float32))
+    np.testing.assert_array_equal(got, K.col_median_fast(x))
+
+
+def test_streaming_median_reads_the_data_four_times():
+    """The counting pass also builds the first radix round: 4 reads of the chunks, not 5."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 3)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    reads = []
+
+    def chunks():
+        reads.append(1)
+        return [x[:400], x[400:]]
+
+    got = fit_statistics(chunks, 3, "median").statistics
+    assert len(reads) == 4
+    np.testing.assert_array_equal(got.astype(np.float32), SimpleImputer(strategy="median").fit(x).statistics_)
+
+
+def test_large_median_and_mode_exact(monkeypatch):
+    from hpctrain.kernels import _impute_cpu as K
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((20001, 4)).astype(np.float32)
     x[:, 3] = rng.integers(0, 50, len(x))
     x[rng.random(x.shape) < 0.3] = np.nan
+    # the sampled bracket alone (no fallback) on a sample smaller than the data, with ties
+    with monkeypatch.context() as mp:
+        mp.setattr(K, "col_median_fast", lambda _: pytest.fail("the bracket missed on a regular sample"))
+        got = K.col_median_sampled(x, (~np.isnan(x)).sum(axis=0), sample=2048)
+    np.testing.assert_array_equal(got.astype(np.float32), SimpleImputer(strategy="median").fit(x).statistics_)
     for strategy in ("median", "most_frequent"):
         ref = SimpleImputer(strategy=strategy).fit(x).statistics_
         np.testing.assert_array_equal(Imputer(strategy).fit(x).statistics_.astype(np.float32), ref)
@@ -155,6 +197,10 @@ def test_save_load_roundtrip(tmp_path):
     ('{"format": "other"}', "not an hpctrain imputer file"),
     ('{"format": "hpctrain-imputer", "version": 99}', "version 99"),
     ('{"format": "hpctrain-imputer", "version": 1, "strategy": "mean"}', "malformed"),
+    ('{"format": "hpctrain-imputer", "version": true}', "version True"),
+    ('{"format": "hpctrain-imputer", "version": 1, "strategy": "mean", "fill_value": null,'
+     ' "keep_empty_features": false, "add_indicator": false, "n_features": 1, "statistics": [Infinity],'
+     ' "indicator_features": []}', "infinite"),
 ])
 def test_load_errors(tmp_path, content, match):
     p = tmp_path / "imputer.json"
@@ -177,9 +223,17 @@ def test_user_errors():
         Imputer().fit(np.array([["a", "b"]]))
     with pytest.raises(ImputeError, match="infinite"):
         Imputer().fit(np.array([[1.0, np.inf]], np.float32))
+    with pytest.raises(ImputeError, match="no rows"):
+        Imputer("median").fit(np.zeros((0, 3), np.float32))
+    with pytest.raises(ImputeError, match="float32 range"):
+        Imputer().fit(np.array([[1e300, 1.0]]))
+    with pytest.raises(ImputeError, match="dtype object"):
+        Imputer().fit(np.array([[1.0, None]], dtype=object))
     imp = Imputer().fit(np.zeros((2, 3), np.float32))
     with pytest.raises(ImputeError, match="fitted on 3"):
         imp.transform(np.zeros((2, 4), np.float32))
+    empty = imp.transform(np.zeros((0, 3), np.float64))  # an empty batch is no error
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
 
 
 # --- shard directories and the CLI ---------------------------------------------------------
@@ -259,6 +313,24 @@ def test_cli_errors(shard_data, tmp_path, capsys):
     main(["impute", "fit", str(root)])
     assert main(["impute", "apply", str(root), "--out", str(root)]) == 2
     assert "never modifies" in capsys.readouterr().err
+    assert main(["impute", "apply", str(root), "--out", str(root / "sub")]) == 2
+    assert "inside the input directory" in capsys.readouterr().err
+    assert not (root / "sub").exists()
+    # statistics of another dataset with as many features are refused by name
+    other = tmp_path / "other"
+    _write_shards(other, np.ones((6, 4), np.float32), np.zeros(6, int), 4)
+    meta = json.loads((other / "manifest.json").read_text())
+    names = meta["schema"]["feature_names"]
+    main(["impute", "fit", str(other), "--strategy", "median", "--out", str(tmp_path / "other.json")])
+    capsys.readouterr()
+    stats = json.loads((tmp_path / "other.json").read_text())
+    stats["source"]["feature_names"] = ["renamed"] + names[1:]
+    (tmp_path / "other.json").write_text(json.dumps(stats))
+    o2, stats_file = str(tmp_path / "o2"), str(tmp_path / "other.json")
+    assert main(["impute", "apply", str(root), "--out", o2, "--stats", stats_file]) == 2
+    assert "other features" in capsys.readouterr().err
+    assert main(["impute", "fit", str(root), "--strategy", "constant", "--fill-value", "nan"]) == 2
+    assert "finite number" in capsys.readouterr().err
 
 
 def test_apply_images_that_would_change_shape(tmp_path, capsys):

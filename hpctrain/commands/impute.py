@@ -82,13 +82,22 @@ def apply_dir(src, out, *, stats=None, force=False, verify=False):
     from hpctrain.kernels.impute import ImputeError, Imputer
 
     m = Manifest.load(src)
-    if Path(out).resolve() == m.root.resolve():
-        raise ImputeError(f"--out {str(out)!r} is the input directory; impute apply never modifies its input: "
-                          "choose a new directory")
+    dst, root = Path(out).resolve(), m.root.resolve()
+    if dst == root or root in dst.parents:
+        where = "the input directory" if dst == root else "inside the input directory"
+        raise ImputeError(f"--out {str(out)!r} is {where} {str(m.root)!r}; impute apply never modifies its input: "
+                          "choose a directory outside it")
     imp = Imputer.load(stats or m.root)
     if imp.n_features_in_ != m.schema.n_features:
         raise ImputeError(f"the statistics were fitted on {imp.n_features_in_} features, {str(m.root)!r} has "
                           f"{m.schema.n_features}; re-run 'hpctrain impute fit {src}'")
+    fitted_names = imp.source.get("feature_names")
+    if isinstance(fitted_names, list) and fitted_names != list(m.schema.feature_names):
+        pairs = list(zip(fitted_names, m.schema.feature_names, strict=False))
+        i = next((k for k, (a, b) in enumerate(pairs) if a != b), len(pairs))
+        seen = f"{pairs[i][0]!r} there, {pairs[i][1]!r} here" if i < len(pairs) else "a different count"
+        raise ImputeError(f"the statistics were fitted on other features than {str(m.root)!r} has (feature {i}: "
+                          f"{seen}); re-run 'hpctrain impute fit {src}'")
     names, shape = _out_layout(m, imp)
     rows_per_shard = m.meta.get("rows_per_shard")
     meta = {"imputed_from": str(m.root), "imputer": imp.to_json()}
