@@ -136,6 +136,10 @@ def test_refuses_nonempty_dir_unless_overwrite(tmp_path):
         _write(tmp_path / "s", x, y, 2)
     m = _write(tmp_path / "s", x[:3], y[:3], 3, overwrite=True)
     assert m.rows() == 3 and sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", "train-00000.h5"]
+    # imputer statistics beside the manifest describe the old shards: replaced along with them
+    (tmp_path / "s" / "imputer.json").write_text("{}")
+    _write(tmp_path / "s", x, y, 2, overwrite=True)
+    assert not (tmp_path / "s" / "imputer.json").exists()
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "notes.txt").write_text("mine")
     with pytest.raises(ShardError, match="not hpctrain shards"):

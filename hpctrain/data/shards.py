@@ -32,6 +32,8 @@ from hpctrain.fileio import atomic_path, atomic_write_json, sha256_file
 FORMAT = "hpctrain-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Files other commands keep beside the manifest (hpctrain impute fit writes imputer.json).
+DERIVED_NAMES = frozenset({"imputer.json"})
 SPLITS = ("train", "val")
 CHUNK_BYTES = 1 << 20
 # Default shard size ceiling: big enough that per-file overhead is negligible, small enough
@@ -556,7 +558,8 @@ class ShardWriter:
                              "choose a writable --out") from None
         if not existing:
             return
-        ours = all(p.name == MANIFEST_NAME or _SHARD_NAME.match(p.name) or p.name.startswith(".") for p in existing)
+        ours = all(p.name == MANIFEST_NAME or p.name in DERIVED_NAMES or _SHARD_NAME.match(p.name)
+                   or p.name.startswith(".") for p in existing)
         if not overwrite or not ours:
             why = ("pass --force (overwrite=True) to replace it" if ours else
                    "it holds files that are not hpctrain shards; choose an empty or new directory")
@@ -565,7 +568,8 @@ class ShardWriter:
         with contextlib.suppress(FileNotFoundError):
             (root / MANIFEST_NAME).unlink()
         for p in existing:
-            if _SHARD_NAME.match(p.name):
+            # Derived files (imputer statistics) describe the old shards: stale once replaced.
+            if _SHARD_NAME.match(p.name) or p.name in DERIVED_NAMES:
                 p.unlink()
 
     # -- writing
