@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 from hpctrain.errors import ConfigError
 
 T = TypeVar("T")
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp: Any) -> str:
@@ -79,6 +82,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, which reads "1e-3" (no dot) as a string: accept plain
+        # numeric strings so `lr: 1e-3` and `--set optimizer.lr=1e-3` mean what users expect.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{where}: got {value!r} ({type(value).__name__}), expected a number")
     if tp is str:

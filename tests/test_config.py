@@ -55,6 +55,18 @@ def test_bad_values_name_the_key(data, needle):
     assert needle in str(e.value)
 
 
+def test_exponent_floats_from_yaml_1_1_are_numbers(tmp_path):
+    # PyYAML reads "1e-3" as a string; a float field must still take it.
+    p = tmp_path / "c.yaml"
+    p.write_text("optimizer:\n  lr: 1e-3\n")
+    assert from_mapping(Top, load_yaml(p)).optimizer.lr == 1e-3
+    assert from_mapping(Top, apply_overrides({}, ["optimizer.lr=5E-2"])).optimizer.lr == 5e-2
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_mapping(Top, {"optimizer": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_mapping(Top, {"epochs": "1e3"})
+
+
 def test_overrides_parse_yaml_scalars():
     data = apply_overrides({"optimizer": {"name": "sgd"}}, ["optimizer.lr=0.5", "epochs=2", "out=/x y", "seed=null"])
     cfg = from_mapping(Top, data)

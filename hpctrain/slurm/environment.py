@@ -1,0 +1,135 @@
+"""Slurm facts: what the job's environment and ``scontrol show job`` say.
+
+Read-only and side-effect free apart from :func:`show_job`, which asks slurmctld through
+the runner seam. Times come from Slurm itself (EndTime, TimeLimit, Restarts), never from a
+guess based on how long this process has been alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping
+
+from hpctrain.errors import ClusterError
+from hpctrain.slurm.runner import run_cmd
+
+
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    """This process's place in a Slurm (or submitit-local) job."""
+
+    executor: str  # "slurm" | "local" | "none"
+    job_id: str | None
+    array_job_id: str | None
+    array_task_id: str | None
+    restart_count: int
+    rank: int
+    ntasks: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ClusterError(f"{name}={raw!r} is not an integer; it is set by Slurm/submitit, "
+                           "so check how this process was started") from None
+
+
+def job_facts(env: Mapping[str, str] | None = None) -> JobFacts:
+    env = os.environ if env is None else env
+    executor = env.get("SUBMITIT_EXECUTOR", "")
+    if executor == "local":
+        # prefixed so a local id is never mistaken for (and looked up as) a Slurm job id
+        local_id = env.get("SUBMITIT_LOCAL_JOB_ID")
+        return JobFacts(executor="local", job_id=f"local-{local_id}" if local_id else None, array_job_id=None,
+                        array_task_id=None, restart_count=0, rank=_int(env, "SUBMITIT_LOCAL_GLOBALID", 0),
+                        ntasks=_int(env, "SUBMITIT_LOCAL_NTASKS", 1))
+    if "SLURM_JOB_ID" in env:
+        return JobFacts(executor="slurm", job_id=env["SLURM_JOB_ID"], array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+                        array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+                        restart_count=_int(env, "SLURM_RESTART_COUNT", 0), rank=_int(env, "SLURM_PROCID", 0),
+                        ntasks=_int(env, "SLURM_NTASKS", 1))
+    return JobFacts(executor="none", job_id=None, array_job_id=None, array_task_id=None, restart_count=0,
+                    rank=0, ntasks=1)
+
+
+# `scontrol show job -o` prints one line of Key=Value pairs; values may hold spaces
+# (JobName, paths), so split only where a new capitalised key begins.
+_KEY_SPLIT = re.compile(r"\s+(?=[A-Z][A-Za-z/:_]*=)")
+
+
+def parse_scontrol_record(line: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in _KEY_SPLIT.split(line.strip()):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k] = v
+    return out
+
+
+def parse_slurm_time(value: str | None) -> datetime | None:
+    """``2026-11-27T06:09:44`` (local time, as Slurm prints it) or None for Unknown/None/N/A."""
+    if not value or value in ("Unknown", "None", "N/A", "(null)"):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+
+
+def parse_time_limit(value: str | None) -> int | None:
+    """Slurm durations (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in seconds; None if unlimited."""
+    if not value or value in ("UNLIMITED", "Partition_Limit", "NONE", "INFINITE"):
+        return None
+    days = 0
+    rest = value
+    if "-" in value:
+        d, rest = value.split("-", 1)
+        days = int(d)
+        parts = [int(p) for p in rest.split(":")]
+        while len(parts) < 3:
+            parts.append(0)
+        h, m, s = parts
+    else:
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        else:
+            h, m, s = parts
+    return ((days * 24 + h) * 60 + m) * 60 + s
+
+
+def show_job(job_id: str, *, timeout: float = 30.0) -> dict[str, str] | None:
+    """``scontrol show job -o JOB`` as a dict; None when slurmctld no longer knows the job."""
+    res = run_cmd(["scontrol", "show", "job", "-o", str(job_id)], timeout=timeout)
+    if not res.ok:
+        if "Invalid job id" in res.stderr:
+            return None
+        raise ClusterError(f"scontrol show job {job_id} failed: {res.stderr.strip() or res.stdout.strip()}")
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    # an array job id lists every element; the caller passes element ids, so take the first
+    return parse_scontrol_record(lines[0])
+
+
+def seconds_left(record: Mapping[str, str], now: datetime) -> float | None:
+    """Seconds until the job's EndTime as slurmctld sees it; None when it has no limit."""
+    if parse_time_limit(record.get("TimeLimit")) is None:
+        return None
+    end = parse_slurm_time(record.get("EndTime"))
+    if end is None:
+        return None
+    return (end - now).total_seconds()

@@ -1,0 +1,220 @@
+"""The callable every rank runs inside a submitted job (pickled by submitit).
+
+It wraps a *task* -- ``task(run_dir, stop_requested) -> "completed" | "interrupted"`` --
+which is ``hpctrain.train.trainer.train`` for real runs (:class:`TrainTask`) and a tiny
+resumable counter in tests and smoke checks. What is pickled is only the run dir, the
+task's config reference and the policy: every restart resumes from the newest checkpoint
+in the run dir, never from state frozen at submission.
+
+Why submitit's own checkpoint/requeue is bypassed: its USR2 handler calls ``checkpoint()``
+and ``scontrol requeue`` inside the signal handler (IO in a handler, on rank 0 only, while
+other ranks may be in a collective), it classifies every signal of a job shorter than 10
+minutes as a timeout, and it ignores SIGTERM (a finished job then keeps running). So the
+job installs :class:`PreemptionFlag` over submitit's handlers; submitit still pickles,
+submits, starts one process per rank and, locally, restarts tasks that exit with 144.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from hpctrain.errors import ClusterError, HpctrainError
+from hpctrain.slurm import journal
+from hpctrain.slurm.environment import JobFacts, job_facts, seconds_left, show_job
+from hpctrain.slurm.requeue import PreemptionFlag, RequeuePolicy, classify_interrupt, decide_requeue
+from hpctrain.slurm.runner import run_cmd
+
+# submitit's LocalExecutor restarts the tasks of a job that exits with this code
+LOCAL_REQUEUE_RETURN_CODE = 144
+
+
+class Task(Protocol):
+    def __call__(self, run_dir: Path, stop_requested: Callable[[], bool]) -> str: ...
+
+
+class RequeueFailed(ClusterError):
+    """The checkpoint is written but Slurm refused (or could not be asked) to requeue."""
+
+    transient = True
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that a retry cannot fix: bad config, missing input, import/syntax errors."""
+    if getattr(exc, "transient", False):
+        return False
+    return isinstance(exc, (HpctrainError, ImportError, SyntaxError, FileNotFoundError, NotADirectoryError))
+
+
+def result_completed(run_dir: Path) -> bool:
+    path = Path(run_dir) / "result.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass(kw_only=True)
+class TrainTask:
+    """The real trainer as a task: the config snapshot in the run dir plus overrides."""
+
+    config: str
+    overrides: list[str] = field(default_factory=list)
+
+    def __call__(self, run_dir: Path, stop_requested: Callable[[], bool]) -> str:
+        from hpctrain.train.config import load_config
+        from hpctrain.train.trainer import train
+
+        cfg = load_config(self.config, [*self.overrides, f"run.dir={run_dir}"])
+        res = train(cfg, stop_requested=stop_requested)
+        return "completed" if getattr(res, "status", None) == "completed" else "interrupted"
+
+
+def _redirect_local_logs(run_dir: Path, rank: int) -> None:
+    # srun writes rank logs on Slurm; the local executor logs into submitit's folder, so
+    # point this process's stdout/stderr at the same per-rank file Slurm would use.
+    log = run_dir / "logs" / f"rank-{rank}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+@dataclass(kw_only=True)
+class RunJob:
+    run_dir: str
+    task: Task
+    policy: RequeuePolicy = field(default_factory=RequeuePolicy)
+
+    def __call__(self) -> str:
+        run_dir = Path(self.run_dir)
+        facts = job_facts()
+        if facts.executor == "local":
+            _redirect_local_logs(run_dir, facts.rank)
+        flag = PreemptionFlag(self.policy.signal).install()
+        started = time.monotonic()
+        if result_completed(run_dir):
+            # the double-requeue case: the work is done, touch nothing and leave at once
+            flag.uninstall()
+            if facts.is_root:
+                journal.record(run_dir, "already_completed", job_id=facts.job_id, restart_count=facts.restart_count)
+            print(f"hpctrain: run {run_dir} already completed; exiting without running again", flush=True)
+            return "completed"
+        if facts.is_root:
+            journal.record(run_dir, "started", job_id=facts.job_id, restart_count=facts.restart_count,
+                           ntasks=facts.ntasks)
+        pid_dir = run_dir / "slurm" / "pids"
+        pid_dir.mkdir(parents=True, exist_ok=True)
+        (pid_dir / f"rank-{facts.rank}.pid").write_text(f"{os.getpid()}\n")
+        try:
+            outcome = self.task(run_dir, flag.is_set)
+        except BaseException as e:
+            flag.uninstall()
+            if not isinstance(e, (SystemExit, KeyboardInterrupt)):
+                permanent = is_permanent(e)
+                journal.record(run_dir, "failed", job_id=facts.job_id, rank=facts.rank, permanent=permanent,
+                               message=f"{type(e).__name__}: {e}"[:2000])
+                traceback.print_exc()
+            raise
+        # the work is over: from here a SIGTERM must kill, not be swallowed
+        flag.uninstall()
+        if outcome == "completed":
+            if facts.is_root:
+                journal.record(run_dir, "completed", job_id=facts.job_id)
+            return "completed"
+        return self._after_interrupt(run_dir, facts, flag, started)
+
+    def _after_interrupt(self, run_dir: Path, facts: JobFacts, flag: PreemptionFlag, started: float) -> str:
+        if not facts.is_root:
+            # rank 0 requeues; a non-zero exit here would let srun kill it first
+            if facts.executor == "local":
+                sys.exit(LOCAL_REQUEUE_RETURN_CODE)
+            return "interrupted"
+        left = _seconds_left(facts, self.policy, started)
+        kind = classify_interrupt(got_sigterm=flag.terminated, seconds_left=left,
+                                  signal_delay_s=self.policy.signal_delay_s)
+        st = journal.fold(journal.read_events(run_dir))
+        decision = decide_requeue(kind, timeouts_so_far=st.timeouts, preemptions_so_far=st.preemptions,
+                                  policy=self.policy)
+        if not decision.requeue:
+            if kind == "terminated":
+                journal.record(run_dir, "stopped", job_id=facts.job_id, kind=kind, reason=decision.reason)
+            else:
+                journal.record(run_dir, "failed", job_id=facts.job_id, rank=0, permanent=True,
+                               message=decision.reason)
+            print(f"hpctrain: not requeued: {decision.reason}", flush=True)
+            return "interrupted"
+        journal.record(run_dir, "requeue", job_id=facts.job_id, kind=kind, reason=decision.reason,
+                       seconds_left=left)
+        print(f"hpctrain: checkpoint written; requeueing ({decision.reason})", flush=True)
+        if facts.executor == "local":
+            sys.exit(LOCAL_REQUEUE_RETURN_CODE)
+        if facts.executor != "slurm" or not facts.job_id:
+            raise RequeueFailed("interrupted outside a Slurm job: nothing to requeue; run again to resume")
+        res = run_cmd(["scontrol", "requeue", facts.job_id], timeout=60)
+        if not res.ok:
+            raise RequeueFailed(f"'scontrol requeue {facts.job_id}' failed: {res.stderr.strip()}; the checkpoint "
+                                "is saved, so a retry (or 'hpctrain submit' again) resumes from it")
+        return "interrupted"
+
+
+def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> float | None:
+    if facts.executor == "local":
+        # no scheduler here: the local controller's own clock started with this task
+        limit = float(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "0") or 0)
+        return limit - (time.monotonic() - started) if limit else None
+    if not facts.job_id:
+        return None
+    try:
+        rec = show_job(facts.job_id)
+    except ClusterError as e:
+        # cannot tell: count it as a timeout, so a job that keeps hitting its limit still stops
+        print(f"hpctrain: cannot ask slurmctld for the end time ({e}); counting this as a timeout", flush=True)
+        return 0.0
+    if rec is None:
+        return 0.0
+    from datetime import datetime
+
+    return seconds_left(rec, datetime.now())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``srun python -m hpctrain.slurm.job CONFIG [--set k=v ...]``: ``hpctrain train`` with the
+    requeue handling of ``hpctrain submit``, for plain sbatch scripts (slurm/train-requeue.sbatch)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hpctrain.slurm.job",
+                                description="train CONFIG under srun: USR2 -> checkpoint -> requeue")
+    p.add_argument("config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--signal", default="USR2", help="the signal named in #SBATCH --signal (default USR2)")
+    p.add_argument("--signal-delay", type=int, default=90, help="its delay in #SBATCH --signal (default 90)")
+    p.add_argument("--max-timeouts", type=int, default=3)
+    p.add_argument("--max-preemptions", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        from hpctrain.train.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(cfg.run.dir).resolve()
+        policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
+                               signal=args.signal, signal_delay_s=args.signal_delay)
+        outcome = RunJob(run_dir=str(run_dir), task=TrainTask(config=str(Path(args.config).resolve()),
+                                                              overrides=list(args.overrides)), policy=policy)()
+    except HpctrainError as e:
+        print(f"hpctrain: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0 if outcome in ("completed", "interrupted") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The run's life as an append-only event log (``RUN/slurm/events.jsonl``) and its fold.
+
+Several writers touch a run over its life (the submitter, rank 0 of each attempt, the
+batch script's after-step, ``hpctrain cancel``); appending one small JSON line each is
+safe without locks, and the current state is a pure fold over the lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from hpctrain.fileio import append_jsonl
+
+EVENTS = "slurm/events.jsonl"
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def events_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / EVENTS
+
+
+def record(run_dir: str | os.PathLike, event: str, **data: Any) -> dict:
+    rec = {"event": event, "time": round(time.time(), 3), "host": socket.gethostname(), **data}
+    path = events_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    append_jsonl(path, rec)
+    return rec
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    path = events_path(run_dir)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line after a node crash: the earlier lines still stand
+    return out
+
+
+@dataclass(slots=True)
+class RunState:
+    state: str = "UNKNOWN"
+    job_id: str | None = None
+    job_ids: list[str] = field(default_factory=list)
+    requeues: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    preemptions: int = 0
+    restarts_seen: int = 0
+    reason: str = ""
+    failing_rank: int | None = None
+    permanent: bool = False
+    crashed: bool = False  # a rank died; the after-step has not yet retried or given up
+
+
+def fold(events: Iterable[dict]) -> RunState:
+    """The run's state after ``events`` (pure)."""
+    st = RunState()
+    started: set[str] = set()
+    for ev in events:
+        kind = ev.get("event")
+        jid = ev.get("job_id")
+        if jid is not None:
+            jid = str(jid)
+            if jid not in st.job_ids:
+                st.job_ids.append(jid)
+            if kind in ("submitted", "started", "retry"):
+                st.job_id = jid
+        if kind == "submitted":
+            # the job can start (and log it) before the submitter logs the submission
+            if jid not in started:
+                st.state, st.reason = "PENDING", ""
+            if ev.get("fresh"):  # a new `hpctrain submit` of an old run gets fresh budgets
+                st.retries = st.timeouts = st.preemptions = st.requeues = st.restarts_seen = 0
+                st.permanent, st.failing_rank = False, None
+        elif kind == "started":
+            started.add(jid)
+            st.state, st.crashed = "RUNNING", False
+            st.restarts_seen = max(st.restarts_seen, int(ev.get("restart_count", 0)))
+        elif kind == "requeue":
+            st.state = "REQUEUED"
+            st.requeues += 1
+            if ev.get("kind") == "timeout":
+                st.timeouts += 1
+            else:
+                st.preemptions += 1
+            st.reason = ev.get("reason", "")
+        elif kind == "stopped":
+            if st.state != "CANCELLED":  # the SIGTERM of a cancel arrives after the cancel
+                st.state, st.reason = "INTERRUPTED", ev.get("reason", "")
+        elif kind in ("completed", "already_completed"):
+            if kind == "completed" or st.state != "COMPLETED":
+                st.state, st.reason = "COMPLETED", ""
+        elif kind == "failed":
+            if st.state == "CANCELLED":
+                continue
+            st.reason = ev.get("message", "")
+            st.permanent = bool(ev.get("permanent"))
+            if st.permanent:
+                st.state = "FAILED"
+            else:  # not final: a retry may follow (see retry.after_step)
+                st.crashed = True
+            if ev.get("rank") is not None:
+                st.failing_rank = int(ev["rank"])
+        elif kind == "retry":
+            st.crashed = False
+            if jid not in started:
+                st.state = "PENDING"
+            st.retries += 1
+            st.reason = ev.get("reason", "")
+        elif kind == "gave_up":
+            st.state, st.reason = "FAILED", ev.get("reason", st.reason)
+        elif kind == "cancelled":
+            st.state, st.reason = "CANCELLED", ev.get("reason", "cancelled by the user")
+    # Slurm may requeue on its own (node failure, preemption by SIGTERM): count those too
+    st.requeues = max(st.requeues, st.restarts_seen)
+    return st

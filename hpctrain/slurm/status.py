@@ -1,0 +1,209 @@
+"""Run status from the run dir plus what slurmctld says now (scontrol/squeue; never sacct).
+
+The run dir's event log is the durable record (it outlives MinJobAge and works without
+accounting); ``scontrol show job`` adds the live part: PENDING vs REQUEUED vs RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpctrain.errors import ClusterError, HpctrainError
+from hpctrain.slurm import journal
+
+LIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+        "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+class RunNotFound(HpctrainError):
+    """No run dir by that name or path."""
+
+
+@dataclass(slots=True)
+class RunStatus:
+    run: str
+    run_dir: Path
+    state: str
+    job_id: str | None = None
+    requeues: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    preemptions: int = 0
+    last_step: int | None = None
+    last_metrics: dict = field(default_factory=dict)
+    reason: str = ""
+    slurm: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    failing_rank: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"run": self.run, "run_dir": str(self.run_dir), "state": self.state, "job_id": self.job_id,
+                "requeues": self.requeues, "retries": self.retries, "timeouts": self.timeouts,
+                "preemptions": self.preemptions, "last_step": self.last_step, "last_metrics": self.last_metrics,
+                "reason": self.reason, "slurm": self.slurm, "failing_rank": self.failing_rank,
+                "log_tail": self.log_tail}
+
+
+def default_base() -> Path:
+    return Path(os.environ.get("HPCTRAIN_RUNS", "runs"))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / journal.EVENTS).is_file() or (path / "slurm" / "submission.pkl").is_file() or \
+        (path / "sweep.json").is_file()
+
+
+def resolve_run(arg: str, base: Path | None = None) -> Path:
+    """A run given as a path or as a name under the runs base dir."""
+    base = default_base() if base is None else base
+    for cand in (Path(arg), base / arg):
+        if cand.is_dir() and is_run_dir(cand):
+            return cand.resolve()
+    known = ", ".join(p.name for p in list_runs(base)[:20]) or "none"
+    raise RunNotFound(f"no run {arg!r}: neither {arg!r} nor {str(base / arg)!r} is a run dir made by hpctrain "
+                      f"submit. Runs under {str(base)!r}: {known}. Pass the run dir path or set HPCTRAIN_RUNS")
+
+
+def list_runs(base: Path) -> list[Path]:
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if p.is_dir() and is_run_dir(p))
+
+
+def _tail_lines(path: Path, n: int, max_bytes: int = 1 << 16) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-n:]
+
+
+def last_progress(run_dir: Path) -> tuple[int | None, dict]:
+    """(last step, last metrics) from result.json, else the last line of metrics.jsonl."""
+    try:
+        res = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+        metrics = {k: v for k, v in (res.get("metrics") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return res.get("step"), metrics
+    except (OSError, ValueError, AttributeError):
+        pass
+    for line in reversed(_tail_lines(run_dir / "metrics.jsonl", 5)):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        metrics = {k: v for k, v in rec.items() if k not in ("step", "epoch", "time") and isinstance(v, (int, float))}
+        return rec.get("step"), metrics
+    return None, {}
+
+
+def rank_log(run_dir: Path, rank: int) -> Path:
+    return run_dir / "logs" / f"rank-{rank}.log"
+
+
+def log_tail(run_dir: Path, rank: int, n: int = 20) -> list[str]:
+    return _tail_lines(rank_log(run_dir, rank), n)
+
+
+def _live(job_id: str) -> tuple[dict | None, str]:
+    from hpctrain.slurm.environment import show_job
+
+    try:
+        return show_job(job_id, timeout=20), ""
+    except ClusterError as e:
+        return None, f"live state unknown ({e})"
+
+
+def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus:
+    run_dir = Path(run_dir)
+    st = journal.fold(journal.read_events(run_dir))
+    step, metrics = last_progress(run_dir)
+    out = RunStatus(run=run_dir.name, run_dir=run_dir, state=st.state, job_id=st.job_id, requeues=st.requeues,
+                    retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
+                    last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank)
+    if live and st.job_id and not st.job_id.startswith("local"):
+        rec, note = _live(st.job_id)
+        if rec is None:
+            out.slurm = note or "gone from slurmctld (MinJobAge passed); state from the run dir"
+            if not note and st.state in ("PENDING", "RUNNING", "REQUEUED") and not st.crashed:
+                # no end was logged and Slurm forgot the job: it died with its batch script
+                # (cancelled before it started, node lost without requeue) long enough ago
+                out.state = "FAILED"
+                out.reason = out.reason or (f"job {st.job_id} is gone from slurmctld and the run dir logs no end; "
+                                            f"resubmit with 'hpctrain submit' (it resumes from the checkpoint)")
+        else:
+            js, restarts = rec.get("JobState", "?"), int(rec.get("Restarts", "0") or 0)
+            out.slurm = f"{js} (reason {rec.get('Reason', '?')}, restarts {restarts})"
+            out.requeues = max(out.requeues, restarts)
+            if st.state not in journal.TERMINAL:
+                if js == "PENDING":
+                    out.state = "REQUEUED" if restarts > 0 or st.state == "REQUEUED" else "PENDING"
+                elif js in LIVE:
+                    out.state = "RUNNING" if js != "REQUEUED" else "REQUEUED"
+                elif st.state == "REQUEUED" and restarts <= st.restarts_seen:
+                    pass  # our requeue is in flight: slurmctld shows the old attempt ending first
+                elif js == "CANCELLED":
+                    out.state, out.reason = "CANCELLED", out.reason or "cancelled in Slurm"
+                elif js != "COMPLETED" or st.state not in ("RUNNING", "PENDING"):
+                    out.state = "FAILED"
+                    out.reason = (f"Slurm ended the job as {js} ({rec.get('Reason')})" +
+                                  (" before the requeued attempt started; resubmit with 'hpctrain submit' (it resumes)"
+                                   if st.state == "REQUEUED" else ""))
+    if out.state == "FAILED":
+        rank = out.failing_rank if out.failing_rank is not None else 0
+        out.failing_rank = rank
+        out.log_tail = log_tail(run_dir, rank, tail)
+    return out
+
+
+def format_status(s: RunStatus) -> str:
+    metric = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.last_metrics.items())
+    lines = [f"run        {s.run}  ({s.run_dir})",
+             f"state      {s.state}" + (f"  -- {s.reason}" if s.reason else ""),
+             f"job        {s.job_id or '-'}" + (f"  [slurm: {s.slurm}]" if s.slurm else ""),
+             f"requeues   {s.requeues} (timeouts {s.timeouts}, preemptions {s.preemptions}); retries {s.retries}",
+             f"last step  {s.last_step if s.last_step is not None else '-'}" + (f"  {metric}" if metric else "")]
+    if s.log_tail:
+        lines.append(f"--- last {len(s.log_tail)} lines of {rank_log(s.run_dir, s.failing_rank or 0)} ---")
+        lines += s.log_tail
+    return "\n".join(lines)
+
+
+def format_table(rows: list[RunStatus]) -> str:
+    head = f"{'RUN':24} {'STATE':10} {'JOB':10} {'REQ':>3} {'RET':>3} {'STEP':>7}  METRIC"
+    out = [head]
+    for s in rows:
+        metric = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in list(s.last_metrics.items())[:2])
+        out.append(f"{s.run[:24]:24} {s.state:10} {str(s.job_id or '-'):10} {s.requeues:>3} {s.retries:>3} "
+                   f"{str(s.last_step if s.last_step is not None else '-'):>7}  {metric}")
+    return "\n".join(out)
+
+
+def cancel_run(run_dir: Path) -> list[str]:
+    """scancel the run's live job(s); record it. Returns the job ids signalled."""
+    from hpctrain.slurm.runner import run_cmd
+
+    st = journal.fold(journal.read_events(run_dir))
+    ids = []
+    sweep = run_dir / "sweep.json"
+    if sweep.is_file():
+        ids = [str(j) for j in json.loads(sweep.read_text()).get("job_ids", [])]
+        for trial in sorted((run_dir / "trials").glob("trial-*")):
+            ids += [j for j in journal.fold(journal.read_events(trial)).job_ids if "_" not in j]
+    elif st.job_id:
+        ids = [st.job_id]
+    if not ids:
+        raise RunNotFound(f"run {str(run_dir)!r} has no job to cancel (state {st.state})")
+    slurm_ids = sorted({i for i in ids if not i.startswith("local")})
+    if slurm_ids:
+        run_cmd(["scancel", *slurm_ids], timeout=60, check=True)
+    journal.record(run_dir, "cancelled", job_id=st.job_id, reason=f"cancelled by 'hpctrain cancel' ({', '.join(ids)})")
+    return slurm_ids

@@ -1,0 +1,235 @@
+"""Submitting runs through submitit: a Slurm executor that submits our sbatch text, and
+submitit's LocalExecutor for ``--cluster local``.
+
+The run dir is keyed by the run name, never by the job id, and holds everything a later
+attempt needs: ``slurm/submission.pkl`` (the spec, the job callable, the retry policy),
+``slurm/events.jsonl``, per-rank logs in ``logs/`` and the trainer's checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hpctrain.errors import ClusterError, ConfigError
+from hpctrain.slurm import journal
+from hpctrain.slurm.job import RunJob, result_completed
+from hpctrain.slurm.retry import RetryPolicy, decide_retry
+from hpctrain.slurm.runner import run_cmd
+from hpctrain.slurm.sbatch import JobSpec, render_sbatch
+
+SUBMISSION = "slurm/submission.pkl"
+
+
+@dataclass(kw_only=True)
+class Submission:
+    spec: JobSpec
+    job: RunJob
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    cluster: Literal["slurm", "local"] = "slurm"
+
+
+def save_submission(sub: Submission) -> None:
+    import cloudpickle
+
+    from hpctrain.fileio import atomic_write_bytes, atomic_write_json
+    from hpctrain.config import to_dict
+
+    run_dir = Path(sub.job.run_dir)
+    atomic_write_bytes(run_dir / SUBMISSION, cloudpickle.dumps(sub))
+    atomic_write_json(run_dir / "slurm" / "spec.json", {"cluster": sub.cluster, "spec": to_dict(sub.spec),
+                                                        "retry": to_dict(sub.retry),
+                                                        "policy": to_dict(sub.job.policy)})
+
+
+def load_submission(run_dir: str | os.PathLike) -> Submission:
+    import pickle
+
+    path = Path(run_dir) / SUBMISSION
+    try:
+        return pickle.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ClusterError(f"{str(path)!r} is missing: {run_dir} was not created by 'hpctrain submit'") from None
+
+
+def _sbatch_env() -> dict[str, str]:
+    # sbatch run from inside a job (a retry) would inherit the old job's SLURM_*/SBATCH_*
+    # settings (cpus, memory, array index) and apply them to the new one
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))}
+
+
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError as e:
+        raise ClusterError("submitit is not installed; pip install 'submitit>=1.5' (scripts/setup.sh does)") from e
+    return submitit
+
+
+def make_slurm_executor(spec: JobSpec):
+    """A submitit SlurmExecutor whose script is :func:`render_sbatch` and whose sbatch goes through run_cmd."""
+    submitit = _import_submitit()
+    from submitit.slurm.slurm import SlurmJob
+
+    class HpctrainSlurmExecutor(submitit.SlurmExecutor):
+        def __init__(self) -> None:
+            try:
+                super().__init__(folder=spec.submitit_dir, max_num_timeout=10**6)
+            except RuntimeError as e:
+                raise ClusterError(f"{e}; 'srun' must be on PATH where 'hpctrain submit' runs "
+                                   "(or use --cluster local)") from None
+            self.spec = spec
+
+        def _make_submission_file_text(self, command: str, uid: str) -> str:
+            return render_sbatch(self.spec)
+
+        def _internal_process_submissions(self, delayed_submissions):
+            n = len(delayed_submissions)
+            want = self.spec.array_size or 1
+            if n != want:
+                raise ClusterError(f"{n} callables for a spec of {want} task(s)")
+            folder = self.spec.submitit_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = []
+            for d in delayed_submissions:
+                # requeue limits are ours (RequeuePolicy); submitit's countdown is never used
+                d.set_timeout(60, 10**6)
+                path = folder / f".{uuid.uuid4().hex}.pkl"
+                d.dump(path)
+                tmp.append(path)
+            script = folder / f".submission_{uuid.uuid4().hex}.sh"
+            script.write_text(render_sbatch(self.spec), encoding="utf-8")
+            res = run_cmd(["sbatch", "--parsable", str(script)], timeout=120, env=_sbatch_env())
+            if not res.ok:
+                for path in tmp:
+                    path.unlink(missing_ok=True)
+                err = (res.stderr or res.stdout).strip()
+                raise ClusterError(f"sbatch refused the job: {err}. The script is {script}; "
+                                   "check --partition/--account/--qos/--time against 'sinfo' and your site's limits")
+            m = re.match(r"\s*(\d+)", res.stdout)
+            if not m:
+                raise ClusterError(f"cannot read a job id from sbatch's answer {res.stdout!r}")
+            job_id = m.group(1)
+            off = self.spec.array_offset
+            ids = [f"{job_id}_{off + i}" for i in range(n)] if self.spec.array_size is not None else [job_id]
+            os.replace(script, folder / f"{job_id}_submission.sh")
+            ntasks = self.spec.nodes * self.spec.ntasks_per_node
+            jobs = []
+            for jid, path in zip(ids, tmp):
+                os.replace(path, folder / f"{jid}_submitted.pkl")
+                jobs.append(SlurmJob(folder=folder, job_id=jid, tasks=list(range(ntasks))))
+            return jobs
+
+    return HpctrainSlurmExecutor()
+
+
+def prepare_dirs(spec: JobSpec) -> None:
+    (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    spec.submitit_dir.mkdir(parents=True, exist_ok=True)
+    if spec.array_size is not None:
+        for i in range(spec.array_offset, spec.array_offset + spec.array_size):
+            (spec.run_dir / "trials" / f"trial-{i}" / "logs").mkdir(parents=True, exist_ok=True)
+
+
+def active_job(run_dir: Path) -> tuple[str, str] | None:
+    """(job id, Slurm state) of a run's live job, if slurmctld still runs or queues it."""
+    from hpctrain.slurm.environment import show_job
+
+    st = journal.fold(journal.read_events(run_dir))
+    if st.state in journal.TERMINAL or not st.job_id or st.job_id.startswith("local"):
+        return None
+    rec = show_job(st.job_id)
+    if rec and rec.get("JobState") in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
+                                       "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"):
+        return st.job_id, rec["JobState"]
+    return None
+
+
+def submit_slurm(sub: Submission) -> str:
+    """Submit a run (or a sweep's array) to Slurm; returns the job id."""
+    spec = sub.spec
+    prepare_dirs(spec)
+    save_submission(sub)
+    ex = make_slurm_executor(spec)
+    job = ex.submit(sub.job)
+    job_id = str(job.job_id)
+    journal.record(spec.run_dir, "submitted", job_id=job_id, attempt=0, fresh=True)
+    return job_id
+
+
+def resubmit(run_dir: Path, *, delay_s: float, reason: str) -> str:
+    """A retry: the same run dir and callable, a new job that starts after ``delay_s``."""
+    sub = load_submission(run_dir)
+    spec = dataclasses.replace(sub.spec, begin=f"now+{int(round(delay_s))}" if delay_s >= 1 else None)
+    if sub.cluster != "slurm":
+        raise ClusterError("resubmit() is for Slurm runs; local runs retry in the foreground")
+    ex = make_slurm_executor(spec)
+    job = ex.submit(sub.job)
+    journal.record(run_dir, "retry", job_id=str(job.job_id), delay_s=delay_s, reason=reason)
+    return str(job.job_id)
+
+
+def run_local(sub: Submission, *, poll_s: float = 0.2, echo=print) -> int:
+    """``--cluster local``: submitit's LocalExecutor, supervised in the foreground.
+
+    The local controller restarts tasks that exit 144 (our requeue); crashes are retried
+    here with the same decision function the Slurm after-step uses.
+    """
+    submitit = _import_submitit()
+    from hpctrain.slurm.environment import parse_time_limit
+
+    spec = sub.spec
+    if spec.nodes != 1:
+        raise ConfigError(f"--cluster local runs on one node, got --nodes {spec.nodes}")
+    from hpctrain.slurm.job import TrainTask
+
+    if isinstance(sub.job.task, TrainTask) and spec.ntasks_per_node != 1:
+        # submitit's local ranks carry SUBMITIT_LOCAL_* variables, which the trainer's rank
+        # discovery (hpctrain.env) does not read: each would train alone as rank 0
+        raise ConfigError(f"--cluster local trains one rank, got --ntasks-per-node {spec.ntasks_per_node}; "
+                          "for several local ranks use 'hpctrain launch -n N -- hpctrain train CONFIG'")
+    prepare_dirs(spec)
+    save_submission(sub)
+    os.environ["SUBMITIT_PREEMPT_SIGNAL"] = spec.signal.upper().removeprefix("SIG")
+    limit_s = parse_time_limit(spec.time) if spec.time else None
+    ex = submitit.LocalExecutor(folder=spec.submitit_dir)
+    ex.update_parameters(timeout_min=(limit_s or 7 * 24 * 3600) / 60, tasks_per_node=spec.ntasks_per_node,
+                         signal_delay_s=spec.signal_delay_s)
+    run_dir = spec.run_dir
+    fresh = True
+    while True:
+        job = ex.submit(sub.job)
+        jid = f"local-{job.job_id}"
+        journal.record(run_dir, "submitted", job_id=jid, fresh=fresh,
+                       attempt=0 if fresh else journal.fold(journal.read_events(run_dir)).retries)
+        fresh = False
+        echo(f"hpctrain: local job {jid} started (logs: {run_dir / 'logs'})")
+        proc = job._process
+        while proc.poll() is None:
+            time.sleep(poll_s)
+        rc = proc.returncode
+        st = journal.fold(journal.read_events(run_dir))
+        decision = decide_retry(st, exit_code=rc, completed=result_completed(run_dir), policy=sub.retry)
+        if decision.action == "none":
+            ok = result_completed(run_dir)
+            if not ok and st.state not in journal.TERMINAL:
+                journal.record(run_dir, "gave_up", job_id=jid, reason=f"local controller ended (exit {rc}) "
+                               f"in state {st.state}; submitit restarts a local job at most 6 times")
+            return 0 if ok else 1
+        if not st.crashed and st.state != "FAILED":
+            journal.record(run_dir, "failed", job_id=jid, permanent=False, exit_code=rc,
+                           message=f"job exited with code {rc}")
+        if decision.action == "fail":
+            journal.record(run_dir, "gave_up", job_id=jid, reason=decision.reason)
+            echo(f"hpctrain: {decision.reason}")
+            return 1
+        journal.record(run_dir, "retry", job_id=jid, delay_s=decision.delay_s, reason=decision.reason)
+        echo(f"hpctrain: {decision.reason}; waiting {decision.delay_s:.0f} s")
+        time.sleep(decision.delay_s)
+

@@ -1,0 +1,432 @@
+"""`hpctrain submit`/`sweep`/`status` against the real local slurmctld (scripts/local-cluster.sh
+start). No test uses sacct (the cluster has no accounting). Each wait is bounded; requeued
+jobs are released with `scontrol update JobId=J StartTime=now` (else Slurm holds them ~121 s);
+every job a test submitted is scancelled afterwards.
+
+The run dirs live under a path with spaces and a quote, so the quoting of the generated
+sbatch script is exercised by the real sbatch/srun too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpctrain.cli import main as cli
+from hpctrain.slurm import journal
+from hpctrain.slurm.counter import reference
+from hpctrain.slurm.environment import show_job
+from hpctrain.slurm.status import run_status
+
+pytestmark = pytest.mark.slurm
+
+PARTITION = os.environ.get("HPCTRAIN_TEST_PARTITION", "debug")
+
+
+def wait_for(pred, timeout: float, what: str, poll: float = 0.3):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        out = pred()
+        if out:
+            return out
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+_pending_since: dict[tuple[str, str], float] = {}
+
+
+def release_if_requeued(job_id: str) -> None:
+    """StartTime=now on a requeued job, but not within 3 s of the requeue: slurmd refuses a
+    restart in the second its old credential was revoked ("Job credential revoked") and the
+    job then ends FAILED instead of running."""
+    rec = show_job(job_id)
+    if rec and rec.get("JobState") == "PENDING" and rec.get("Reason") == "BeginTime":
+        key = (job_id, rec.get("Restarts", "0"))
+        first = _pending_since.setdefault(key, time.monotonic())
+        if time.monotonic() - first >= 3:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
+                           timeout=30)
+
+
+def drive(run_dir: Path, timeout: float) -> str:
+    """Wait for a final state, releasing requeued (and retried) jobs at once."""
+    def done():
+        st = journal.fold(journal.read_events(run_dir))
+        if st.job_id and not st.job_id.startswith("local"):
+            release_if_requeued(st.job_id)
+        s = run_status(run_dir, tail=0)
+        return s.state if s.state in journal.TERMINAL else None
+    return wait_for(done, timeout, f"{run_dir.name} to finish", poll=0.5)
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    return [e for e in journal.read_events(run_dir) if e["event"] == name]
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    base = tmp_path / "runs dir 'q'"
+    base.mkdir()
+    monkeypatch.setenv("HPCTRAIN_RUNS", str(base))
+    yield base
+    ids = set()
+    for ev_file in base.rglob("events.jsonl"):
+        ids |= {e["job_id"] for e in journal.read_events(ev_file.parent.parent) if e.get("job_id")}
+    for path in base.rglob("sweep.json"):
+        ids |= set(json.loads(path.read_text()).get("job_ids", []))
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=30)
+
+
+def submit(*args) -> int:
+    return cli(["submit", "--partition", PARTITION, *args])
+
+
+# ------------------------------------------------------------------ the real trainer
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    pytest.importorskip("torch")
+    from hpctrain.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, size=(3, 6))
+    out = tmp_path_factory.mktemp("slurm data") / "blobs"
+    with ShardWriter(out, feature_names=[f"f{i}" for i in range(6)], sample_shape=(6,), rows_per_shard=64,
+                     classes=[0, 1, 2]) as w:
+        for split, n in (("train", 480), ("val", 60)):
+            y = rng.integers(0, 3, n)
+            w.add((centers[y] + rng.normal(0, 1.0, size=(n, 6))).astype(np.float32), y.astype(np.int64), split=split)
+    return out
+
+
+def write_cfg(path: Path, data_dir: Path, name: str, **extra) -> Path:
+    import yaml
+
+    cfg = {"run": {"name": name, "epochs": 2, "seed": 5},
+           "data": {"dir": str(data_dir), "batch_size": 16, "prefetch": 0},
+           "model": {"kind": "mlp", "hidden": [16]}, "optimizer": {"name": "adamw", "lr": 0.01},
+           "checkpoint": {"every_steps": 50, "keep": 3},
+           "logging": {"every_steps": 2, "plots": False, "progress": False},
+           # Debian's OpenMPI has no Slurm PMI: under srun, torch.distributed (gloo) is the backend that starts
+           "comm": {"backend": "torch"}}
+    for k, v in extra.items():
+        cfg[k] = {**cfg.get(k, {}), **v}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_submit_trains_and_reads_back(runs, blobs, capsys, monkeypatch):
+    pytest.importorskip("hpctrain.train.trainer")
+    monkeypatch.chdir(runs.parent)  # run.dir defaults to runs/<name>, relative to here
+    cfg = write_cfg(runs.parent / "c.yaml", blobs, "short")
+    assert submit(str(cfg), "--time", "10", "--name", "short one") == 0
+    run_dir = runs.parent / "runs" / "short one"
+    assert drive(run_dir, 120) == "COMPLETED"
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "completed" and res["step"] == 2 * 30 and res["metrics"]["val_accuracy"] > 0.9
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(x.get("kind") == "epoch" for x in lines)
+    capsys.readouterr()
+    assert cli(["status", str(run_dir), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["state"] == "COMPLETED" and st["last_step"] == 60 and st["requeues"] == 0
+    assert cli(["logs", str(run_dir), "--rank", "0"]) == 0
+    assert "Job completed successfully" in capsys.readouterr().out
+
+
+def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeypatch):
+    pytest.importorskip("hpctrain.train.trainer")
+    import torch
+
+    from hpctrain.train.checkpoint import load
+    from hpctrain.train.config import load_config
+    from hpctrain.train.trainer import train
+
+    monkeypatch.chdir(runs.parent)
+    kw = dict(run={"epochs": 8}, data={"batch_size": 4}, checkpoint={"every_steps": 100})
+    cfg = write_cfg(runs.parent / "p.yaml", blobs, "pre", **kw)
+    assert submit(str(cfg), "--time", "10") == 0
+    run_dir = runs.parent / "runs" / "pre"
+    job = journal.fold(journal.read_events(run_dir)).job_id
+
+    def progressed():
+        m = run_dir / "metrics.jsonl"
+        return m.is_file() and len(m.read_text().splitlines()) >= 40  # step 80 of 960
+    wait_for(progressed, 90, "training to make progress")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    assert drive(run_dir, 180) == "COMPLETED"
+    req = events(run_dir, "requeue")
+    assert [e["kind"] for e in req] == ["preemption"]
+    assert req[0]["seconds_left"] > 300  # Slurm's EndTime said: far from the limit
+    starts = events(run_dir, "started")
+    assert [e["restart_count"] for e in starts] == [0, 1]
+
+    # the oracle: the same config, trained in this process without interruption
+    ref_cfg = load_config(str(cfg), ["run.dir=" + str(runs.parent / "reference")])
+    assert train(ref_cfg).status == "completed"
+    got = load(run_dir / "checkpoints" / "final.pt")
+    want = load(runs.parent / "reference" / "checkpoints" / "final.pt")
+    assert got["step"] == want["step"] == 960
+    for k in want["model"]:
+        assert torch.equal(got["model"][k], want["model"][k]), k
+
+
+def test_bad_config_fails_once_and_status_says_why(runs, blobs, capsys, monkeypatch):
+    pytest.importorskip("hpctrain.train.trainer")
+    monkeypatch.chdir(runs.parent)
+    # valid at submission; the data dir is gone when the job starts
+    cfg = write_cfg(runs.parent / "b.yaml", runs.parent / "no such data", "bad")
+    assert submit(str(cfg), "--time", "10", "--retries", "2", "--retry-backoff", "1") == 0
+    run_dir = runs.parent / "runs" / "bad"
+    assert drive(run_dir, 90) == "FAILED"
+    wait_for(lambda: events(run_dir, "gave_up"), 30, "the after-step's verdict")
+    st = journal.fold(journal.read_events(run_dir))
+    assert st.permanent and st.retries == 0 and len(st.job_ids) == 1
+    assert not events(run_dir, "retry")
+    capsys.readouterr()
+    assert cli(["status", str(run_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "not retried (permanent error)" in out and "no such data" in out
+    assert "rank-0.log" in out  # the tail of the failing rank's log
+
+
+def test_grid_sweep_runs_as_one_array_and_reports_the_best(runs, blobs, capsys, monkeypatch):
+    pytest.importorskip("hpctrain.train.trainer")
+    monkeypatch.chdir(runs.parent)
+    cfg = write_cfg(runs.parent / "g.yaml", blobs, "grid", run={"epochs": 1})
+    # --parallel 1: concurrent array tasks on one node would share torch's rendezvous port (reported to the lead)
+    rc = cli(["sweep", str(cfg), "--grid", "optimizer.lr=1e-4,3e-3,1e-2,3e-2", "--parallel", "1",
+              "--metric", "val_loss", "--partition", PARTITION, "--time", "10", "--wait-timeout", "240"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sweep = runs.parent / "runs" / "grid-sweep"
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert len(meta["job_ids"]) == 1  # one array
+    script = next((sweep / "slurm" / "submitit").glob("*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-3%1" in script
+    import csv
+
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 4
+    losses = {float(r["optimizer.lr"]): float(r["val_loss"]) for r in rows}
+    for i, lr in enumerate([1e-4, 3e-3, 1e-2, 3e-2]):  # the table is what each trial wrote
+        res = json.loads((sweep / "trials" / f"trial-{i}" / "result.json").read_text())
+        assert res["metrics"]["val_loss"] == pytest.approx(losses[lr])
+    best_lr = min(losses, key=losses.get)
+    best_i = [1e-4, 3e-3, 1e-2, 3e-2].index(best_lr)
+    assert f"best: trial {best_i} val_loss=" in out
+
+
+# ------------------------------------------------------------------ the stand-in counter
+
+def test_counter_grid_in_parallel_records_failed_trials(runs, capsys):
+    rc = cli(["sweep", "--counter", "20", "--counter-step-s", "0.02", "--grid", "scale=3,1",
+              "--grid", "permanent_error=false,true", "--parallel", "2", "--partition", PARTITION, "--time", "5",
+              "--wait-timeout", "180"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sweep = runs / "counter-sweep"
+    import csv
+
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [(r["scale"], r["permanent_error"], r["state"]) for r in rows] == [
+        ("3", "False", "COMPLETED"), ("3", "True", "FAILED"), ("1", "False", "COMPLETED"), ("1", "True", "FAILED")]
+    want = reference(20, 4)
+    loss = 0.5 * sum((x - i) ** 2 for i, x in enumerate(want))
+    assert float(rows[2]["loss"]) == pytest.approx(loss) and float(rows[0]["loss"]) == pytest.approx(3 * loss)
+    assert "best: trial 2 loss=" in out and "2 completed, 2 failed" in out
+    assert "#SBATCH --array=0-3%2" in next((sweep / "slurm" / "submitit").glob("*_submission.sh")).read_text()
+    assert cli(["status", str(sweep)]) == 0
+    assert "best: trial 2 loss=" in capsys.readouterr().out
+
+
+def test_time_limit_requeues_and_finishes(runs):
+    # 45 s of work, a 1-minute limit, the signal 50 s before it: Slurm signals at 10-40 s
+    # (its limit check runs every ~30 s), the job requeues itself at least once as a timeout
+    assert submit("--counter", "450", "--counter-step-s", "0.1", "--name", "limit", "--time", "1",
+                  "--signal-delay", "50") == 0
+    run_dir = runs / "limit"
+    assert drive(run_dir, 240) == "COMPLETED"
+    kinds = [e["kind"] for e in events(run_dir, "requeue")]
+    assert kinds and set(kinds) == {"timeout"}
+    assert all(e["seconds_left"] <= 50 + 30 for e in events(run_dir, "requeue"))
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["params"] == reference(450, 4)
+
+
+def test_counter_preemption_by_usr2_is_not_counted_as_a_timeout(runs):
+    # submitit would call this a timeout (the job is shorter than 10 minutes); Slurm's EndTime says otherwise
+    assert submit("--counter", "60", "--counter-step-s", "0.1", "--name", "usr2", "--time", "5",
+                  "--max-timeouts", "0") == 0
+    run_dir = runs / "usr2"
+    job = journal.fold(journal.read_events(run_dir)).job_id
+    wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    assert drive(run_dir, 120) == "COMPLETED"
+    assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
+
+
+def test_killed_processes_are_retried_and_finish(runs):
+    assert submit("--counter", "80", "--counter-step-s", "0.05", "--name", "crash", "--time", "5",
+                  "--retries", "1", "--retry-backoff", "1") == 0
+    run_dir = runs / "crash"
+    pid_file = run_dir / "slurm" / "pids" / "rank-0.pid"
+
+    def midway():
+        ck = run_dir / "checkpoints" / "counter.json"
+        return pid_file.is_file() and ck.is_file() and json.loads(ck.read_text())["step"] >= 10
+    wait_for(midway, 60, "the counter to pass step 10")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)  # stands in for a lost node
+    assert drive(run_dir, 120) == "COMPLETED"
+    st = journal.fold(journal.read_events(run_dir))
+    assert st.retries == 1 and len(st.job_ids) == 2
+    assert "137" in events(run_dir, "failed")[0]["message"]
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["params"] == reference(80, 4)
+
+
+def test_scontrol_requeue_of_a_running_job_is_not_swallowed_nor_doubled(runs):
+    # `scontrol requeue` sends SIGTERM: the job must stop at the next step (not run on to the end,
+    # as with submitit's SIGTERM bypass), leave the requeue to Slurm (no second, self-made one) and resume
+    assert submit("--counter", "80", "--counter-step-s", "0.1", "--name", "term", "--time", "5") == 0
+    run_dir = runs / "term"
+    job = journal.fold(journal.read_events(run_dir)).job_id
+    wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30, capture_output=True)
+    assert drive(run_dir, 120) == "COMPLETED"
+    stopped = events(run_dir, "stopped")
+    assert len(stopped) == 1 and stopped[0]["kind"] == "terminated"
+    assert not events(run_dir, "requeue")  # Slurm requeued it; hpctrain did not add one
+    assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
+    log = (run_dir / "logs" / "rank-0.log").read_text()
+    first = int(log.split("stop requested at step ")[1].split(";")[0])
+    assert first < 80 and f"resumed at step {first}" in log
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(80, 4)
+
+
+def test_finished_run_exits_at_once_when_requeued(runs):
+    assert submit("--counter", "10", "--counter-step-s", "0.02", "--name", "done", "--time", "5") == 0
+    run_dir = runs / "done"
+    assert drive(run_dir, 60) == "COMPLETED"
+    job = journal.fold(journal.read_events(run_dir)).job_id
+    result = (run_dir / "result.json").read_bytes()
+    mtime = (run_dir / "result.json").stat().st_mtime_ns
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    wait_for(lambda: (show_job(job) or {}).get("JobState") == "COMPLETED", 30, "slurmctld to see it completed")
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30, capture_output=True)
+
+    def reran():
+        release_if_requeued(job)
+        return events(run_dir, "already_completed")
+    wait_for(reran, 90, "the requeued job to start again")
+    wait_for(lambda: (show_job(job) or {}).get("JobState") == "COMPLETED", 60, "the requeued job to end")
+    assert (run_dir / "result.json").read_bytes() == result
+    assert (run_dir / "result.json").stat().st_mtime_ns == mtime
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert events(run_dir, "already_completed")[0]["restart_count"] == 1
+    assert run_status(run_dir).state == "COMPLETED"
+
+
+def test_bayes_sweep_drives_optuna_waves(runs, capsys):
+    optuna = pytest.importorskip("optuna")
+    from hpctrain.slurm.sweep import journal_storage
+
+    rc = cli(["sweep", "--counter", "10", "--counter-step-s", "0.01", "--bayes", "scale=uniform(1,3)",
+              "--trials", "3", "--parallel", "2", "--name", "bo", "--partition", PARTITION, "--time", "5",
+              "--wait-timeout", "180"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sweep = runs / "bo"
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert len(meta["job_ids"]) == 2 and [t["index"] for t in meta["trials"]] == [0, 1, 2]  # waves of 2 and 1
+    study = optuna.load_study(study_name="bo", storage=journal_storage(sweep))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    for t in meta["trials"]:  # what Optuna was told is what each trial wrote
+        res = json.loads((sweep / "trials" / f"trial-{t['index']}" / "result.json").read_text())
+        assert study.trials[t["number"]].value == pytest.approx(res["metrics"]["loss"])
+    assert f"loss={study.best_value:.6g}" in out
+
+
+def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, monkeypatch):
+    pytest.importorskip("hpctrain.train.trainer")
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    work = runs.parent
+    # 960 steps (~10 s): long enough that the signal after step 60 lands mid-run
+    cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": 8}, data={"batch_size": 4},
+                    checkpoint={"every_steps": 100})
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    out = subprocess.run(["sbatch", "--parsable", f"--partition={PARTITION}", "--time=10", "--cpus-per-task=1",
+                          f"--chdir={work}", f"--output={work}/tmpl-%j.log", str(repo / "slurm" / "train.sbatch"),
+                          str(cfg)],
+                         capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+    job = out.strip().split(";")[0]
+    run_dir = work / "runs" / "tmpl"
+    try:
+        wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and
+                 len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 30, 90, "template run to progress")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+        assert drive(run_dir, 150) == "COMPLETED"
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
+    assert json.loads((run_dir / "result.json").read_text())["step"] == 8 * 120
+
+
+@pytest.mark.slow
+def test_two_rank_preemption_matches_an_uninterrupted_two_rank_run(runs, blobs, monkeypatch):
+    # both ranks see USR2, agree at the step boundary, checkpoint together; rank 0 requeues
+    pytest.importorskip("hpctrain.train.trainer")
+    import torch
+
+    from hpctrain.train.checkpoint import load
+
+    monkeypatch.chdir(runs.parent)
+    cfg = write_cfg(runs.parent / "two.yaml", blobs, "two", run={"epochs": 6}, data={"batch_size": 4},
+                    checkpoint={"every_steps": 100})
+    for name in ("two-ref", "two-pre"):
+        assert submit(str(cfg), "--time", "10", "--ntasks-per-node", "2", "--name", name) == 0
+    ref, pre = runs.parent / "runs" / "two-ref", runs.parent / "runs" / "two-pre"
+    assert drive(ref, 240) == "COMPLETED"  # the node has 2 CPUs: the jobs run one after the other
+    wait_for(lambda: (pre / "metrics.jsonl").is_file() and len((pre / "metrics.jsonl").read_text().splitlines()) >= 20,
+             90, "the 2-rank run to progress")
+    subprocess.run(["scancel", "--signal=USR2", journal.fold(journal.read_events(pre)).job_id], check=True, timeout=30)
+    assert drive(pre, 240) == "COMPLETED"
+    assert [e["kind"] for e in events(pre, "requeue")] == ["preemption"]
+    assert [e["ntasks"] for e in events(pre, "started")] == [2, 2]
+    got, want = load(pre / "checkpoints" / "final.pt"), load(ref / "checkpoints" / "final.pt")
+    assert got["step"] == want["step"] == 6 * 60
+    for k in want["model"]:
+        assert torch.equal(got["model"][k], want["model"][k]), k
+
+
+def test_sweep_trial_survives_preemption_and_rerun_does_not_resubmit(runs, capsys):
+    args = ["sweep", "--counter", "60", "--counter-step-s", "0.1", "--grid", "scale=1,2", "--parallel", "2",
+            "--name", "sw", "--partition", PARTITION, "--time", "5", "--wait-timeout", "120"]
+    assert cli([*args, "--no-wait"]) == 0
+    sweep = runs / "sw"
+    t0 = sweep / "trials" / "trial-0"
+    wait_for(lambda: (t0 / "checkpoints" / "counter.json").is_file(), 90, "trial 0 to start")
+    element = events(t0, "started")[0]["job_id"]  # the array element's own SLURM_JOB_ID
+    subprocess.run(["scancel", "--signal=USR2", element], check=True, timeout=30)
+    for i in (0, 1):
+        assert drive(sweep / "trials" / f"trial-{i}", 120) == "COMPLETED"
+    assert [e["kind"] for e in events(t0, "requeue")] == ["preemption"]
+    capsys.readouterr()
+    assert cli(args) == 0  # the same command again: waits on the sweep, submits nothing
+    out = capsys.readouterr().out
+    assert "exists (2 trials); waiting on it instead of resubmitting" in out and "2 completed, 0 failed" in out
+    assert len(json.loads((sweep / "sweep.json").read_text())["job_ids"]) == 1
+    assert json.loads((t0 / "result.json").read_text())["params"] == reference(60, 4)

@@ -1,0 +1,382 @@
+"""Pure pieces of the Slurm layer: Slurm facts parsing, the interrupt classification and
+requeue/retry decisions, the event fold, the signal flag, sweeps' point generation, and
+status/cancel through a fake runner seam (no Slurm needed)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+
+from hpctrain.errors import ClusterError, ConfigError
+from hpctrain.slurm import journal
+from hpctrain.slurm.environment import (job_facts, parse_scontrol_record, parse_time_limit, seconds_left,
+                                        show_job)
+from hpctrain.slurm.requeue import PreemptionFlag, RequeuePolicy, classify_interrupt, decide_requeue
+from hpctrain.slurm.retry import RetryPolicy, decide_retry
+from hpctrain.slurm.runner import CmdResult, run_cmd, use_runner
+
+RECORD = ("JobId=42 JobName=my run x UserId=root(0) JobState=PENDING Reason=BeginTime Requeue=1 Restarts=2 "
+          "BatchFlag=1 ExitCode=0:0 RunTime=00:00:00 TimeLimit=00:10:00 StartTime=2026-11-27T06:10:00 "
+          "EndTime=2026-11-27T06:20:00 StdOut=/a b/c=d/batch.log Power=")
+
+
+def test_scontrol_record_keeps_values_with_spaces():
+    rec = parse_scontrol_record(RECORD)
+    assert rec["JobName"] == "my run x"
+    assert rec["StdOut"] == "/a b/c=d/batch.log"
+    assert rec["Restarts"] == "2" and rec["Power"] == ""
+
+
+@pytest.mark.parametrize("text, secs", [("10", 600), ("1:30", 90), ("01:02:03", 3723), ("2-03", 2 * 86400 + 3 * 3600),
+                                        ("1-00:00:10", 86410), ("UNLIMITED", None), ("Partition_Limit", None)])
+def test_time_limits(text, secs):
+    assert parse_time_limit(text) == secs
+
+
+def test_seconds_left_from_end_time_not_elapsed():
+    rec = parse_scontrol_record(RECORD)
+    assert seconds_left(rec, datetime(2026, 11, 27, 6, 18, 30)) == 90.0
+    assert seconds_left({**rec, "TimeLimit": "UNLIMITED"}, datetime(2026, 11, 27, 6, 18, 30)) is None
+
+
+def test_job_facts_from_env():
+    f = job_facts({"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "3", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"})
+    assert (f.executor, f.job_id, f.restart_count, f.rank, f.ntasks, f.is_root) == ("slurm", "7", 3, 1, 2, False)
+    loc = job_facts({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "99", "SUBMITIT_LOCAL_GLOBALID": "0"})
+    assert loc.executor == "local" and loc.is_root and loc.job_id == "local-99"
+    assert job_facts({}).executor == "none"
+    with pytest.raises(ClusterError, match="SLURM_RESTART_COUNT"):
+        job_facts({"SLURM_JOB_ID": "7", "SLURM_RESTART_COUNT": "x"})
+
+
+@pytest.mark.parametrize("sigterm, left, kind", [
+    (False, 600.0, "preemption"),   # a 9-minute-early USR2 of a 10-minute job is a preemption (submitit: timeout)
+    (False, 85.0, "timeout"),
+    (False, 0.0, "timeout"),
+    (False, None, "preemption"),    # no time limit: it can only be a preemption
+    (True, 85.0, "terminated"),
+])
+def test_classify_interrupt(sigterm, left, kind):
+    assert classify_interrupt(got_sigterm=sigterm, seconds_left=left, signal_delay_s=90) == kind
+
+
+def test_timeouts_are_limited_preemptions_are_not():
+    pol = RequeuePolicy(max_timeouts=3)
+    assert decide_requeue("timeout", timeouts_so_far=2, preemptions_so_far=0, policy=pol).requeue
+    d = decide_requeue("timeout", timeouts_so_far=3, preemptions_so_far=0, policy=pol)
+    assert not d.requeue and "--max-timeouts 3" in d.reason
+    assert decide_requeue("preemption", timeouts_so_far=3, preemptions_so_far=10_000, policy=pol).requeue
+    capped = RequeuePolicy(max_preemptions=1)
+    assert not decide_requeue("preemption", timeouts_so_far=0, preemptions_so_far=1, policy=capped).requeue
+    assert not decide_requeue("terminated", timeouts_so_far=0, preemptions_so_far=0, policy=pol).requeue
+
+
+def test_policy_refuses_usr1():
+    with pytest.raises(ConfigError, match="NCCL"):
+        RequeuePolicy(signal="USR1")
+
+
+def _st(*events):
+    return journal.fold([{"event": e[0], **e[1]} for e in events])
+
+
+def test_retry_decisions():
+    pol = RetryPolicy(retries=2, backoff_s=10, backoff_max_s=15)
+    crashed = _st(("submitted", {"job_id": 1}), ("started", {"job_id": 1}))
+    d = decide_retry(crashed, exit_code=137, completed=False, policy=pol)
+    assert d.action == "retry" and d.delay_s == 10
+    twice = _st(("submitted", {"job_id": 1}), ("retry", {"job_id": 2}), ("retry", {"job_id": 3}),
+                ("started", {"job_id": 3}))
+    assert decide_retry(twice, exit_code=1, completed=False, policy=pol).action == "fail"
+    once = _st(("submitted", {"job_id": 1}), ("retry", {"job_id": 2}), ("started", {"job_id": 2}))
+    assert decide_retry(once, exit_code=1, completed=False, policy=pol).delay_s == 15  # capped
+    permanent = _st(("started", {"job_id": 1}), ("failed", {"job_id": 1, "permanent": True, "message": "bad key"}))
+    d = decide_retry(permanent, exit_code=1, completed=False, policy=pol)
+    assert d.action == "fail" and "permanent" in d.reason and "bad key" in d.reason
+    requeued = _st(("started", {"job_id": 1}), ("requeue", {"job_id": 1, "kind": "timeout"}))
+    assert decide_retry(requeued, exit_code=0, completed=False, policy=pol).action == "none"
+    assert decide_retry(crashed, exit_code=0, completed=True, policy=pol).action == "none"
+
+
+def test_fold_counts_and_races():
+    st = _st(("started", {"job_id": "5"}), ("submitted", {"job_id": "5"}))  # the job logged first
+    assert st.state == "RUNNING"
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5", "restart_count": 0}),
+             ("requeue", {"job_id": "5", "kind": "timeout"}), ("started", {"job_id": "5", "restart_count": 1}),
+             ("requeue", {"job_id": "5", "kind": "preemption"}), ("started", {"job_id": "5", "restart_count": 2}),
+             ("completed", {"job_id": "5"}), ("already_completed", {"job_id": "5"}))
+    assert (st.state, st.timeouts, st.preemptions, st.requeues) == ("COMPLETED", 1, 1, 2)
+    st = _st(("started", {"job_id": "5"}), ("cancelled", {"job_id": "5"}), ("stopped", {"job_id": "5"}))
+    assert st.state == "CANCELLED"
+    st = _st(("started", {"job_id": "5"}), ("failed", {"job_id": "5", "permanent": True}),
+             ("submitted", {"job_id": "6", "fresh": True}))
+    assert st.state == "PENDING" and not st.permanent and st.job_id == "6"
+
+
+def test_torn_event_line_is_skipped(tmp_path):
+    journal.record(tmp_path, "started", job_id="1")
+    with open(journal.events_path(tmp_path), "a") as f:
+        f.write('{"event": "compl')
+    assert journal.fold(journal.read_events(tmp_path)).state == "RUNNING"
+
+
+def test_flag_handler_only_sets_the_flag():
+    flag = PreemptionFlag().install()
+    try:
+        assert not flag.is_set()
+        signal.raise_signal(signal.SIGUSR2)
+        assert flag.is_set() and not flag.terminated
+        signal.raise_signal(signal.SIGTERM)
+        assert flag.terminated  # Slurm's SIGTERM after USR2 upgrades the reason
+    finally:
+        flag.uninstall()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_second_sigterm_is_not_swallowed():
+    code = ("import os, signal, time\n"
+            "from hpctrain.slurm.requeue import PreemptionFlag\n"
+            "f = PreemptionFlag().install()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "assert f.is_set()\n"
+            "print('first swallowed into the flag', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n"
+            "print('still alive')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGTERM
+    assert "first swallowed" in p.stdout and "still alive" not in p.stdout
+
+
+def test_run_job_exits_at_once_when_already_completed(tmp_path, monkeypatch):
+    from hpctrain.slurm.job import RunJob
+
+    for k in ("SLURM_JOB_ID", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(k, raising=False)
+    (tmp_path / "result.json").write_text(json.dumps({"status": "completed", "step": 7}))
+    before = (tmp_path / "result.json").stat().st_mtime_ns
+    calls = []
+    out = RunJob(run_dir=str(tmp_path), task=lambda d, stop: calls.append(d) or "completed")()
+    assert out == "completed" and calls == []
+    assert (tmp_path / "result.json").stat().st_mtime_ns == before
+    assert journal.read_events(tmp_path)[-1]["event"] == "already_completed"
+
+
+def test_counter_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    from hpctrain.slurm.counter import CounterTask, reference
+
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    task = CounterTask(steps=12, step_s=0.0)
+    polls = []
+    assert task(tmp_path, lambda: polls.append(1) or len(polls) > 5) == "interrupted"
+    assert json.loads((tmp_path / "checkpoints" / "counter.json").read_text())["step"] == 5
+    assert task(tmp_path, lambda: False) == "completed"
+    assert json.loads((tmp_path / "result.json").read_text())["params"] == reference(12, 4)
+
+
+def test_permanent_errors():
+    from hpctrain.slurm.job import RequeueFailed, is_permanent
+
+    assert is_permanent(ConfigError("x")) and is_permanent(ImportError("x"))
+    assert is_permanent(FileNotFoundError("data"))
+    assert not is_permanent(RuntimeError("CUDA error")) and not is_permanent(MemoryError())
+    assert not is_permanent(RequeueFailed("x"))
+
+
+# ------------------------------------------------------------------ runner seam, status, cancel
+
+class FakeSlurm:
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, argv, timeout, env):
+        self.calls.append(list(argv))
+        for prefix, res in self.answers:
+            if list(argv[:len(prefix)]) == prefix:
+                return CmdResult(tuple(argv), *res)
+        return CmdResult(tuple(argv), 1, "", "unexpected command")
+
+
+def test_run_cmd_takes_argv_only():
+    with pytest.raises(TypeError):
+        run_cmd("scontrol ping")
+
+
+def test_missing_scontrol_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # as inside a container without Slurm's clients
+    with pytest.raises(ClusterError, match="'scontrol' not found on PATH; inside a container, bind-mount"):
+        show_job("1")
+
+
+def test_show_job_unknown_is_none():
+    fake = FakeSlurm([(["scontrol", "show", "job"], (1, "", "slurm_load_jobs error: Invalid job id specified"))])
+    with use_runner(fake):
+        assert show_job("999") is None
+
+
+def _run_dir(tmp_path, *events):
+    d = tmp_path / "r"
+    for name, data in events:
+        journal.record(d, name, **data)
+    return d
+
+
+def test_status_pending_after_requeue_is_requeued(tmp_path):
+    from hpctrain.slurm.status import run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42"}),
+                 ("requeue", {"job_id": "42", "kind": "preemption"}))
+    (d / "metrics.jsonl").write_text('{"step": 3, "loss": 0.5}\n{"step": 4, "loss": 0.25}\n')
+    with use_runner(FakeSlurm([(["scontrol", "show", "job", "-o", "42"], (0, RECORD, ""))])):
+        s = run_status(d)
+    assert (s.state, s.requeues, s.last_step, s.last_metrics) == ("REQUEUED", 2, 4, {"loss": 0.25})
+
+
+def test_status_failed_shows_failing_rank_log(tmp_path):
+    from hpctrain.slurm.status import format_status, run_status
+
+    d = _run_dir(tmp_path, ("started", {"job_id": "7"}),
+                 ("failed", {"job_id": "7", "rank": 1, "permanent": True, "message": "ConfigError: bad key"}))
+    (d / "logs").mkdir()
+    (d / "logs" / "rank-1.log").write_text("".join(f"line {i}\n" for i in range(50)))
+    s = run_status(d, live=False, tail=5)
+    assert s.state == "FAILED" and s.failing_rank == 1 and s.log_tail == [f"line {i}" for i in range(45, 50)]
+    assert "bad key" in format_status(s) and "rank-1.log" in format_status(s)
+
+
+def test_status_never_calls_sacct(tmp_path):
+    from hpctrain.slurm.status import run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}))
+    fake = FakeSlurm([(["scontrol"], (0, RECORD.replace("Restarts=2", "Restarts=0"), ""))])
+    with use_runner(fake):
+        assert run_status(d).state == "PENDING"
+    assert all(c[0] != "sacct" for c in fake.calls)
+
+
+def test_cancel_uses_scancel_and_records(tmp_path):
+    from hpctrain.slurm.status import cancel_run
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}))
+    fake = FakeSlurm([(["scancel"], (0, "", ""))])
+    with use_runner(fake):
+        assert cancel_run(d) == ["42"]
+    assert fake.calls == [["scancel", "42"]]
+    assert journal.fold(journal.read_events(d)).state == "CANCELLED"
+
+
+def test_resolve_run_names_the_choices(tmp_path):
+    from hpctrain.slurm.status import RunNotFound, resolve_run
+
+    _run_dir(tmp_path, ("submitted", {"job_id": "1"}))
+    assert resolve_run("r", tmp_path) == (tmp_path / "r").resolve()
+    with pytest.raises(RunNotFound, match="Runs under .*: r"):
+        resolve_run("nope", tmp_path)
+
+
+# ------------------------------------------------------------------ sweeps
+
+def test_grid_is_the_product_in_order():
+    from hpctrain.slurm.sweep import parse_grid
+
+    pts = parse_grid(["optimizer.lr=1e-3,1e-2", "model.kind=mlp,cnn"])
+    assert pts == [{"optimizer.lr": 1e-3, "model.kind": "mlp"}, {"optimizer.lr": 1e-3, "model.kind": "cnn"},
+                   {"optimizer.lr": 1e-2, "model.kind": "mlp"}, {"optimizer.lr": 1e-2, "model.kind": "cnn"}]
+
+
+def test_random_points_are_seeded_and_in_range():
+    from hpctrain.slurm.sweep import parse_space, sample_random
+
+    space = parse_space(["lr=loguniform(1e-4,1e-1)", "drop=uniform(0,0.5)", "w=int(1,4)", "opt=choice(sgd,adam)"])
+    a, b = sample_random(space, 50, seed=3), sample_random(space, 50, seed=3)
+    assert a == b
+    for p in a:
+        assert 1e-4 <= p["lr"] <= 1e-1 and 0 <= p["drop"] <= 0.5 and p["w"] in (1, 2, 3, 4)
+        assert p["opt"] in ("sgd", "adam")
+
+
+@pytest.mark.parametrize("item, match", [("lr", "expected key="), ("lr=gauss(0,1)", "expected uniform"),
+                                         ("lr=loguniform(0,1)", "0 < low"), ("lr=uniform(2,1)", "low must be")])
+def test_bad_sweep_axes(item, match):
+    from hpctrain.slurm.sweep import parse_space
+
+    with pytest.raises(ConfigError, match=match):
+        parse_space([item])
+
+
+def test_overrides_round_trip_through_config_overrides():
+    from hpctrain.config import apply_overrides
+    from hpctrain.slurm.sweep import to_overrides
+
+    point = {"optimizer.lr": 1e-05, "optimizer.name": "sgd", "model.hidden": [8, 4], "x.y": True, "x.z": 3}
+    out = apply_overrides({}, to_overrides(point))
+    assert out == {"optimizer": {"lr": 1e-05, "name": "sgd"}, "model": {"hidden": [8, 4]}, "x": {"y": True, "z": 3}}
+
+
+def test_best_row_and_results_csv(tmp_path):
+    from hpctrain.slurm.sweep import best_row, write_results
+
+    rows = [{"trial": 0, "state": "COMPLETED", "lr": 0.1, "loss": 0.5},
+            {"trial": 1, "state": "FAILED", "lr": 0.2, "loss": None},
+            {"trial": 2, "state": "COMPLETED", "lr": 0.3, "loss": 0.25}]
+    assert best_row(rows, "loss", "min")["trial"] == 2
+    assert best_row(rows, "loss", "max")["trial"] == 0
+    text = write_results(tmp_path, rows).read_text().splitlines()
+    assert text[0] == "trial,state,lr,loss" and text[2] == "1,FAILED,0.2,"
+
+
+def test_optuna_journal_storage_in_the_sweep_dir(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from hpctrain.slurm.sweep import journal_storage, optuna_distributions, parse_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = optuna_distributions(parse_space(["x=uniform(-3,3)"]))
+    study = optuna.create_study(study_name="s", storage=journal_storage(tmp_path),
+                                sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(3):
+        t = study.ask(dists)
+        study.tell(t.number, (t.params["x"] - 1) ** 2)
+    again = optuna.load_study(study_name="s", storage=journal_storage(tmp_path))
+    assert len(again.trials) == 3 and (tmp_path / "optuna.journal").is_file()
+    assert again.best_value == min((t.params["x"] - 1) ** 2 for t in study.trials)
+
+
+def test_logs_follow_returns_when_the_run_is_final(tmp_path, capsys):
+    from hpctrain.cli import main
+
+    d = _run_dir(tmp_path, ("started", {"job_id": "local-1"}), ("completed", {"job_id": "local-1"}))
+    (d / "logs").mkdir()
+    (d / "logs" / "rank-1.log").write_text("a\nb\nc\n")
+    assert main(["logs", str(d), "--rank", "1", "-f", "-n", "2"]) == 0
+    assert capsys.readouterr().out == "b\nc\n"
+    assert main(["logs", str(d), "--rank", "3"]) == 2
+    assert "rank-1.log" in capsys.readouterr().err
+
+
+def test_status_of_a_job_slurm_forgot_is_failed_not_pending_forever(tmp_path):
+    from hpctrain.slurm.status import run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42_3"}))
+    fake = FakeSlurm([(["scontrol"], (1, "", "slurm_load_jobs error: Invalid job id specified"))])
+    with use_runner(fake):
+        s = run_status(d)
+    assert s.state == "FAILED" and "gone from slurmctld" in s.reason
+
+
+def test_status_requeue_in_flight_vs_requeued_attempt_that_never_started(tmp_path):
+    from hpctrain.slurm.status import run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42", "restart_count": 0}),
+                 ("requeue", {"job_id": "42", "kind": "preemption"}))
+    ending = RECORD.replace("JobState=PENDING", "JobState=FAILED").replace("Restarts=2", "Restarts=0")
+    with use_runner(FakeSlurm([(["scontrol"], (0, ending, ""))])):
+        assert run_status(d).state == "REQUEUED"  # the old attempt is still ending
+    lost = RECORD.replace("JobState=PENDING", "JobState=FAILED").replace("Restarts=2", "Restarts=1")
+    with use_runner(FakeSlurm([(["scontrol"], (0, lost, ""))])):
+        s = run_status(d)
+    assert s.state == "FAILED" and "before the requeued attempt started" in s.reason
