@@ -35,6 +35,21 @@ class LaunchSpec:
     mpirun: str = "mpirun"
 
 
+# Variables that wire a process into its *own* MPI job. A process that initialised MPI as a
+# singleton (any mpi4py/Horovod user, a notebook, a pytest run) has these in its C
+# environment, and a child mpirun that inherits them joins the wrong job and fails
+# silently. They are never meant for a new mpirun; user tuning (other OMPI_MCA_*) is kept.
+_WIRING_PREFIXES = ("PMIX_", "PMI_", "OPAL_", "ORTE_", "OMPI_COMM_WORLD_", "OMPI_UNIVERSE_", "OMPI_APP_CTX_",
+                    "OMPI_MCA_orte_", "OMPI_FILE_LOCATION", "OMPI_FIRST_RANKS", "OMPI_NUM_APP_CTX",
+                    "OMPI_ARGV", "OMPI_COMMAND", "OMPI_MCA_initial_wdir")
+_WIRING_NAMES = ("OMPI_MCA_ess", "OMPI_MCA_pmix", "HFI_NO_BACKTRACE", "IPATH_NO_BACKTRACE")
+
+
+def without_mpi_wiring(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` minus the variables that tie a process to an existing MPI job."""
+    return {k: v for k, v in environ.items() if not (k.startswith(_WIRING_PREFIXES) or k in _WIRING_NAMES)}
+
+
 def default_pass_env(environ: Mapping[str, str]) -> list[str]:
     names = [k for k in environ if k.startswith(PASS_PREFIXES) or k in PASS_NAMES]
     return sorted(set(names))
@@ -64,7 +79,7 @@ def mpirun_argv(spec: LaunchSpec, *, cpu_count: int, as_root: bool) -> list[str]
 
 
 def launch_env(environ: Mapping[str, str], *, as_root: bool) -> dict[str, str]:
-    env = dict(environ)
+    env = without_mpi_wiring(environ)
     if as_root:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

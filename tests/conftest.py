@@ -70,8 +70,11 @@ def python_exe() -> str:
 
 @pytest.fixture
 def mpi_env() -> dict:
-    """Environment for tests that start mpirun themselves."""
-    env = dict(os.environ)
+    """Environment for tests that start mpirun (or srun) themselves, without the MPI wiring
+    variables an MPI singleton earlier in this pytest process left behind."""
+    from hpctrain.launch import without_mpi_wiring
+
+    env = without_mpi_wiring(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none", PYTHONUNBUFFERED="1")
     return env

@@ -47,6 +47,26 @@ def test_env_for_root_and_pass_through():
     assert "HOROVOD_FUSION_THRESHOLD" in names and "PATH" in names and "SECRET" not in names
 
 
+def test_singleton_wiring_is_not_inherited():
+    env = launch_env({"PMIX_NAMESPACE": "x", "PMIX_RANK": "0", "OMPI_MCA_ess": "singleton", "OMPI_MCA_btl": "self,tcp",
+                      "OMPI_MCA_orte_launch": "1", "OMPI_COMM_WORLD_RANK": "0", "PATH": "/bin"}, as_root=False)
+    assert env["OMPI_MCA_btl"] == "self,tcp" and env["PATH"] == "/bin"  # user tuning survives
+    gone = {"PMIX_NAMESPACE", "PMIX_RANK", "OMPI_MCA_ess", "OMPI_MCA_orte_launch", "OMPI_COMM_WORLD_RANK"}
+    assert not gone & set(env)
+
+
+@pytest.mark.launcher
+def test_launch_from_a_process_that_initialised_mpi(mpi_env):
+    # The C environment of an MPI singleton carries PMIX_*/OMPI_MCA_ess...; launch must not
+    # hand them to the new mpirun (seen here: it then exits 1 with no output).
+    code = ("import subprocess, sys; from mpi4py import MPI; MPI.COMM_WORLD.Get_rank(); "
+            "p = subprocess.run([sys.executable, '-m', 'hpctrain', 'launch', '-n', '2', '--', sys.executable, '-c', "
+            "'import os; print(os.environ[\"OMPI_COMM_WORLD_SIZE\"])'], capture_output=True, text=True, timeout=120); "
+            "print(p.returncode, p.stdout.split())")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=mpi_env)
+    assert p.stdout.strip() == "0 ['2', '2']", p.stdout + p.stderr
+
+
 def test_missing_mpirun_is_a_clear_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "hpctrain", "launch", "-n", "1", "--mpirun", "no-such-mpirun", "--",
                         "true"], capture_output=True, text=True, timeout=60)

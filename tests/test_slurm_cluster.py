@@ -203,8 +203,8 @@ def test_grid_sweep_runs_as_one_array_and_reports_the_best(runs, blobs, capsys, 
     pytest.importorskip("hpctrain.train.trainer")
     monkeypatch.chdir(runs.parent)
     cfg = write_cfg(runs.parent / "g.yaml", blobs, "grid", run={"epochs": 1})
-    # --parallel 1: concurrent array tasks on one node would share torch's rendezvous port (reported to the lead)
-    rc = cli(["sweep", str(cfg), "--grid", "optimizer.lr=1e-4,3e-3,1e-2,3e-2", "--parallel", "1",
+    # --parallel 2: two array tasks at once on the one node, each with its own rendezvous port
+    rc = cli(["sweep", str(cfg), "--grid", "optimizer.lr=1e-4,3e-3,1e-2,3e-2", "--parallel", "2",
               "--metric", "val_loss", "--partition", PARTITION, "--time", "10", "--wait-timeout", "240"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -212,7 +212,7 @@ def test_grid_sweep_runs_as_one_array_and_reports_the_best(runs, blobs, capsys, 
     meta = json.loads((sweep / "sweep.json").read_text())
     assert len(meta["job_ids"]) == 1  # one array
     script = next((sweep / "slurm" / "submitit").glob("*_submission.sh")).read_text()
-    assert "#SBATCH --array=0-3%1" in script
+    assert "#SBATCH --array=0-3%2" in script
     import csv
 
     rows = list(csv.DictReader((sweep / "results.csv").open()))

@@ -1,0 +1,206 @@
+"""The one small interface every gradient-exchange backend implements.
+
+A backend does two jobs:
+
+* the *control plane*: small collectives the trainer needs (agree on a stop flag, broadcast
+  a checkpoint name, gather RNG states for a checkpoint);
+* the *data plane*: averaging gradients over ranks, wrapped as a :class:`GradientExchange`
+  whose ``step()`` leaves every rank with the same averaged gradients and then steps.
+
+The mpi and torch backends share :class:`BucketExchange`: gradients live in flat buckets
+(``p.grad`` are views into them, so nothing is copied), and a bucket's allreduce starts
+from a gradient hook as soon as its last gradient is accumulated, overlapping backward.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+BACKENDS = ("horovod", "torch", "mpi")
+
+
+class Comm(abc.ABC):
+    name: str = "?"
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    # -- control plane -------------------------------------------------------------------
+    @abc.abstractmethod
+    def allreduce_array(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Elementwise reduction (op: sum, max, min) of a small float64/int64 array; returns a new array."""
+
+    @abc.abstractmethod
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
+
+    @abc.abstractmethod
+    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
+        """The list of every rank's ``obj`` on ``root``, None elsewhere."""
+
+    def barrier(self) -> None:
+        self.allreduce_array(np.zeros(1))
+
+    def any_true(self, flag: bool) -> bool:
+        return bool(self.allreduce_array(np.array([1.0 if flag else 0.0]), "max")[0] > 0)
+
+    # -- data plane ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def broadcast_model(self, model, optimizer=None, root: int = 0) -> None:
+        """Make every rank's parameters, buffers (and optimizer state) equal to ``root``'s."""
+
+    @abc.abstractmethod
+    def gradient_exchange(self, model, optimizer, *, compression: bool = False,
+                          backward_passes_per_step: int = 1, bucket_mb: float = 4.0) -> GradientExchange: ...
+
+    def allreduce_mean_(self, tensor) -> None:
+        """In-place average of a CPU float tensor over ranks (used by the benchmark)."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:  # noqa: B027 - optional for backends with nothing to release
+        pass
+
+
+class GradientExchange(abc.ABC):
+    """Wraps an optimizer: ``zero_grad()``, backward x k, ``step()``."""
+
+    optimizer: Any
+
+    @abc.abstractmethod
+    def step(self) -> None: ...
+
+    @abc.abstractmethod
+    def zero_grad(self) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for exchanges without hooks
+        pass
+
+
+class BucketExchange(GradientExchange):
+    """Flat-bucket averaging with hooks; subclasses only start and wait for one bucket's allreduce."""
+
+    def __init__(self, model, optimizer, *, size: int, backward_passes_per_step: int = 1,
+                 bucket_mb: float = 4.0):
+        import torch
+
+        self.optimizer = optimizer
+        self.size = size
+        self.passes = backward_passes_per_step
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Hooks fire roughly in reverse registration order, so buckets are cut from the end:
+        # the last layers' bucket can start while earlier layers are still in backward.
+        params = params[::-1]
+        cap = max(1, int(bucket_mb * (1 << 20)))
+        self.buckets: list[list] = []
+        cur: list = []
+        cur_bytes = 0
+        for p in params:
+            nbytes = p.numel() * p.element_size()
+            if cur and (cur_bytes + nbytes > cap or p.dtype != cur[0].dtype or p.device != cur[0].device):
+                self.buckets.append(cur)
+                cur, cur_bytes = [], 0
+            cur.append(p)
+            cur_bytes += nbytes
+        if cur:
+            self.buckets.append(cur)
+        self.flat = []
+        self._where: dict[int, int] = {}
+        for b, ps in enumerate(self.buckets):
+            flat = torch.zeros(sum(p.numel() for p in ps), dtype=ps[0].dtype, device=ps[0].device)
+            self.flat.append(flat)
+            for p in ps:
+                self._where[id(p)] = b
+        self._counts: dict[int, int] = {}
+        self._ready = [0] * len(self.buckets)
+        self._handles: list[Any] = [None] * len(self.buckets)
+        self._hooks = []
+        self._attach_views()
+        for p in params:
+            self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook()))
+
+    def _attach_views(self) -> None:
+        for flat, ps in zip(self.flat, self.buckets):
+            off = 0
+            for p in ps:
+                n = p.numel()
+                p.grad = flat[off:off + n].view_as(p)
+                off += n
+
+    def _make_hook(self) -> Callable:
+        def hook(p):
+            key = id(p)
+            c = self._counts.get(key, 0) + 1
+            self._counts[key] = c
+            if c == self.passes:
+                b = self._where[key]
+                self._ready[b] += 1
+                if self._ready[b] == len(self.buckets[b]) and self._handles[b] is None:
+                    self._handles[b] = self._start(self.flat[b])
+        return hook
+
+    def _views_intact(self) -> bool:
+        for flat, ps in zip(self.flat, self.buckets):
+            for p in ps:
+                if p.grad is None or p.grad.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr():
+                    return False
+        return True
+
+    def synchronize(self) -> None:
+        if not self._views_intact():
+            # Someone replaced p.grad (e.g. optimizer.zero_grad(set_to_none=True)); copy back into the buckets.
+            for flat, ps in zip(self.flat, self.buckets):
+                off = 0
+                for p in ps:
+                    n = p.numel()
+                    if p.grad is not None:
+                        flat[off:off + n].copy_(p.grad.reshape(-1))
+                    else:
+                        flat[off:off + n].zero_()
+                    off += n
+                self._handles = [None] * len(self.buckets)
+            self._attach_views()
+        for b, flat in enumerate(self.flat):
+            if self._handles[b] is None:
+                # Not started by a hook (grads set by hand, or unused parameters): nothing is
+                # left to overlap with, so the blocking collective (often the faster one) runs.
+                self._blocking(flat)
+            else:
+                self._wait(self._handles[b], flat)
+            if self.size > 1:
+                flat.div_(self.size)
+        self._handles = [None] * len(self.buckets)
+        self._ready = [0] * len(self.buckets)
+        self._counts.clear()
+
+    def step(self) -> None:
+        self.synchronize()
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        for flat in self.flat:
+            flat.zero_()
+        if not self._views_intact():
+            self._attach_views()
+        self._counts.clear()
+        self._ready = [0] * len(self.buckets)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    @abc.abstractmethod
+    def _start(self, flat) -> Any: ...
+
+    def _blocking(self, flat) -> None:
+        self._wait(self._start(flat), flat)
+
+    @abc.abstractmethod
+    def _wait(self, handle: Any, flat) -> None: ...
+
+
+def state_tensors(model) -> Sequence:
+    """Parameters and buffers in a fixed order (what a broadcast must cover)."""
+    return [t for _, t in model.state_dict(keep_vars=True).items()]

@@ -1,0 +1,66 @@
+"""hpctrain train CONFIG.yaml [--set section.key=value ...]"""
+
+HELP = "train a model from a YAML config (one process, mpirun/hpctrain launch, or srun)"
+DESCRIPTION = """Train a model described by CONFIG.yaml (see docs/training.md and docs/examples/).
+
+The same command runs as one process, under 'hpctrain launch -n N --' / mpirun, and under
+srun: ranks are discovered from the launcher. It resumes from the newest valid checkpoint in
+run.dir, and returns at once if run.dir/result.json says the run is complete.
+
+  hpctrain train docs/examples/digits_cnn.yaml --set run.dir=runs/try1
+  hpctrain launch -n 2 -- hpctrain train docs/examples/digits_cnn.yaml --set comm.backend=mpi
+  hpctrain train cfg.yaml --check        # validate only, start nothing
+"""
+
+
+def add_arguments(p):
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set optimizer.lr=0.01")
+    p.add_argument("--check", action="store_true", help="validate the config against this world and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def run(args):
+    import sys
+
+    from hpctrain.env import rank_info
+    from hpctrain.errors import HpctrainError
+    from hpctrain.train.config import check_runtime, load_config
+
+    # Everything up to check_runtime is identical on every rank and runs before any process
+    # group exists, so a bad config fails each rank the same way with exit status 2.
+    cfg = load_config(args.config, args.overrides)
+    info = rank_info()
+    plan = check_runtime(cfg, info.world_size)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    if args.check:
+        if info.is_root:
+            print(f"config OK: {info.world_size} rank(s) x batch {plan.batch_size} x {plan.accum} pass(es) = "
+                  f"global batch {plan.global_batch}, peak lr {plan.lr:g}, run dir {cfg.run.dir}")
+        return 0
+
+    from hpctrain.comm.failfast import abort_on_error, install_excepthook
+    from hpctrain.train.trainer import train
+
+    if info.distributed:
+        install_excepthook(info.rank)
+    from hpctrain.comm import shutdown_shared
+
+    with abort_on_error(info.world_size, info.rank, message_only=(HpctrainError,)):
+        result = train(cfg)
+        shutdown_shared()
+    if info.is_root:
+        m = result.metrics
+        if "val_macro_f1" in m:
+            print(f"hpctrain train: {result.status} at step {result.step} (epoch {result.epoch}): "
+                  f"val macro F1 {m['val_macro_f1']:.4f}, accuracy {m['val_accuracy']:.4f}; run dir {cfg.run.dir}")
+        else:
+            print(f"hpctrain train: {result.status} at step {result.step} (epoch {result.epoch}); "
+                  f"run dir {cfg.run.dir}")
+        sys.stdout.flush()
+    return 0 if result.status == "completed" else 3

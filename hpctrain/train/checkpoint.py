@@ -1,0 +1,116 @@
+"""Atomic checkpoints in ``<run dir>/checkpoints/``, and finding the newest valid one.
+
+* ``step-XXXXXXXX.pt``: written to a temp file in the same directory, fsynced, renamed; then
+  the ``latest`` pointer (a small JSON with the file name and its sha256) is replaced the
+  same way. A crash at any instant leaves the previous checkpoint and pointer intact.
+* Only tensors, numbers, strings, lists, tuples and dicts go in, so every load uses
+  ``torch.load(weights_only=True)``: a checkpoint cannot run code when it is read.
+* Resume tries the candidates newest first; a truncated or corrupt one is skipped with a
+  warning naming it, and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hpctrain.errors import HpctrainError
+from hpctrain.fileio import atomic_path, atomic_write_json, sha256_file
+
+NAME = re.compile(r"^step-(\d{8,})\.pt$")
+LATEST = "latest"
+BEST = "best.pt"
+
+
+class CheckpointError(HpctrainError):
+    """A checkpoint cannot be read or does not fit the run."""
+
+
+class CheckpointWarning(UserWarning):
+    pass
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}.pt"
+
+
+def save(ckpt_dir: Path, step: int, payload: dict[str, Any], *, keep: int = 3) -> Path:
+    """Write ``payload`` as the checkpoint of ``step``, update ``latest``, prune to ``keep``."""
+    import torch
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dest = ckpt_dir / step_name(step)
+    with atomic_path(dest) as tmp:
+        torch.save(payload, tmp)
+    atomic_write_json(ckpt_dir / LATEST, {"file": dest.name, "step": step, "sha256": sha256_file(dest)})
+    prune(ckpt_dir, keep)
+    return dest
+
+
+def save_file(dest: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    with atomic_path(dest) as tmp:
+        torch.save(payload, tmp)
+
+
+def candidates(ckpt_dir: Path) -> list[Path]:
+    """Step checkpoints, newest first (by step number, not mtime: clocks and copies lie)."""
+    if not Path(ckpt_dir).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).iterdir() if (m := NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    for old in candidates(ckpt_dir)[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Load one checkpoint safely; any failure is a CheckpointError naming the file."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - truncation shows up as zip, pickle or EOF errors alike
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        first = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
+        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable ({first}); it is truncated, corrupt or "
+                              "not an hpctrain checkpoint") from e
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no 'model' entry; not an hpctrain checkpoint")
+    return obj
+
+
+def _pointer_mismatch(ckpt_dir: Path, path: Path) -> str | None:
+    try:
+        ptr = json.loads((ckpt_dir / LATEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if ptr.get("file") == path.name and ptr.get("sha256") and ptr["sha256"] != sha256_file(path):
+        return "its sha256 differs from the 'latest' pointer"
+    return None
+
+
+def newest_valid(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, with its payload; None if there is none at all.
+
+    Each skipped file raises a CheckpointWarning naming it and why.
+    """
+    for path in candidates(ckpt_dir):
+        why = _pointer_mismatch(Path(ckpt_dir), path)
+        if why is None:
+            try:
+                return path, load(path)
+            except CheckpointError as e:
+                why = str(e)
+        warnings.warn(f"skipping checkpoint {str(path)!r}: {why}; falling back to the previous one",
+                      CheckpointWarning, stacklevel=2)
+    return None

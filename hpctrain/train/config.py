@@ -1,0 +1,380 @@
+"""The training config: one typed dataclass per section, loaded strictly from YAML.
+
+Static checks (types, ranges, combinations) run in ``__post_init__`` while the config is
+built; checks that need the world size or the file system run in :func:`check_runtime`.
+Both run before any process group starts, so a typo costs seconds, not a queue wait.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from hpctrain.config import apply_overrides, field_docs, from_mapping, load_yaml, to_dict
+from hpctrain.errors import ConfigError
+
+
+def _positive(where: str, value: float | int, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        want = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}: got {value!r}, expected a finite number {want}")
+
+
+def _fraction(where: str, value: float, *, closed: bool = False) -> None:
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        raise ConfigError(f"{where}: got {value!r}, expected a number in [0, 1{']' if closed else ')'}")
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    name: str = field(default="run", metadata={"help": "run name; the default run dir is runs/<name>"})
+    dir: Path | None = field(default=None, metadata={
+        "help": "run directory (checkpoints, metrics, plots, result.json); default runs/<name>. Stable across "
+                "requeues: never key it by job id"})
+    seed: int = field(default=0, metadata={"help": "base seed; rank r seeds its RNGs with seed + 1000 * r"})
+    epochs: int = field(default=10, metadata={"help": "number of epochs"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps in total"})
+    deterministic: bool = field(default=True, metadata={
+        "help": "torch.use_deterministic_algorithms(True) and native CPU kernels instead of oneDNN: a resumed run "
+                "is bit-for-bit equal to an uninterrupted one on CPU"})
+    threads: int | None = field(default=1, metadata={
+        "help": "torch threads per rank (null: torch's default). One per rank avoids oversubscribing cores"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "auto: the CUDA device of this rank's local rank when CUDA is present, else CPU"})
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"run.name: got {self.name!r}, expected a non-empty name without '/'")
+        _positive("run.epochs", self.epochs)
+        if self.max_steps is not None:
+            _positive("run.max_steps", self.max_steps)
+        if self.threads is not None:
+            _positive("run.threads", self.threads)
+        if self.dir is None:
+            self.dir = Path("runs") / self.name
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    dir: Path | None = field(default=None, metadata={
+        "help": "shard directory written by 'hpctrain shard' (holds manifest.json)"})
+    train_split: str = field(default="train", metadata={"help": "manifest split used for training"})
+    val_split: str | None = field(default="val", metadata={"help": "manifest split used for validation (null: none)"})
+    batch_size: int = field(default=32, metadata={"help": "samples per rank per backward pass"})
+    global_batch_size: int | None = field(default=None, metadata={
+        "help": "if set, samples per optimizer step over all ranks; must equal "
+                "batch_size * world size * comm.backward_passes_per_step (batch_size is then derived)"})
+    shuffle: bool = field(default=True, metadata={"help": "reshuffle every epoch (seeded: run.seed + epoch)"})
+    prefetch: int = field(default=2, metadata={"help": "batches read ahead by the loader"})
+
+    def __post_init__(self):
+        _positive("data.batch_size", self.batch_size)
+        if self.global_batch_size is not None:
+            _positive("data.global_batch_size", self.global_batch_size)
+        _positive("data.prefetch", self.prefetch, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    kind: Literal["mlp", "cnn", "attention"] = field(default="mlp", metadata={
+        "help": "mlp (tables), cnn (images C x H x W), attention (features as tokens; exposes attention weights)"})
+    hidden: list[int] = field(default_factory=lambda: [128, 64], metadata={"help": "mlp: hidden layer widths"})
+    channels: list[int] = field(default_factory=lambda: [16, 32], metadata={
+        "help": "cnn: channels of each 3x3 conv block"})
+    embed_dim: int = field(default=32, metadata={"help": "attention: token embedding width"})
+    heads: int = field(default=4, metadata={"help": "attention: heads; must divide embed_dim"})
+    layers: int = field(default=1, metadata={"help": "attention: encoder blocks"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout probability in hidden layers"})
+    init_from: Path | None = field(default=None, metadata={
+        "help": "transfer learning: a checkpoint (.pt from a run dir) whose weights initialise the model; "
+                "the head is replaced when the class count differs"})
+    freeze: list[str] = field(default_factory=list, metadata={
+        "help": "glob patterns of parameter names to freeze (e.g. 'features.*'); see 'hpctrain train --params'"})
+
+    def __post_init__(self):
+        for i, h in enumerate(self.hidden):
+            _positive(f"model.hidden[{i}]", h)
+        for i, c in enumerate(self.channels):
+            _positive(f"model.channels[{i}]", c)
+        _positive("model.embed_dim", self.embed_dim)
+        _positive("model.heads", self.heads)
+        _positive("model.layers", self.layers)
+        if self.embed_dim % self.heads:
+            raise ConfigError(f"model.heads: {self.heads} does not divide model.embed_dim={self.embed_dim}; "
+                              "choose heads that divide embed_dim")
+        _fraction("model.dropout", self.dropout)
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimizerConfig:
+    name: Literal["sgd", "adam", "adamw"] = field(default="adamw", metadata={
+        "help": "sgd (with momentum), adam, adamw"})
+    lr: float = field(default=1e-3, metadata={"help": "base learning rate for ONE rank (see schedule.scale_lr)"})
+    momentum: float = field(default=0.9, metadata={"help": "sgd momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "sgd Nesterov momentum"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "adam/adamw betas"})
+    eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon"})
+    body_lr_scale: float = field(default=1.0, metadata={
+        "help": "transfer learning: LR multiplier of the non-head parameters (e.g. 0.1)"})
+
+    def __post_init__(self):
+        _positive("optimizer.lr", self.lr)
+        _fraction("optimizer.momentum", self.momentum)
+        if len(self.betas) != 2:
+            raise ConfigError(f"optimizer.betas: got {self.betas!r}, expected two numbers")
+        for i, b in enumerate(self.betas):
+            _fraction(f"optimizer.betas[{i}]", b)
+        _positive("optimizer.eps", self.eps)
+        _positive("optimizer.body_lr_scale", self.body_lr_scale)
+        if self.nesterov and self.name != "sgd":
+            raise ConfigError("optimizer.nesterov: only meaningful with optimizer.name=sgd")
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleConfig:
+    kind: Literal["constant", "step", "exponential", "cosine", "plateau"] = field(default="constant", metadata={
+        "help": "constant; step (x gamma every step_epochs); exponential (x gamma per epoch); cosine (to min_lr "
+                "at the end); plateau (x gamma after plateau_patience epochs without val improvement)"})
+    scale_lr: bool = field(default=True, metadata={
+        "help": "linear scaling rule: multiply optimizer.lr by the world size (Goyal et al. 2017)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup from lr/world_size to the scaled lr"})
+    step_epochs: int = field(default=10, metadata={"help": "step: epochs between decays"})
+    gamma: float = field(default=0.1, metadata={"help": "step/exponential/plateau decay factor"})
+    min_lr: float = field(default=0.0, metadata={"help": "cosine: final LR; plateau: floor"})
+    plateau_patience: int = field(default=2, metadata={"help": "plateau: epochs without improvement before decay"})
+
+    def __post_init__(self):
+        _positive("schedule.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("schedule.step_epochs", self.step_epochs)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"schedule.gamma: got {self.gamma!r}, expected 0 < gamma <= 1")
+        _positive("schedule.min_lr", self.min_lr, allow_zero=True)
+        _positive("schedule.plateau_patience", self.plateau_patience, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class RegularizationConfig:
+    weight_decay: float = field(default=0.0, metadata={"help": "L2: weight decay (decoupled for adamw)"})
+    l1: float = field(default=0.0, metadata={"help": "L1 penalty coefficient added to the loss"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    early_stopping: bool = field(default=False, metadata={
+        "help": "stop when the monitored validation metric stops improving; restores the best weights"})
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = field(default="val_macro_f1", metadata={
+        "help": "validation metric for early stopping, plateau schedules and the 'best' checkpoint"})
+    patience: int = field(default=3, metadata={"help": "epochs without improvement before stopping"})
+    min_delta: float = field(default=0.0, metadata={"help": "smallest change counted as an improvement"})
+
+    def __post_init__(self):
+        _positive("regularization.weight_decay", self.weight_decay, allow_zero=True)
+        _positive("regularization.l1", self.l1, allow_zero=True)
+        _fraction("regularization.label_smoothing", self.label_smoothing)
+        _positive("regularization.patience", self.patience)
+        _positive("regularization.min_delta", self.min_delta, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class ImbalanceConfig:
+    class_weights: Literal["none", "balanced"] = field(default="none", metadata={
+        "help": "balanced: loss weights n / (k * count_c) from the manifest's class counts"})
+    loss: Literal["cross_entropy", "focal"] = field(default="cross_entropy", metadata={
+        "help": "focal down-weights easy examples (Lin et al. 2017)"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "focal loss focusing parameter"})
+    sampling: Literal["none", "weighted", "oversample"] = field(default="none", metadata={
+        "help": "weighted: per-sample loss weights 1/count; oversample: the loader repeats minority samples "
+                "(passed to ShardLoader as sampling=...)"})
+
+    def __post_init__(self):
+        _positive("imbalance.focal_gamma", self.focal_gamma, allow_zero=True)
+
+
+@dataclass(kw_only=True, slots=True)
+class AugmentationConfig:
+    ops: list[dict] = field(default_factory=list, metadata={
+        "help": "augmentation ops, in order, as hpctrain.kernels.pipeline.build_pipeline takes them "
+                "(e.g. [{op: flip, p: 0.5}, {op: noise, std: 0.05}]); empty: none. Applied to training batches only"})
+
+
+@dataclass(kw_only=True, slots=True)
+class ImputationConfig:
+    imputer: Path | None = field(default=None, metadata={
+        "help": "fitted imputer file ('hpctrain impute fit'); applied to every batch in-process"})
+    on_nan: Literal["error", "zero"] = field(default="error", metadata={
+        "help": "without an imputer: error on NaN input (default), or replace NaN with 0"})
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    every_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0: off)"})
+    every_epoch: bool = field(default=True, metadata={"help": "checkpoint at the end of every epoch"})
+    keep: int = field(default=3, metadata={"help": "keep the newest K step checkpoints (best.pt is kept apart)"})
+    resume: bool = field(default=True, metadata={"help": "resume from the newest valid checkpoint in the run dir"})
+
+    def __post_init__(self):
+        _positive("checkpoint.every_steps", self.every_steps, allow_zero=True)
+        _positive("checkpoint.keep", self.keep)
+
+
+@dataclass(kw_only=True, slots=True)
+class LoggingConfig:
+    every_steps: int = field(default=10, metadata={"help": "write a step record to metrics.jsonl every N steps"})
+    progress: bool = field(default=True, metadata={"help": "console progress bar (rank 0, only on a terminal)"})
+    tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard logs under run.dir/tb"})
+    plots: bool = field(default=True, metadata={"help": "PNG plots of loss, LR, metrics and the confusion matrix"})
+
+    def __post_init__(self):
+        _positive("logging.every_steps", self.every_steps)
+
+
+@dataclass(kw_only=True, slots=True)
+class CommConfig:
+    backend: Literal["horovod", "torch", "mpi"] = field(default="horovod", metadata={
+        "help": "gradient exchange: horovod (DistributedOptimizer), torch (torch.distributed gloo/nccl), "
+                "mpi (mpi4py Allreduce of flat buckets, overlapped with backward)"})
+    torch_backend: Literal["auto", "gloo", "nccl"] = field(default="auto", metadata={
+        "help": "torch backend's process group: auto = nccl with CUDA, else gloo"})
+    fp16_compression: bool = field(default=False, metadata={
+        "help": "send gradients as float16 (horovod, torch); halves the bytes, costs precision"})
+    backward_passes_per_step: int = field(default=1, metadata={
+        "help": "gradient accumulation: local backward passes per exchange and optimizer step"})
+    bucket_mb: float = field(default=4.0, metadata={
+        "help": "mpi/torch: gradient bucket size in MB (mpi: also the largest single MPI message)"})
+    timeout_s: int = field(default=60, metadata={
+        "help": "fail-fast bound: collective timeout (torch) and Horovod stall shutdown, in seconds"})
+
+    def __post_init__(self):
+        _positive("comm.backward_passes_per_step", self.backward_passes_per_step)
+        _positive("comm.bucket_mb", self.bucket_mb)
+        _positive("comm.timeout_s", self.timeout_s)
+        if self.fp16_compression and self.backend == "mpi":
+            raise ConfigError("comm.fp16_compression: MPI has no float16 reduction; use comm.backend=horovod or "
+                              "torch, or set comm.fp16_compression=false")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run name, dir, seed, length"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "shards and batching"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "architecture and transfer learning"})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata={"help": "optimizer"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={"help": "LR scaling and schedule"})
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig,
+                                                 metadata={"help": "L1/L2, early stopping"})
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig, metadata={"help": "class imbalance"})
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={"help": "augmentation"})
+    imputation: ImputationConfig = field(default_factory=ImputationConfig, metadata={"help": "missing values"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "metrics and plots"})
+    comm: CommConfig = field(default_factory=CommConfig, metadata={"help": "gradient exchange"})
+
+    def __post_init__(self):
+        if self.data.dir is None:
+            raise ConfigError("data.dir: missing; set it to a shard directory written by 'hpctrain shard' "
+                              "(e.g. --set data.dir=shards/digits)")
+        if self.model.freeze and self.model.init_from is None:
+            raise ConfigError("model.freeze: freezing parameters without model.init_from trains a partly random "
+                              "model; set model.init_from to a checkpoint")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "augmentation",
+            "imputation", "checkpoint", "logging", "comm")
+
+
+def load_config(path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML path or a mapping, then apply ``section.key=value`` overrides.
+
+    Raises ConfigError naming the key for an unknown key, a wrong type or a bad value.
+    """
+    if isinstance(path_or_dict, Mapping):
+        data = dict(path_or_dict)
+    else:
+        data = load_yaml(path_or_dict)
+    data = apply_overrides(data, list(overrides))
+    return from_mapping(TrainConfig, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the config means on this world: checked before any process group starts."""
+
+    world_size: int
+    batch_size: int  # per rank per backward pass
+    accum: int
+    global_batch: int  # samples per optimizer step over all ranks
+    lr: float  # peak LR after the scaling rule
+
+
+def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
+    """Checks that need the world size or the file system. Pure apart from reading paths."""
+    accum = cfg.comm.backward_passes_per_step
+    batch = cfg.data.batch_size
+    if cfg.data.global_batch_size is not None:
+        per_step = world_size * accum
+        if cfg.data.global_batch_size % per_step:
+            raise ConfigError(
+                f"data.global_batch_size: {cfg.data.global_batch_size} is not divisible by world size {world_size} "
+                f"x comm.backward_passes_per_step {accum} = {per_step}; choose a multiple of {per_step}")
+        batch = cfg.data.global_batch_size // per_step
+    data_dir = Path(cfg.data.dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"data.dir: {str(data_dir)!r} is not a directory; run 'hpctrain shard' first or fix "
+                          "the path (relative paths are from the current directory)")
+    if not (data_dir / "manifest.json").is_file():
+        raise ConfigError(f"data.dir: {str(data_dir)!r} has no manifest.json; it is not a shard directory "
+                          "(write one with 'hpctrain shard')")
+    for key, p in (("model.init_from", cfg.model.init_from), ("imputation.imputer", cfg.imputation.imputer)):
+        if p is not None and not Path(p).exists():
+            raise ConfigError(f"{key}: {str(p)!r} does not exist; fix the path or remove the key")
+    if cfg.augmentation.ops:
+        try:
+            from hpctrain.kernels.pipeline import build_pipeline
+        except ImportError as e:
+            raise ConfigError(f"augmentation.ops: the augmentation kernels are not importable ({e}); remove "
+                              "augmentation.ops or reinstall hpctrain (pip install -e .)") from e
+        try:
+            build_pipeline(list(cfg.augmentation.ops), 0)
+        except ConfigError as e:
+            raise ConfigError(f"augmentation.ops: {e}") from None
+    if cfg.regularization.early_stopping and cfg.data.val_split is None:
+        raise ConfigError("regularization.early_stopping: needs a validation split; set data.val_split")
+    lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
+    return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
+
+
+def frozen_names(patterns: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Names matched by any glob pattern; a pattern matching nothing is an error (a typo freezes nothing)."""
+    out = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ConfigError(f"model.freeze: pattern {pat!r} matches no parameter; parameters are: "
+                              f"{', '.join(names)}")
+        out += hits
+    return sorted(set(out))
+
+
+REFERENCE_BEGIN = "<!-- generated by hpctrain.train.config.reference_markdown: do not edit by hand -->"
+REFERENCE_END = "<!-- end of generated reference -->"
+
+
+def reference_markdown() -> str:
+    """The config reference of docs/training.md, generated from the field help texts."""
+    import dataclasses
+
+    out = [REFERENCE_BEGIN]
+    for f in dataclasses.fields(TrainConfig):
+        cls = type(f.default_factory())  # type: ignore[misc]
+        out += ["", f"### `{f.name}`: {f.metadata.get('help', '')}", "", "| key | type | default | meaning |",
+                "|---|---|---|---|"]
+        for name, tp, default, help_ in field_docs(cls):
+            shown = "runs/<run.name>" if (f.name, name) == ("run", "dir") else default
+            tp = tp.replace("pathlib.", "").replace(" | ", " or ")
+            out.append(f"| `{f.name}.{name}` | `{tp}` | `{shown!r}` | {help_.replace('|', '/')} |")
+    out += ["", REFERENCE_END]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,89 @@
+"""PNG plots of a finished run, from its metrics.jsonl (rank 0 only, Agg backend: no display)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
+                class_names: Sequence[str] | None = None) -> list[Path]:
+    """loss.png, lr.png, metrics.png and confusion.png in ``run_dir/plots``; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from hpctrain.fileio import atomic_path
+
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in rows if r.get("kind") == "step"]
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    written = []
+
+    def save(fig, name):
+        dest = out / name
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(dest)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train (step)", alpha=0.6)
+    if epochs:
+        ax.plot([r["step"] for r in epochs], [r["train_loss"] for r in epochs], "o-", label="train (epoch)")
+        if any("val_loss" in r for r in epochs):
+            ax.plot([r["step"] for r in epochs if "val_loss" in r], [r["val_loss"] for r in epochs if "val_loss" in r],
+                    "s-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    save(fig, "loss.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in steps], [r["lr"] for r in steps])
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    save(fig, "lr.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("val_accuracy", "val_macro_f1"):
+        pts = [(r["epoch"], r[key]) for r in epochs if key in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    save(fig, "metrics.png")
+
+    if confusion is not None:
+        cm = np.asarray(confusion)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(cm, cmap="Blues")
+        k = cm.shape[0]
+        names = list(class_names) if class_names else [str(i) for i in range(k)]
+        ax.set_xticks(range(k), names)
+        ax.set_yticks(range(k), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        save(fig, "confusion.png")
+    return written

@@ -1,0 +1,554 @@
+"""The training loop: the same code as one process, under mpirun/hpctrain launch and under srun.
+
+Order of events, every rank:
+
+1. check the config against the world size and the file system (no process group yet);
+2. if ``result.json`` says completed, return at once (a finished run requeued by Slurm);
+3. start the comm backend, build model/optimizer, resume from the newest valid checkpoint;
+4. loop: at each step boundary agree on ``stop_requested``, then k backward passes and one
+   averaged-gradient step; checkpoint every N steps and every epoch; evaluate every epoch;
+5. restore the best weights if early stopping is on, evaluate, write the final checkpoint,
+   ``result.json`` and the plots (rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hpctrain.env import RankInfo, rank_info
+from hpctrain.errors import ConfigError
+from hpctrain.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from hpctrain.train.config import Plan, TrainConfig, check_runtime
+
+RESULT = "result.json"
+METRICS = "metrics.jsonl"
+RESOLVED = "config.resolved.json"
+
+
+@dataclass(slots=True)
+class TrainResult:
+    status: str  # "completed" | "interrupted"
+    step: int
+    epoch: int
+    metrics: dict = field(default_factory=dict)
+    run_dir: Path | None = None
+    resumed_from: str | None = None
+
+
+def _get_comm(cfg: TrainConfig, info: RankInfo):
+    from hpctrain.comm import shared_comm
+
+    return shared_comm(cfg.comm.backend, info, timeout_s=cfg.comm.timeout_s, torch_backend=cfg.comm.torch_backend)
+
+
+def read_result(run_dir: Path) -> dict | None:
+    p = Path(run_dir) / RESULT
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
+          "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                    "cached": float(cached)}}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import torch
+
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    n = st["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("hpctrain", "torch", "numpy", "horovod", "mpi4py", "h5py", "numba"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _git_revision() -> str | None:
+    import subprocess
+
+    try:
+        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def _cluster_facts(info: RankInfo) -> dict:
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_NTASKS",
+            "SLURM_RESTART_COUNT", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "CUDA_VISIBLE_DEVICES")
+    return {"launcher": info.launcher, "world_size": info.world_size, "node": info.node,
+            "env": {k: os.environ[k] for k in keys if k in os.environ}}
+
+
+def _make_optimizer(cfg: TrainConfig, model, transfer: bool):
+    import torch
+
+    from hpctrain.train.models import is_head
+
+    o = cfg.optimizer
+    wd = cfg.regularization.weight_decay
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("model.freeze: every parameter is frozen; nothing would train. Narrow the patterns")
+    if transfer and o.body_lr_scale != 1.0:
+        body = [p for n, p in trainable if not is_head(n)]
+        head = [p for n, p in trainable if is_head(n)]
+        groups = [g for g in ({"params": body, "lr_scale": o.body_lr_scale}, {"params": head, "lr_scale": 1.0})
+                  if g["params"]]
+    else:
+        groups = [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=wd)
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=wd)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=wd)
+
+
+class _Progress:
+    """A one-line progress bar on rank 0 when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.on = enabled and sys.stderr.isatty()
+        self.total = max(1, total)
+
+    def update(self, step: int, epoch: int, loss: float) -> None:
+        if not self.on:
+            return
+        frac = min(1.0, step / self.total)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r[{bar:<30}] step {step}/{self.total} epoch {epoch} loss {loss:.4f}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+
+
+class Trainer:
+    """One training run on this rank. Use :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, info: RankInfo, plan: Plan,
+                 stop_requested: Callable[[], bool] | None = None):
+        import torch
+
+        from hpctrain.train import data as D
+        from hpctrain.train.callbacks import EarlyStopping, mode_of
+        from hpctrain.train.losses import Criterion, balanced_weights, inverse_frequency
+        from hpctrain.train.schedules import Plateau
+
+        self.cfg, self.info, self.plan, self.stop_requested = cfg, info, plan, stop_requested
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.torch = torch
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        if cfg.run.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            # oneDNN's CPU convolutions were seen to differ in the last bits between the first
+            # run in a process and later ones (measured; see docs/training.md), which breaks
+            # bit-exact resume; the native kernels do not.
+            torch.backends.mkldnn.enabled = False
+        self.data_info = D.describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
+        self.comm = _get_comm(cfg, info)
+        self.rank, self.world = self.comm.rank, self.comm.size
+        self.root = self.rank == 0
+        if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ConfigError("run.device=cuda but torch sees no CUDA device; use run.device=auto")
+            # One rank per GPU: the local rank picks the device.
+            torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+
+        # The model starts identical everywhere (same seed, then a broadcast for certainty);
+        # dropout, augmentation and other draws use per-rank streams.
+        _seed_all(cfg.run.seed)
+        from hpctrain.train.models import load_transfer, model_from_config
+
+        self.model = model_from_config(cfg.model, self.data_info.sample_shape, self.data_info.num_classes)
+        self.transfer = cfg.model.init_from is not None
+        self.fresh_head: list[str] = []
+        if self.transfer:
+            from hpctrain.train.checkpoint import load
+
+            self.fresh_head = load_transfer(self.model, load(Path(cfg.model.init_from))["model"])
+        if cfg.model.freeze:
+            from hpctrain.train.config import frozen_names
+
+            names = frozen_names(cfg.model.freeze, [n for n, _ in self.model.named_parameters()])
+            for n, p in self.model.named_parameters():
+                if n in names:
+                    p.requires_grad_(False)
+        self.model.to(self.device)
+        opt = _make_optimizer(cfg, self.model, self.transfer)
+        self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
+                                                    backward_passes_per_step=plan.accum, bucket_mb=cfg.comm.bucket_mb)
+        self.optimizer = self.exchange.optimizer
+        _seed_all(cfg.run.seed + 1000 * self.rank)
+
+        self.loader = D.make_train_loader(cfg, self.rank, self.world, plan.batch_size)
+        if self.epoch_steps(0) == 0:
+            raise ConfigError(f"comm.backward_passes_per_step={plan.accum} exceeds the {len(self.loader)} batches "
+                              "per epoch; lower it or data.batch_size")
+        full = sum(self.epoch_steps(e) for e in range(cfg.run.epochs))
+        self.total_steps = min(full, cfg.run.max_steps) if cfg.run.max_steps else full
+        self.prep = D.Preprocess(self.data_info.classes, cfg.imputation.imputer, cfg.imputation.on_nan,
+                                 cfg.augmentation.ops, cfg.run.seed, self.rank)
+        self.val = None
+        if cfg.data.val_split:
+            self.val = D.val_arrays(cfg.data.dir, cfg.data.val_split, self.rank, self.world)
+
+        k = self.data_info.num_classes
+        counts = {self.data_info.classes.index(c) if c in self.data_info.classes else c: n
+                  for c, n in self.data_info.train_counts.items()}
+        weight = None
+        if cfg.imbalance.class_weights == "balanced":
+            weight = balanced_weights(counts, k)
+        elif cfg.imbalance.sampling == "weighted":
+            weight = inverse_frequency(counts, k)
+        self.criterion = Criterion(cfg.imbalance.loss, weight=weight, gamma=cfg.imbalance.focal_gamma,
+                                   label_smoothing=cfg.regularization.label_smoothing)
+        self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
+        monitor = cfg.regularization.monitor
+        self.early = EarlyStopping(monitor, cfg.regularization.patience, cfg.regularization.min_delta,
+                                   enabled=cfg.regularization.early_stopping)
+        self.plateau = Plateau(mode_of(monitor), cfg.schedule.plateau_patience, cfg.schedule.gamma) \
+            if cfg.schedule.kind == "plateau" else None
+        self.step = 0
+        self.epoch = 0
+        self.acc = {"loss_sum": 0.0, "batches": 0}
+        self.resumed_from: str | None = None
+        self._positioned = False  # True when a resume already put the loader mid-epoch
+        self.tb = None
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Optimizer steps in ``epoch`` (the loader's batch count may vary by one between epochs)."""
+        return self.loader.plan(epoch).batches // self.plan.accum
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _payload(self, loader_state: dict | None, rng_states: list) -> dict:
+        from hpctrain.config import to_dict
+
+        return {"format": 1, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
+                "loader": loader_state, "rng": rng_states, "world_size": self.world,
+                "plateau": self.plateau.state_dict() if self.plateau else None,
+                "early": self.early.state_dict(), "acc": dict(self.acc),
+                "classes": list(self.data_info.classes), "sample_shape": list(self.data_info.sample_shape),
+                "config": json.loads(json.dumps(to_dict(self.cfg)))}
+
+    def checkpoint(self, *, mid_epoch: bool) -> None:
+        """Collective: gathers every rank's RNG state; rank 0 writes."""
+        from hpctrain.train import checkpoint as C
+
+        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        if self.root:
+            loader_state = self.loader.state_dict() if mid_epoch else None
+            C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep)
+        self.comm.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume them
+
+    def resume(self) -> None:
+        from hpctrain.train import checkpoint as C
+
+        name = None
+        if self.root and self.cfg.checkpoint.resume:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", C.CheckpointWarning)
+                found = C.newest_valid(self.ckpt_dir)
+            for w in caught:
+                print(f"hpctrain train: warning: {w.message}", file=sys.stderr, flush=True)
+            name = str(found[0]) if found else None
+        name = self.comm.broadcast_object(name)
+        if name is None:
+            self.comm.broadcast_model(self.model, self.optimizer)
+            return
+        ck = C.load(Path(name))  # the run dir is on a shared file system: every rank reads it
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
+        if self.plateau is not None and ck.get("plateau"):
+            self.plateau.load_state_dict(ck["plateau"])
+        self.early.load_state_dict(ck["early"])
+        self.acc = dict(ck.get("acc") or self.acc)
+        if ck.get("world_size") == self.world and ck.get("rng"):
+            _set_rng_state(ck["rng"][self.rank])
+            self.prep.load_state_dict(ck["rng"][self.rank].get("augment"))
+            if ck.get("loader") is not None:
+                self.loader.set_epoch(self.epoch)
+                self.loader.load_state_dict(ck["loader"])
+                self._positioned = True
+        elif self.root:
+            print(f"hpctrain train: warning: {name} was written by {ck.get('world_size')} ranks, this run has "
+                  f"{self.world}; resuming weights and optimizer, not the exact RNG/loader position", file=sys.stderr)
+        self.resumed_from = name
+        if self.root:
+            self._truncate_metrics(self.step)
+            print(f"hpctrain train: resumed from {name} (step {self.step}, epoch {self.epoch})", file=sys.stderr,
+                  flush=True)
+
+    def _truncate_metrics(self, step: int) -> None:
+        # Records written after the checkpoint would appear twice once the run redoes those steps.
+        from hpctrain.train.plots import read_metrics
+
+        path = self.run_dir / METRICS
+        rows = [r for r in read_metrics(path) if r.get("step", 0) <= step and
+                not (r.get("kind") == "epoch" and r.get("epoch", -1) >= self.epoch)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
+        from hpctrain.train.metrics import confusion, report
+
+        torch = self.torch
+        k = self.data_info.num_classes
+        cm = np.zeros((k, k), dtype=np.float64)
+        loss_sum = 0.0
+        x, y = self.val
+        self.model.eval()
+        with torch.no_grad():
+            for lo in range(0, len(y), 512):
+                xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
+                yb = self.prep.labels(torch.from_numpy(y[lo:lo + 512])).to(self.device)
+                logits = self.model(xb)
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+                cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
+        self.model.train()
+        tot = self.comm.allreduce_array(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
+        cm = tot[2:].reshape(k, k)
+        rep = report(cm)
+        return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
+                "val_macro_f1": rep["macro_f1"], "val_per_class_recall": rep["per_class_recall"],
+                "val_per_class_f1": rep["per_class_f1"], "confusion": cm.astype(int).tolist()}
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _set_lr(self) -> float:
+        from hpctrain.train.schedules import lr_at
+
+        lr = lr_at(self.cfg.schedule, peak=self.plan.lr, step=self.step, epoch=self.epoch,
+                   total_steps=self.total_steps, world_size=self.world, plateau=self.plateau)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        return lr
+
+    def _log(self, record: dict) -> None:
+        if self.root:
+            append_jsonl(self.run_dir / METRICS, record, fsync=False)
+            if self.tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                        self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
+
+    def _l1(self):
+        l1 = self.cfg.regularization.l1
+        if not l1:
+            return 0.0
+        return l1 * sum(p.abs().sum() for n, p in self.model.named_parameters() if p.requires_grad and p.dim() > 1)
+
+    def _owned(self, t):
+        """The batch in fresh torch-allocated memory on the device. Vectorised CPU reductions
+        split work by memory alignment, so a batch that is a view at another offset of some
+        buffer (loader, augmentation) can sum in another order: a fresh copy keeps a resumed
+        run bit-for-bit equal to an uninterrupted one. The copy costs far less than a step."""
+        if self.device.type == "cpu":
+            return t.clone(memory_format=self.torch.contiguous_format)
+        return t.to(self.device, non_blocking=True)
+
+    def _stop_agreed(self) -> bool:
+        if self.stop_requested is None:
+            return False
+        return self.comm.any_true(bool(self.stop_requested()))
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.resume()
+        if self.root and cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        progress = _Progress(cfg.logging.progress and self.root, self.total_steps)
+        accum = self.plan.accum
+        stop_early = self.early.enabled and self.early.bad_epochs >= self.early.patience
+        t_log, n_log = time.perf_counter(), 0
+        self.model.train()
+        while self.epoch < cfg.run.epochs and self.step < self.total_steps and not stop_early:
+            if not self._positioned:
+                self.loader.set_epoch(self.epoch)
+            self._positioned = False
+            it = iter(self.loader)
+            t_epoch = time.perf_counter()
+            steps_per_epoch = self.epoch_steps(self.epoch)
+            while self.step < self.total_steps and self.acc["batches"] < steps_per_epoch:
+                if self._stop_agreed():
+                    progress.close()
+                    self.checkpoint(mid_epoch=True)
+                    return TrainResult("interrupted", self.step, self.epoch, {}, self.run_dir, self.resumed_from)
+                lr = self._set_lr()
+                self.exchange.zero_grad()
+                got = 0
+                step_loss = 0.0
+                for x, y in it:
+                    x = self.prep.features(x)
+                    y = self.prep.labels(y)
+                    x, y = self.prep.augment(x, y)
+                    x, y = self._owned(x), self._owned(y)
+                    loss = self.criterion(self.model(x), y)
+                    (loss / accum + self._l1()).backward()
+                    step_loss += float(loss.detach()) / accum
+                    got += 1
+                    if got == accum:
+                        break
+                if got < accum:
+                    raise RuntimeError(f"the loader ended after {self.acc['batches']} of {steps_per_epoch} "
+                                       f"steps of epoch {self.epoch}; its len() and its batches disagree")
+                self.exchange.step()
+                self.step += 1
+                self.acc["loss_sum"] += step_loss
+                self.acc["batches"] += 1
+                n_log += accum * self.plan.batch_size * self.world
+                if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
+                    mean_loss = float(self.comm.allreduce_array(np.array([step_loss]))[0]) / self.world
+                    dt = time.perf_counter() - t_log
+                    self._log({"kind": "step", "step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
+                               "samples_per_s": n_log / dt if dt > 0 else None})
+                    t_log, n_log = time.perf_counter(), 0
+                    progress.update(self.step, self.epoch, mean_loss)
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                    self.checkpoint(mid_epoch=True)
+            if self.acc["batches"] < steps_per_epoch:
+                break  # run.max_steps ended the run inside an epoch
+            stop_early = self._end_epoch(time.perf_counter() - t_epoch)
+        progress.close()
+        return self._finish()
+
+    def _end_epoch(self, seconds: float) -> bool:
+        cfg = self.cfg
+        train_loss = float(self.comm.allreduce_array(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
+                           ) / self.world
+        rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                               "lr": self.optimizer.param_groups[-1]["lr"], "seconds": seconds}
+        stop = False
+        if self.val is not None:
+            ev = self.evaluate()
+            ev.pop("confusion")
+            rec.update(ev)
+            value = ev[cfg.regularization.monitor]
+            if self.plateau is not None:
+                self.plateau.update(value, cfg.regularization.min_delta)
+            stop = self.early.update(value, self.epoch, self.model)
+            rec["best_epoch"] = self.early.best_epoch
+        self._log(rec)
+        self.acc = {"loss_sum": 0.0, "batches": 0}
+        self.epoch += 1
+        if cfg.checkpoint.every_epoch:
+            self.checkpoint(mid_epoch=False)
+        if stop and self.root:
+            print(f"hpctrain train: early stopping at epoch {self.epoch - 1}: {cfg.regularization.monitor} did not "
+                  f"improve for {cfg.regularization.patience} epochs (best {self.early.best:.4f} at epoch "
+                  f"{self.early.best_epoch})", file=sys.stderr, flush=True)
+        return stop
+
+    def _finish(self) -> TrainResult:
+        from hpctrain.train import checkpoint as C
+
+        cfg = self.cfg
+        restored = cfg.regularization.early_stopping and self.early.restore(self.model)
+        metrics: dict[str, Any] = {"best_epoch": self.early.best_epoch, "restored_best": bool(restored)}
+        confusion = None
+        if self.val is not None:
+            ev = self.evaluate()
+            confusion = ev.pop("confusion")
+            metrics.update(ev)
+            metrics["confusion"] = confusion
+        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        if self.root:
+            payload = self._payload(None, states)
+            C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
+            C.save_file(self.ckpt_dir / "final.pt", payload)
+            atomic_write_json(self.run_dir / RESULT, {"status": "completed", "step": self.step, "epoch": self.epoch,
+                                                      "metrics": metrics})
+            if cfg.logging.plots:
+                from hpctrain.train.plots import write_plots
+
+                names = self.data_info.class_names or [str(c) for c in self.data_info.classes]
+                write_plots(self.run_dir, confusion, names)
+            if self.tb is not None:
+                self.tb.close()
+        self.comm.barrier()
+        self.exchange.close()
+        return TrainResult("completed", self.step, self.epoch, metrics, self.run_dir, self.resumed_from)
+
+
+def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan) -> None:
+    from hpctrain.config import to_dict
+
+    atomic_write_json(Path(cfg.run.dir) / RESOLVED, {
+        "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
+            "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
+            "global_batch": plan.global_batch, "peak_lr": plan.lr},
+        "versions": _versions(), "git_revision": _git_revision(), "cluster": _cluster_facts(info)})
+
+
+def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
+    """Train (or resume, or recognise as finished) the run ``cfg.run.dir``; see the module doc."""
+    info = rank_info()
+    plan = check_runtime(cfg, info.world_size)
+    run_dir = Path(cfg.run.dir)
+    done = read_result(run_dir)
+    if done and done.get("status") == "completed":
+        return TrainResult("completed", int(done.get("step", 0)), int(done.get("epoch", 0)),
+                           dict(done.get("metrics") or {}), run_dir, None)
+    if cfg.logging.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"logging.tensorboard: TensorBoard is not installed ({e}); pip install tensorboard, "
+                              "or set logging.tensorboard=false") from None
+    trainer = Trainer(cfg, info, plan, stop_requested)
+    if trainer.root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, info, plan)
+    return trainer.run()

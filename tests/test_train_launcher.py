@@ -1,0 +1,179 @@
+"""'hpctrain train' as users run it: 2 ranks under mpirun, bad configs, and fail-fast when a
+rank dies or raises. These tests start mpirun themselves (marker: launcher)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.launcher
+
+HPCTRAIN = [sys.executable, "-m", "hpctrain"]
+
+
+def mpirun(n: int, cmd: list[str]) -> list[str]:
+    from hpctrain.launch import LaunchSpec, mpirun_argv
+
+    return mpirun_argv(LaunchSpec(np=n, command=cmd, oversubscribe=True), cpu_count=os.cpu_count() or 1,
+                       as_root=os.geteuid() == 0)
+
+
+_KEEP = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMPI_MCA_btl_vader_single_copy_mechanism")
+
+
+def _without_mpi_vars(env: dict) -> dict:
+    # An MPI singleton started earlier in this pytest process (another test's mpi4py import)
+    # leaves OMPI_*/PMIX_* variables in os.environ that point at its own daemon; a child
+    # mpirun or srun that inherits them joins the wrong job, and the singleton then hangs in
+    # MPI_Finalize at exit.
+    return {k: v for k, v in env.items() if k in _KEEP or not k.startswith(("OMPI_", "PMIX_", "PMI_", "OPAL_"))}
+
+
+@pytest.fixture
+def clean_env(mpi_env) -> dict:
+    return _without_mpi_vars(mpi_env)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from hpctrain.data.sources import write_shards
+
+    d = tmp_path_factory.mktemp("digits") / "shards"
+    write_shards("sklearn:digits", d, shards=4, val_fraction=0.2)
+    return d
+
+
+def write_cfg(path: Path, data: Path, run_dir: Path, epochs: int, backend: str = "horovod") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        run: {{name: l, dir: '{run_dir}', epochs: {epochs}}}
+        data: {{dir: '{data}', batch_size: 32}}
+        model: {{kind: cnn, channels: [8, 16]}}
+        optimizer: {{name: adamw, lr: 0.003}}
+        logging: {{every_steps: 5, progress: false}}
+        comm: {{backend: {backend}, timeout_s: 30}}
+        """))
+    return path
+
+
+def test_two_ranks_through_horovod(tmp_path, digits, clean_env):
+    cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=4)
+    p = subprocess.run(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), env=clean_env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    last = [ln for ln in p.stdout.splitlines() if ln.startswith("hpctrain train:")]
+    assert len(last) == 1 and "val macro F1" in last[0]  # rank 0 only
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["status"] == "completed" and res["metrics"]["val_macro_f1"] > 0.85
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # one writer
+    resolved = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
+    assert resolved["plan"]["world_size"] == 2 and resolved["cluster"]["launcher"] == "openmpi"
+    assert resolved["plan"]["peak_lr"] == pytest.approx(0.006)
+    assert (tmp_path / "run" / "plots" / "confusion.png").is_file()
+
+
+def test_bad_config_fails_on_every_rank_before_training(tmp_path, digits, clean_env):
+    cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=1)
+    t0 = time.monotonic()
+    p = subprocess.run(mpirun(2, [*HPCTRAIN, "train", str(cfg), "--set", "optimizer.lr=-1"]), env=clean_env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.count("optimizer.lr: got -1") == 2, p.stderr
+    assert not (tmp_path / "run").exists()
+    assert time.monotonic() - t0 < 60
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of MPI rank ``rank`` among the descendants of ``parent`` (from /proc)."""
+    todo, seen = [parent], []
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        seen.append(pid)
+    for pid in seen:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and b"hpctrain" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    return None
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch"])
+def test_killing_one_rank_ends_the_job_within_60s(tmp_path, digits, clean_env, backend):
+    cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=500, backend=backend)
+    proc = subprocess.Popen(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), env=clean_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (metrics.is_file() and metrics.stat().st_size > 0):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        assert metrics.is_file(), "training never started"
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc != 0
+    assert took < 60, f"the job outlived the killed rank by {took:.1f} s"
+
+
+def test_exception_on_one_rank_aborts_all_with_its_traceback(tmp_path, clean_env):
+    script = tmp_path / "boom.py"
+    script.write_text(textwrap.dedent("""\
+        import numpy as np
+        from hpctrain.comm import init_comm
+        from hpctrain.comm.failfast import install_excepthook
+
+        comm = init_comm("horovod", timeout_s=30)
+        install_excepthook(comm.rank)
+        if comm.rank == 1:
+            raise ValueError("rank one broke")
+        comm.allreduce_array(np.zeros(1))  # rank 0 waits here for a peer that is gone
+        print("UNREACHABLE")
+        """))
+    t0 = time.monotonic()
+    p = subprocess.run(mpirun(2, [sys.executable, str(script)]), env=clean_env, capture_output=True, text=True,
+                       timeout=120)
+    took = time.monotonic() - t0
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert "[rank 1] ValueError: rank one broke" in out and "Traceback" in out
+    assert "UNREACHABLE" not in out
+    assert took < 60
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("backend,mpi", [("horovod", "pmix"), ("torch", "none")])
+def test_under_srun(tmp_path, digits, backend, mpi):
+    """The same command under srun: ranks from Slurm/PMIx; torch's rendezvous from Slurm when there is no MPI."""
+    cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=2, backend=backend)
+    env = _without_mpi_vars(dict(os.environ))
+    p = subprocess.run(["srun", "-n", "2", f"--mpi={mpi}", "--kill-on-bad-exit=1", "-t", "3", *HPCTRAIN, "train",
+                        str(cfg)], capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    resolved = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
+    assert resolved["plan"]["world_size"] == 2
+    assert resolved["cluster"]["launcher"] == ("slurm" if mpi == "none" else "pmix")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "completed"
