@@ -27,6 +27,7 @@ COMMANDS = [
     "balance",
     "impute",
     "train",
+    "predict",
     "submit",
     "status",
     "logs",

@@ -83,13 +83,11 @@ def profile_shards(dir: str, out: str, *, split: str | None = None, bins: int = 
 
 
 def batch_inference(run_dir: str, shards: str, out: str, *, split: str | None = None) -> dict:
-    """Predictions of a trained run over a shard directory.
+    """Predictions of a trained run over a shard directory, as ``hpctrain predict``.
 
-    Not available yet: it needs a public "load a trained run and predict a batch" API from
-    hpctrain.train (none exists at this revision). It fails with a clear error rather than
-    guessing at the trainer's internals; see docs/farm.md.
+    One task per shard directory (or per split) spreads inference over the farm's workers;
+    ``out`` is an .npz written atomically, so a retried task never leaves half a file.
     """
-    from hpctrain.farm.tasks import FarmError
+    from hpctrain.predict import predict_shards
 
-    raise FarmError("hpctrain.farm.builtin:batch_inference is not available yet: hpctrain.train has no public "
-                    "API to load a trained run and predict; use a 'cmd' task with your own predict script")
+    return predict_shards(run_dir, shards, out, split=split)

@@ -10,7 +10,6 @@ run's own validation split reproduces ``result.json``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,48 +20,15 @@ from hpctrain.quality import QualityError
 METRICS = {"val_accuracy": ("accuracy", True), "val_macro_f1": ("macro_f1", True), "val_loss": ("loss", False)}
 
 
-def _load_run(run: Path) -> tuple[dict, dict, Path]:
-    res = run / "result.json"
-    if not res.is_file():
-        raise QualityError(f"--model {str(run)!r}: no result.json; pass the directory of a finished training run "
-                           "(hpctrain train writes result.json when it completes)")
-    try:
-        result = json.loads(res.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise QualityError(f"{str(res)!r} is not valid JSON ({e}); re-run or repair the training run") from None
-    if result.get("status") != "completed" or not isinstance(result.get("metrics"), dict):
-        raise QualityError(f"{str(res)!r}: status {result.get('status')!r}; model drift needs a completed run "
-                           "with metrics")
-    from hpctrain.train import checkpoint as C
-
-    ckpt_dir = run / "checkpoints"
-    final = ckpt_dir / "final.pt"
-    if final.is_file():
-        path, payload = final, C.load(final)
-    else:
-        found = C.newest_valid(ckpt_dir) if ckpt_dir.is_dir() else None
-        if not found:
-            raise QualityError(f"--model {str(run)!r}: no checkpoint in {str(ckpt_dir)!r}; the run has no weights")
-        path, payload = found
-    for key in ("model", "classes", "sample_shape", "config"):
-        if key not in payload:
-            raise QualityError(f"checkpoint {str(path)!r} lacks {key!r}; it was not written by hpctrain train")
-    return result, payload, path
-
-
-def score(payload: dict, manifest, split: str | None) -> dict:
-    """Accuracy, macro F1 and mean cross-entropy of the checkpoint's model on ``split`` of ``manifest``."""
+def score(trained, manifest, split: str | None) -> dict:
+    """Accuracy, macro F1 and mean cross-entropy of a :class:`hpctrain.predict.TrainedRun`
+    on ``split`` of ``manifest``."""
     import torch
 
     from hpctrain.quality.io import local_chunks
-    from hpctrain.train.config import load_config
-    from hpctrain.train.data import Preprocess
     from hpctrain.train.metrics import confusion, report
-    from hpctrain.train.models import model_from_config
 
-    cfg = load_config(payload["config"])
-    classes = [int(c) for c in payload["classes"]]
-    shape = tuple(int(v) for v in payload["sample_shape"])
+    classes, shape = trained.classes, trained.sample_shape
     if tuple(manifest.schema.sample_shape) != shape:
         raise QualityError(f"current shards {str(manifest.root)!r} have sample shape "
                            f"{tuple(manifest.schema.sample_shape)}, the model was trained on {shape}; "
@@ -71,23 +37,15 @@ def score(payload: dict, manifest, split: str | None) -> dict:
     if any(manifest.class_counts(split).get(c, 0) for c in unknown):
         raise QualityError(f"current shards {str(manifest.root)!r} hold labels {unknown} the model never saw "
                            f"(its classes: {classes}); model drift needs the same label set")
-    model = model_from_config(cfg.model, shape, len(classes))
-    model.load_state_dict(payload["model"])
-    model.eval()
-    prep = Preprocess(classes, cfg.imputation.imputer, cfg.imputation.on_nan, [], cfg.run.seed, 0)
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     loss_sum, n = 0.0, 0
-    with torch.no_grad():
-        for _i, x, y in local_chunks(manifest, split):
-            x = x.reshape((len(x),) + shape)
-            for lo in range(0, len(y), 512):
-                xb = prep.features(torch.from_numpy(np.ascontiguousarray(x[lo:lo + 512])))
-                yb = prep.labels(torch.from_numpy(y[lo:lo + 512]))
-                logits = model(xb)
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-                cm += confusion(yb.numpy(), logits.argmax(1).numpy(), k)
-                n += len(yb)
+    for _i, x, y in local_chunks(manifest, split):
+        logits = torch.from_numpy(trained.logits(x))
+        yb = trained.preprocess.labels(torch.from_numpy(y))
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        cm += confusion(yb.numpy(), logits.argmax(1).numpy(), k)
+        n += len(yb)
     rep = report(cm)
     return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"], "loss": loss_sum / max(n, 1), "rows": n}
 
@@ -110,13 +68,22 @@ def model_drift(args) -> dict:
     if metric not in METRICS:
         raise QualityError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     run = Path(args.model)
-    result, payload, ckpt = _load_run(run)
+    from hpctrain.predict import PredictError, load_run
+
+    try:
+        trained = load_run(run)
+    except PredictError as e:
+        raise QualityError(f"--model: {e}") from None
+    result, ckpt = trained.result, trained.checkpoint
+    if not isinstance(result.get("metrics"), dict):
+        raise QualityError(f"{str(run / 'result.json')!r} has no metrics; model drift needs a completed run "
+                           "with metrics")
     if metric not in result["metrics"] or result["metrics"][metric] is None:
         raise QualityError(f"{str(run / 'result.json')!r} has no {metric!r} (metrics: {sorted(result['metrics'])}); "
                            "train with a validation split, or choose another --metric")
     cur = load_manifest(args.dirs[0], args.cur_split, "current shard directory")
     check_out_dir(args.out, cur)
-    got = score(payload, cur, args.cur_split)
+    got = score(trained, cur, args.cur_split)
     key, higher = METRICS[metric]
     ref_value = float(result["metrics"][metric])
     worse, drift = compare(ref_value, got[key], higher, args.tolerance)

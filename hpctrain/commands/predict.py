@@ -1,0 +1,23 @@
+"""hpctrain predict RUN SHARDS --out PRED.npz"""
+
+HELP = "predict a shard directory with a trained run (writes an .npz)"
+DESCRIPTION = """Load the final checkpoint of a completed 'hpctrain train' run and predict every
+row of a shard directory. Writes PRED.npz with shard, row, label, pred and proba arrays and
+prints the accuracy against the shards' labels. For many directories at once, use the farm's
+built-in task: {"fn": "hpctrain.farm.builtin:batch_inference", "args": {...}}.
+"""
+
+
+def add_arguments(p):
+    p.add_argument("run", help="run directory of a completed training run")
+    p.add_argument("shards", help="shard directory to predict")
+    p.add_argument("--out", required=True, help="output file (.npz)")
+    p.add_argument("--split", choices=["train", "val"], help="one split only (default: all rows)")
+
+
+def run(args):
+    from hpctrain.predict import predict_shards
+
+    s = predict_shards(args.run, args.shards, args.out, split=args.split)
+    print(f"predicted {s['rows']} rows with {s['checkpoint']}: accuracy {s['accuracy']:.4f}; wrote {s['out']}")
+    return 0

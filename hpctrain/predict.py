@@ -1,0 +1,156 @@
+"""Load a finished training run and predict: the public API behind ``hpctrain predict``,
+the farm's batch-inference task and model-level drift.
+
+A run directory written by ``hpctrain train`` holds ``result.json`` and
+``checkpoints/`` (``final.pt``, or the newest valid step checkpoint). The checkpoint
+carries the resolved config, the class ids and the sample shape, so the model and its
+preprocessing (imputation; never augmentation) are rebuilt exactly as trained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from hpctrain.errors import HpctrainError
+
+
+class PredictError(HpctrainError):
+    """A run directory or an input cannot be used for prediction."""
+
+
+@dataclass(slots=True)
+class TrainedRun:
+    """A trained model ready for inference (eval mode, CPU)."""
+
+    run_dir: Path
+    checkpoint: Path
+    result: dict
+    config: Any  # hpctrain.train.config.TrainConfig
+    classes: list[int]
+    sample_shape: tuple[int, ...]
+    model: Any  # torch.nn.Module
+    preprocess: Any  # hpctrain.train.data.Preprocess, without augmentation
+
+    def logits(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Raw scores, shape (N, classes), for float32 samples of ``sample_shape`` (or flat)."""
+        import torch
+
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1 or x.shape[1:] != self.sample_shape:
+            if x.size % int(np.prod(self.sample_shape)) != 0:
+                raise PredictError(f"input of shape {x.shape} does not hold samples of shape {self.sample_shape}")
+            x = x.reshape((-1,) + self.sample_shape)
+        out = np.empty((len(x), len(self.classes)), dtype=np.float32)
+        with torch.no_grad():
+            for lo in range(0, len(x), batch_size):
+                xb = self.preprocess.features(torch.from_numpy(np.ascontiguousarray(x[lo:lo + batch_size])))
+                out[lo:lo + batch_size] = self.model(xb).numpy()
+        return out
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        z = self.logits(x)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class ids (the dataset's labels, not indices)."""
+        return np.asarray(self.classes, dtype=np.int64)[self.logits(x).argmax(axis=1)]
+
+
+def load_run(run_dir: str | Path) -> TrainedRun:
+    """The final (or newest valid) checkpoint of a completed run, as a :class:`TrainedRun`."""
+
+    from hpctrain.train import checkpoint as C
+    from hpctrain.train.config import load_config
+    from hpctrain.train.data import Preprocess
+    from hpctrain.train.models import model_from_config
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise PredictError(f"run directory {str(run)!r} does not exist; pass the run.dir of a finished "
+                           "'hpctrain train' run")
+    res_path = run / "result.json"
+    try:
+        result = json.loads(res_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PredictError(f"{str(run)!r} has no result.json: the run has not completed "
+                           "(check it with 'hpctrain status', or resume it)") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise PredictError(f"{str(res_path)!r} is unreadable ({e}); re-run or repair the training run") from None
+    if result.get("status") != "completed":
+        raise PredictError(f"{str(res_path)!r}: status {result.get('status')!r}, expected 'completed'")
+    ckpt_dir = run / "checkpoints"
+    final = ckpt_dir / "final.pt"
+    if final.is_file():
+        path, payload = final, C.load(final)
+    else:
+        found = C.newest_valid(ckpt_dir) if ckpt_dir.is_dir() else None
+        if not found:
+            raise PredictError(f"{str(run)!r}: no valid checkpoint in {str(ckpt_dir)!r}; the run has no weights")
+        path, payload = found
+    missing = [k for k in ("model", "classes", "sample_shape", "config") if k not in payload]
+    if missing:
+        raise PredictError(f"checkpoint {str(path)!r} lacks {missing}; it was not written by hpctrain train")
+    cfg = load_config(payload["config"])
+    classes = [int(c) for c in payload["classes"]]
+    shape = tuple(int(v) for v in payload["sample_shape"])
+    imputer = cfg.imputation.imputer
+    if imputer is not None and not Path(imputer).is_file():
+        raise PredictError(f"the run was trained with imputer statistics {str(imputer)!r}, which are not there "
+                           "(relative paths are taken from the current directory); run from the directory the "
+                           "run was trained in, or restore the file")
+    model = model_from_config(cfg.model, shape, len(classes))
+    model.load_state_dict(payload["model"])
+    model.eval()
+    prep = Preprocess(classes, imputer, cfg.imputation.on_nan, [], cfg.run.seed, 0)
+    return TrainedRun(run, path, result, cfg, classes, shape, model, prep)
+
+
+def _chunks(manifest, split: str | None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    from hpctrain.data.shards import iter_arrays
+
+    for info, x, y in iter_arrays(manifest, split):
+        yield info.file, x, y
+
+
+def predict_shards(run_dir: str | Path, shards: str | Path, out: str | Path, *, split: str | None = None) -> dict:
+    """Predict every row of ``shards`` (one split or all) with the run's model.
+
+    Writes ``out`` (an ``.npz``, atomically): ``shard`` (file name per row), ``row`` (index
+    in its shard), ``label``, ``pred`` and ``proba`` (N × classes), plus ``classes``.
+    Returns a summary with the accuracy against the shards' labels.
+    """
+    from hpctrain.data.shards import Manifest
+    from hpctrain.fileio import atomic_path
+
+    trained = load_run(run_dir)
+    m = Manifest.load(shards)
+    if tuple(m.schema.sample_shape) != trained.sample_shape:
+        raise PredictError(f"shards {str(shards)!r} have sample shape {tuple(m.schema.sample_shape)}; the model was "
+                           f"trained on {trained.sample_shape}; pass shards made from the same columns")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise PredictError(f"--out {str(out)!r}: predictions are written as .npz; give a file name ending in .npz")
+    files, rows, labels, preds, probas = [], [], [], [], []
+    for name, x, y in _chunks(m, split):
+        p = trained.predict_proba(x)
+        files.append(np.full(len(y), name))
+        rows.append(np.arange(len(y), dtype=np.int64))
+        labels.append(y)
+        preds.append(np.asarray(trained.classes, dtype=np.int64)[p.argmax(axis=1)])
+        probas.append(p)
+    if not labels:
+        raise PredictError(f"shards {str(shards)!r} have no rows in split {split or 'all'!r}")
+    label, pred = np.concatenate(labels), np.concatenate(preds)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, shard=np.concatenate(files), row=np.concatenate(rows), label=label, pred=pred,
+                     proba=np.concatenate(probas), classes=np.asarray(trained.classes, dtype=np.int64))
+    return {"out": str(out), "rows": int(len(label)), "accuracy": float((label == pred).mean()),
+            "checkpoint": str(trained.checkpoint)}
