@@ -116,7 +116,7 @@ def write_cfg(path: Path, data_dir: Path, name: str, **extra) -> Path:
            "model": {"kind": "mlp", "hidden": [16]}, "optimizer": {"name": "adamw", "lr": 0.01},
            "checkpoint": {"every_steps": 50, "keep": 3},
            "logging": {"every_steps": 2, "plots": False, "progress": False},
-           # Debian's OpenMPI has no Slurm PMI: under srun, torch.distributed (gloo) is the backend that starts
+           # torch.distributed needs no srun --mpi plugin; comm.backend mpi needs --mpi=pmix (the template test)
            "comm": {"backend": "torch"}}
     for k, v in extra.items():
         cfg[k] = {**cfg.get(k, {}), **v}
@@ -358,17 +358,19 @@ def test_bayes_sweep_drives_optuna_waves(runs, capsys):
     assert f"loss={study.best_value:.6g}" in out
 
 
-def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, monkeypatch):
+def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     pytest.importorskip("hpctrain.train.trainer")
     import sys
 
     repo = Path(__file__).resolve().parents[1]
     work = runs.parent
-    # 960 steps (~10 s): long enough that the signal after step 60 lands mid-run
+    # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`;
+    # 480 steps (~10 s): long enough that the signal after step 60 lands mid-run
     cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": 8}, data={"batch_size": 4},
-                    checkpoint={"every_steps": 100})
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+                    checkpoint={"every_steps": 100}, comm={"backend": "mpi"})
+    env = dict(mpi_env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     out = subprocess.run(["sbatch", "--parsable", f"--partition={PARTITION}", "--time=10", "--cpus-per-task=1",
+                          "--ntasks-per-node=2",
                           f"--chdir={work}", f"--output={work}/tmpl-%j.log", str(repo / "slurm" / "train.sbatch"),
                           str(cfg)],
                          capture_output=True, text=True, timeout=60, env=env, check=True).stdout
@@ -382,7 +384,14 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, monkeypatch):
     finally:
         subprocess.run(["scancel", job], capture_output=True, timeout=30)
     assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
-    assert json.loads((run_dir / "result.json").read_text())["step"] == 8 * 120
+    assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
+    assert [e["ntasks"] for e in events(run_dir, "started")] == [2, 2]
+    assert json.loads((run_dir / "result.json").read_text())["step"] == 8 * 60
+    s = run_status(run_dir)
+    assert s.state == "COMPLETED" and s.requeues == 1 and s.preemptions == 1
+    batch = (work / f"tmpl-{job}.log").read_text()  # srun ran `hpctrain train --requeue`, which reports the end
+    assert "checkpoint written; requeueing (preempted (1))" in batch
+    assert "hpctrain train: completed at step 480" in batch
 
 
 @pytest.mark.slow
@@ -430,3 +439,71 @@ def test_sweep_trial_survives_preemption_and_rerun_does_not_resubmit(runs, capsy
     assert "exists (2 trials); waiting on it instead of resubmitting" in out and "2 completed, 0 failed" in out
     assert len(json.loads((sweep / "sweep.json").read_text())["job_ids"]) == 1
     assert json.loads((t0 / "result.json").read_text())["params"] == reference(60, 4)
+
+
+def test_random_sweep_runs_as_one_array(runs, capsys):
+    rc = cli(["sweep", "--counter", "10", "--counter-step-s", "0.01", "--random", "scale=loguniform(1e-4,1e-1)",
+              "--trials", "3", "--parallel", "2", "--name", "rnd", "--partition", PARTITION, "--time", "5",
+              "--wait-timeout", "120"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sweep = runs / "rnd"
+    import csv
+
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 3
+    scales = [float(r["scale"]) for r in rows]
+    assert all(1e-4 <= s <= 1e-1 for s in scales) and len(set(scales)) == 3
+    want = reference(10, 4)
+    loss = 0.5 * sum((x - i) ** 2 for i, x in enumerate(want))
+    for r, s in zip(rows, scales):  # the counter's loss is linear in its scale: each trial ran its own point
+        assert float(r["loss"]) == pytest.approx(s * loss)
+    assert len(json.loads((sweep / "sweep.json").read_text())["job_ids"]) == 1
+    assert "#SBATCH --array=0-2%2" in next((sweep / "slurm" / "submitit").glob("*_submission.sh")).read_text()
+    assert f"best: trial {scales.index(min(scales))} loss=" in out
+    assert cli(["status"]) == 0
+    assert "sweep rnd: 3 trials: COMPLETED=3" in capsys.readouterr().out
+
+
+def test_logs_follow_shows_new_lines_and_returns_when_the_job_ends(runs):
+    import sys
+
+    assert submit("--counter", "60", "--counter-step-s", "0.1", "--name", "follow", "--time", "5") == 0
+    run_dir = runs / "follow"
+    log = run_dir / "logs" / "rank-0.log"
+    wait_for(lambda: log.is_file() and log.stat().st_size > 0, 60, "the job to start writing its log")
+    cmd = [sys.executable, "-m", "hpctrain.cli", "logs", str(run_dir), "-f"]
+    import threading
+
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    watchdog = threading.Timer(60, p.kill)  # bounded: a follow that never returns is killed (and fails below)
+    watchdog.start()
+    try:
+        first = p.stdout.readline()  # the log is not empty, so this returns at once
+        running = not (run_dir / "result.json").exists()
+        rest = p.stdout.read()  # (not communicate(timeout=): it would skip what readline buffered)
+        p.wait(timeout=10)
+    finally:
+        watchdog.cancel()
+        p.kill()
+    assert "Starting with JobEnvironment" in first and running  # followed from mid-run ...
+    assert "Job completed successfully" in rest and p.returncode == 0  # ... to the end, then returned
+    assert (first + rest) == log.read_text()
+    assert run_status(run_dir).state == "COMPLETED"
+
+
+def test_cancel_a_running_job(runs, capsys):
+    assert submit("--counter", "600", "--counter-step-s", "0.1", "--name", "cx", "--time", "5") == 0
+    run_dir = runs / "cx"
+    job = journal.fold(journal.read_events(run_dir)).job_id
+    wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the job to run")
+    assert cli(["cancel", str(run_dir)]) == 0
+    assert f"scancel {job}" in capsys.readouterr().out
+    wait_for(lambda: (show_job(job) or {}).get("JobState") in ("CANCELLED", None), 30, "slurmctld to cancel it")
+    assert cli(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "CANCELLED" in out and "cancelled by 'hpctrain cancel'" in out
+    assert not (run_dir / "result.json").exists() and not events(run_dir, "requeue")
+    time.sleep(2)  # nothing brings it back: no self-requeue, no retry
+    assert (show_job(job) or {}).get("JobState") in ("CANCELLED", None)
+    assert run_status(run_dir).state == "CANCELLED"

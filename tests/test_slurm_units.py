@@ -230,11 +230,16 @@ def test_status_pending_after_requeue_is_requeued(tmp_path):
     from hpctrain.slurm.status import run_status
 
     d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42"}),
-                 ("requeue", {"job_id": "42", "kind": "preemption"}))
+                 ("requeue", {"job_id": "42", "kind": "preemption", "reason": "preempted (1)"}))
     (d / "metrics.jsonl").write_text('{"step": 3, "loss": 0.5}\n{"step": 4, "loss": 0.25}\n')
     with use_runner(FakeSlurm([(["scontrol", "show", "job", "-o", "42"], (0, RECORD, ""))])):
         s = run_status(d)
     assert (s.state, s.requeues, s.last_step, s.last_metrics) == ("REQUEUED", 2, 4, {"loss": 0.25})
+    assert s.reason.startswith("preempted") and "'scontrol update JobId=42 StartTime=now'" in s.reason
+    assert s.slurm == "PENDING, reason BeginTime, restarts 2"
+    journal.record(d, "started", job_id="42", restart_count=1)  # the next attempt runs: the cause is history
+    st = journal.fold(journal.read_events(d))
+    assert st.state == "RUNNING" and st.reason.startswith("resumed after: preempted")
 
 
 def test_status_failed_shows_failing_rank_log(tmp_path):
@@ -380,3 +385,88 @@ def test_status_requeue_in_flight_vs_requeued_attempt_that_never_started(tmp_pat
     with use_runner(FakeSlurm([(["scontrol"], (0, lost, ""))])):
         s = run_status(d)
     assert s.state == "FAILED" and "before the requeued attempt started" in s.reason
+
+
+# ------------------------------------------------------------------ hpctrain train --requeue (the templates' entry)
+
+def _requeue_args(**kw):
+    import argparse
+
+    base = dict(requeue=True, signal="USR2", signal_delay=90, max_timeouts=3, max_preemptions=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.fixture
+def in_slurm_job(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith(("SLURM_", "SUBMITIT_", "OMPI_", "PMI")):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+
+
+def _fake_train(tmp_path):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(run=SimpleNamespace(dir=tmp_path / "run"))
+    seen = []
+
+    def train(cfg, *, stop_requested):
+        seen.append(stop_requested)
+        signal.raise_signal(signal.SIGUSR2)  # what scancel --signal=USR2 does mid-run
+        assert stop_requested()  # the handler only raised the flag; the "trainer" checkpoints and returns
+        return type("R", (), {"status": "interrupted", "step": 3, "epoch": 0, "metrics": {}})()
+    return cfg, train, seen
+
+
+def test_train_requeue_checkpoints_then_scontrol_requeues(tmp_path, in_slurm_job):
+    from hpctrain.commands.train import _train_requeue_aware
+
+    cfg, train, seen = _fake_train(tmp_path)
+    unlimited = RECORD.replace("TimeLimit=00:10:00", "TimeLimit=UNLIMITED").replace("JobState=PENDING",
+                                                                                    "JobState=RUNNING")
+    fake = FakeSlurm([(["scontrol", "show", "job"], (0, unlimited, "")), (["scontrol", "requeue"], (0, "", ""))])
+    with use_runner(fake):
+        rc, res = _train_requeue_aware(_requeue_args(), cfg, train)
+    assert rc == 0 and res is None and len(seen) == 1
+    assert ["scontrol", "requeue", "77"] in fake.calls
+    req = [e for e in journal.read_events(cfg.run.dir) if e["event"] == "requeue"]
+    assert [e["kind"] for e in req] == ["preemption"]
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # handler removed once the work is over
+
+
+def test_train_requeue_without_scontrol_says_so(tmp_path, in_slurm_job, monkeypatch):
+    from hpctrain.commands.train import _train_requeue_aware
+
+    cfg, train, _ = _fake_train(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # a container without Slurm's client commands
+    with pytest.raises(ClusterError, match="'scontrol' not found on PATH; inside a container"):
+        _train_requeue_aware(_requeue_args(), cfg, train)
+
+
+def test_train_requeue_on_a_completed_run_runs_nothing(tmp_path, in_slurm_job):
+    from hpctrain.commands.train import _train_requeue_aware
+
+    cfg, train, seen = _fake_train(tmp_path)
+    cfg.run.dir.mkdir()
+    (cfg.run.dir / "result.json").write_text(json.dumps({"status": "completed", "step": 9}))
+    assert _train_requeue_aware(_requeue_args(), cfg, train) == (0, None) and seen == []
+
+
+def test_submitit_job_objects_never_run_sacct(tmp_path, monkeypatch, caplog):
+    import logging
+
+    pytest.importorskip("submitit")
+    from hpctrain.slurm.submit import _import_submitit, slurm_job_class
+
+    ran = []
+    monkeypatch.setattr(subprocess, "check_output", lambda cmd, *a, **k: ran.append(cmd) or b"")
+    job = slurm_job_class()(folder=tmp_path, job_id="123")
+    assert job.state == "UNKNOWN" and not job.done()
+    assert not any("sacct" in str(c) for c in ran)
+    _import_submitit()
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        logging.getLogger("submitit").warning("Call #1 - Bypassing sacct error x, status may be inaccurate.")
+        logging.getLogger("submitit").warning("another warning")
+    assert "Bypassing" not in caplog.text and "another warning" in caplog.text

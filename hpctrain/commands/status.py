@@ -17,6 +17,7 @@ def add_arguments(p):
 
 def run(args):
     import json
+    from collections import Counter
     from pathlib import Path
 
     from hpctrain.slurm.status import default_base, format_status, format_table, list_runs, resolve_run, run_status
@@ -32,11 +33,18 @@ def run(args):
         s = run_status(run_dir, live=not args.no_live, tail=args.lines)
         print(json.dumps(s.as_dict(), indent=2, default=str) if args.json else format_status(s))
         return 1 if s.state == "FAILED" else 0
-    rows = [run_status(d, live=not args.no_live, tail=0) for d in list_runs(base) if not is_sweep_dir(d)]
+    dirs = list_runs(base)
+    rows = [run_status(d, live=not args.no_live, tail=0) for d in dirs if not is_sweep_dir(d)]
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2, default=str))
-    elif rows:
+        return 0
+    if rows:
         print(format_table(rows))
-    else:
+    for d in dirs:  # a sweep is one line here; 'hpctrain status SWEEP' prints its table
+        if is_sweep_dir(d):
+            counts = Counter(r["state"] for r in sweep_rows(d, live=not args.no_live))
+            print(f"sweep {d.name}: {sum(counts.values())} trials: " +
+                  ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    if not dirs:
         print(f"no runs under {str(base)!r}")
     return 0

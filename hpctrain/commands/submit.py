@@ -38,8 +38,9 @@ def add_job_arguments(p):
     q.add_argument("--qos")
     q.add_argument("--constraint")
     q.add_argument("--exclusive", action="store_true")
-    q.add_argument("--mpi", help="srun --mpi plugin, e.g. pmix: needed for comm.backend mpi/horovod when OpenMPI "
-                                 "lacks Slurm's PMI (see 'srun --mpi=list')")
+    q.add_argument("--mpi", help="srun --mpi plugin for comm.backend mpi/horovod: pmix for OpenMPI 4+/mpi4py "
+                                 "(with the site default 'none' MPI_Init aborts; see 'srun --mpi=list'); "
+                                 "comm.backend torch needs none")
     q.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="shell line run before srun, e.g. 'module load cuda' (repeatable)")
     f = p.add_argument_group("requeue and retries")

@@ -10,6 +10,12 @@ run.dir, and returns at once if run.dir/result.json says the run is complete.
   hpctrain train docs/examples/digits_cnn.yaml --set run.dir=runs/try1
   hpctrain launch -n 2 -- hpctrain train docs/examples/digits_cnn.yaml --set comm.backend=mpi
   hpctrain train cfg.yaml --check        # validate only, start nothing
+  srun --kill-on-bad-exit=1 hpctrain train cfg.yaml --requeue   # in an sbatch script (slurm/train.sbatch)
+
+--requeue (inside a Slurm batch job): the signal of '#SBATCH --signal=USR2@90' only raises a
+flag; the ranks stop at the next step boundary, write a checkpoint together, and rank 0 runs
+'scontrol requeue' (a time-limit signal counts against --max-timeouts, a preemption does not).
+This is the same code 'hpctrain submit' runs in its jobs (hpctrain.slurm.job.RunJob); see docs/slurm.md.
 """
 
 
@@ -19,6 +25,14 @@ def add_arguments(p):
                    help="override a config value (repeatable), e.g. --set optimizer.lr=0.01")
     p.add_argument("--check", action="store_true", help="validate the config against this world and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    g = p.add_argument_group("Slurm requeue (for sbatch scripts; 'hpctrain submit' sets this up itself)")
+    g.add_argument("--requeue", action="store_true",
+                   help="catch --signal (only a flag), checkpoint at the next step and 'scontrol requeue' this job")
+    g.add_argument("--signal", default="USR2", help="the signal named in '#SBATCH --signal' (default USR2; never USR1)")
+    g.add_argument("--signal-delay", type=int, default=90, metavar="S",
+                   help="its lead in '#SBATCH --signal=SIG@S' (default 90); tells a time limit from a preemption")
+    g.add_argument("--max-timeouts", type=int, default=3, help="requeues after hitting the time limit (default 3)")
+    g.add_argument("--max-preemptions", type=int, default=None, help="requeues after preemption (default unlimited)")
 
 
 def run(args):
@@ -52,8 +66,13 @@ def run(args):
     from hpctrain.comm import shutdown_shared
 
     with abort_on_error(info.world_size, info.rank, message_only=(HpctrainError,)):
-        result = train(cfg)
+        if args.requeue:
+            outcome, result = _train_requeue_aware(args, cfg, train)
+        else:
+            outcome, result = None, train(cfg)
         shutdown_shared()
+    if outcome is not None:
+        return outcome
     if info.is_root:
         m = result.metrics
         if "val_macro_f1" in m:
@@ -64,3 +83,34 @@ def run(args):
                   f"run dir {cfg.run.dir}")
         sys.stdout.flush()
     return 0 if result.status == "completed" else 3
+
+
+def _train_requeue_aware(args, cfg, train):
+    """``train`` inside :class:`hpctrain.slurm.job.RunJob`, the runner of 'hpctrain submit' jobs:
+    returns (exit status, TrainResult) or (exit status, None) when there is nothing to report."""
+    from pathlib import Path
+
+    from hpctrain.slurm import journal
+    from hpctrain.slurm.job import RunJob
+    from hpctrain.slurm.requeue import RequeuePolicy
+
+    policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
+                           signal=args.signal, signal_delay_s=args.signal_delay)
+    run_dir = Path(cfg.run.dir).resolve()
+    box = []
+
+    def task(_run_dir, stop_requested):
+        box.append(train(cfg, stop_requested=stop_requested))
+        return "completed" if box[-1].status == "completed" else "interrupted"
+
+    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy)()
+    if outcome == "completed":
+        return (None, box[-1]) if box else (0, None)  # no box: it had already completed (a double requeue)
+    from hpctrain.env import rank_info
+
+    if not rank_info().is_root:
+        # exit 0: with --kill-on-bad-exit a non-zero status would kill rank 0 before it requeues
+        return 0, None
+    # rank 0: 0 when the job is requeued (or Slurm's SIGTERM leaves that to Slurm), 3 when it gave up
+    state = journal.fold(journal.read_events(run_dir)).state
+    return (0 if state in ("REQUEUED", "INTERRUPTED") else 3), None

@@ -185,36 +185,3 @@ def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> flo
     from datetime import datetime
 
     return seconds_left(rec, datetime.now())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``srun python -m hpctrain.slurm.job CONFIG [--set k=v ...]``: ``hpctrain train`` with the
-    requeue handling of ``hpctrain submit``, for plain sbatch scripts (slurm/train-requeue.sbatch)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m hpctrain.slurm.job",
-                                description="train CONFIG under srun: USR2 -> checkpoint -> requeue")
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--signal", default="USR2", help="the signal named in #SBATCH --signal (default USR2)")
-    p.add_argument("--signal-delay", type=int, default=90, help="its delay in #SBATCH --signal (default 90)")
-    p.add_argument("--max-timeouts", type=int, default=3)
-    p.add_argument("--max-preemptions", type=int, default=None)
-    args = p.parse_args(argv)
-    try:
-        from hpctrain.train.config import load_config
-
-        cfg = load_config(args.config, args.overrides)
-        run_dir = Path(cfg.run.dir).resolve()
-        policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
-                               signal=args.signal, signal_delay_s=args.signal_delay)
-        outcome = RunJob(run_dir=str(run_dir), task=TrainTask(config=str(Path(args.config).resolve()),
-                                                              overrides=list(args.overrides)), policy=policy)()
-    except HpctrainError as e:
-        print(f"hpctrain: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0 if outcome in ("completed", "interrupted") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

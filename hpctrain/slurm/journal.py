@@ -85,6 +85,8 @@ def fold(events: Iterable[dict]) -> RunState:
                 st.permanent, st.failing_rank = False, None
         elif kind == "started":
             started.add(jid)
+            if st.state in ("REQUEUED", "INTERRUPTED") and st.reason and not st.reason.startswith("resumed after"):
+                st.reason = f"resumed after: {st.reason}"  # the old cause, not a current problem
             st.state, st.crashed = "RUNNING", False
             st.restarts_seen = max(st.restarts_seen, int(ev.get("restart_count", 0)))
         elif kind == "requeue":

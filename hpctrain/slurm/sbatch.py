@@ -179,6 +179,7 @@ def render_sbatch(spec: JobSpec) -> str:
         f"{spec.signal.upper().removeprefix('SIG')}",
         "",
         "# one task per rank; one dead rank ends the step",
+        *([] if spec.mpi else ["# comm.backend mpi/horovod: submit with --mpi pmix (see 'srun --mpi=list')"]),
         " ".join(["srun", "--kill-on-bad-exit=1", "--unbuffered", *([f"--mpi={spec.mpi}"] if spec.mpi else []),
                   f"--output={shlex.quote(rank_log_pattern(spec))}",
                   py, "-u", "-m", "submitit.core._submit", shlex.quote(str(spec.submitit_dir))]),

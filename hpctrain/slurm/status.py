@@ -140,11 +140,17 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
                                             f"resubmit with 'hpctrain submit' (it resumes from the checkpoint)")
         else:
             js, restarts = rec.get("JobState", "?"), int(rec.get("Restarts", "0") or 0)
-            out.slurm = f"{js} (reason {rec.get('Reason', '?')}, restarts {restarts})"
+            why = rec.get("Reason", "None")
+            out.slurm = f"{js}" + (f", reason {why}" if why not in ("None", "") else "") + f", restarts {restarts}"
             out.requeues = max(out.requeues, restarts)
             if st.state not in journal.TERMINAL:
                 if js == "PENDING":
                     out.state = "REQUEUED" if restarts > 0 or st.state == "REQUEUED" else "PENDING"
+                    if why == "BeginTime" and out.state == "REQUEUED":
+                        # Slurm holds a requeued job ~2 minutes; say how to skip the wait
+                        out.reason = (f"{out.reason}; " if out.reason else "") + (
+                            f"Slurm holds it until its BeginTime; 'scontrol update JobId={st.job_id} StartTime=now' "
+                            "starts it sooner")
                 elif js in LIVE:
                     out.state = "RUNNING" if js != "REQUEUED" else "REQUEUED"
                 elif st.state == "REQUEUED" and restarts <= st.restarts_seen:

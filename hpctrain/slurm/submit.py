@@ -9,6 +9,7 @@ attempt needs: ``slurm/submission.pkl`` (the spec, the job callable, the retry p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import time
@@ -64,18 +65,54 @@ def _sbatch_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))}
 
 
+class _NoSacctWarnings(logging.Filter):
+    """Drops submitit's "Bypassing sacct error" warning, one per poll on clusters without accounting."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Bypassing sacct error" not in record.getMessage()
+
+
 def _import_submitit():
     try:
         import submitit
     except ImportError as e:
         raise ClusterError("submitit is not installed; pip install 'submitit>=1.5' (scripts/setup.sh does)") from e
+    log = logging.getLogger("submitit")
+    if not any(isinstance(f, _NoSacctWarnings) for f in log.filters):
+        log.addFilter(_NoSacctWarnings())
     return submitit
+
+
+_job_class = None
+
+
+def slurm_job_class():
+    """submitit's SlurmJob with a state watcher that never runs sacct.
+
+    hpctrain reads state from the run dir, squeue and scontrol (hpctrain.slurm.status); a
+    submitit job object that someone asks for ``.state`` or ``.done()`` answers UNKNOWN
+    instead of calling sacct, which fails (and warns on every poll) without accounting.
+    """
+    global _job_class
+    if _job_class is None:
+        _import_submitit()
+        from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+        class NoSacctWatcher(SlurmInfoWatcher):
+            def _make_command(self):
+                return None
+
+        class HpctrainSlurmJob(SlurmJob):
+            watcher = NoSacctWatcher(delay_s=600)
+
+        _job_class = HpctrainSlurmJob
+    return _job_class
 
 
 def make_slurm_executor(spec: JobSpec):
     """A submitit SlurmExecutor whose script is :func:`render_sbatch` and whose sbatch goes through run_cmd."""
     submitit = _import_submitit()
-    from submitit.slurm.slurm import SlurmJob
+    SlurmJob = slurm_job_class()
 
     class HpctrainSlurmExecutor(submitit.SlurmExecutor):
         def __init__(self) -> None:
