@@ -1,22 +1,36 @@
 #!/usr/bin/env python
 """Gradient-exchange bandwidth and training weak scaling, side by side in one run.
 
-    hpctrain launch -n 2 -- python scripts/bench_comm.py [--sizes 1,4,16,64] [--json out.json]
+    hpctrain launch -n 2 -- python scripts/bench_comm.py [--sizes 1,4,16,64] [--batch 256] [--json out.json]
 
 Part 1, allreduce of float32 buffers (sizes in MB) through:
-  raw-mpi4py   Allreduce(send, recv) on numpy buffers: the limit;
-  mpi          hpctrain's mpi backend: the gradient exchange of a model whose grads total the
-               buffer (8 tensors), averaged in place (what a training step pays);
-  horovod      hvd.allreduce_ (average) at this process's HOROVOD_* settings;
-  torch-gloo   torch.distributed.all_reduce + divide.
-  raw-inplace  Allreduce(IN_PLACE, buf): the other raw form; the faster raw time is the limit.
-Each row: median time over repeats (slowest rank), bus bandwidth, and the ratio of the limit
-to this path's time (1.0 = as fast as raw MPI).
+  raw-inplace   Allreduce(IN_PLACE, buf) on a numpy buffer;
+  raw-mpi4py    Allreduce(send, recv): the other raw form. The faster raw median is the limit;
+  raw-bucket    Allreduce(IN_PLACE) on the very numpy buffers the mpi path reduces (the exchange's
+                flat buckets, at most comm.bucket_mb each), after the same backward: the
+                like-for-like limit of the mpi path ("x bucket" column);
+  mpi           hpctrain's mpi backend as the trainer drives it: the exchange of a model whose
+                8 gradient tensors total the buffer, after ``exchange.backward(loss)`` (so the
+                1/world averaging is already folded into the gradients): in-place Allreduce
+                on the flat bucket that the .grad tensors are views of;
+  mpi+divide    the same exchange after a plain ``loss.backward()``: Allreduce, then one
+                averaging pass over the bucket (what any caller not using exchange.backward pays);
+  horovod       hvd.allreduce_ (average) at this process's HOROVOD_* settings;
+  torch-gloo    torch.distributed.all_reduce + divide.
+Before every timed call the path's input is rewritten, untimed (by the backward that produces
+the gradients for the mpi paths, by a copy for the others): each reduces freshly written data.
+Every repeat runs every path once, in a rotated order, so a change of machine load between
+repeats hits all paths alike. Each row: median time over the repeats (slowest rank per repeat),
+bus bandwidth, and limit / time (1.0 = as fast as raw MPI). Phase A runs with only MPI started
+(raw, raw-bucket, mpi paths); phase B after Horovod and gloo start (raw again, horovod, gloo):
+Horovod's background thread slows every other MPI call in its process (see main()).
 
-Part 2, training throughput of the demo CNN on 8x8 inputs (in-memory batches, so the
-file system is not measured): 1 rank with 1 thread (the other rank sleeps, it does not spin),
-then 2 ranks with 1 thread each through the mpi and horovod backends. Weak-scaling
-efficiency = samples/s on 2 ranks / (2 x samples/s on 1 rank).
+Part 2, training throughput of the demo CNN (channels 32,64 as in docs/examples/digits_cnn.yaml)
+on 1x8x8 inputs, in-memory batches of --batch samples per rank (weak scaling: the per-rank
+batch is the same on 1 and 2 ranks), 1 torch thread per rank. Rounds alternate 1 rank (the
+other rank sleeps, it does not spin), 2 ranks training at once with no exchange (the machine's
+ceiling for two concurrent processes), and 2 ranks through the mpi and horovod backends; the
+median round counts. Weak-scaling efficiency = samples/s on 2 ranks / (2 x samples/s on 1 rank).
 """
 
 from __future__ import annotations
@@ -30,6 +44,11 @@ import time
 
 import numpy as np
 
+# Waiting ranks yield their core instead of spinning: on a machine with as many cores as
+# ranks (and other jobs), a spinning waiter steals the core its peer needs to finish.
+os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def sleep_barrier(comm) -> None:
     """A barrier that sleeps instead of spinning, so an idle rank leaves its core alone."""
@@ -38,123 +57,175 @@ def sleep_barrier(comm) -> None:
         time.sleep(0.002)
 
 
-def timed(fn, repeats: int, comm) -> float:
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    # The slowest rank defines a collective's time.
-    return float(comm.allreduce(statistics.median(out), op=__import__("mpi4py").MPI.MAX))
-
-
-def bench_allreduce(sizes_mb, comm, size):
-    from hpctrain.comm import shared_comm
-
-    backends = {"mpi": shared_comm("mpi"), "horovod": shared_comm("horovod"), "torch-gloo": shared_comm("torch")}
-    rows = []
-    for mb in sizes_mb:
-        rows += bench_size(mb, comm, size, backends)
-    return rows
-
-
-def bench_size(mb, comm, size, backends):
+def bench_size(mb, comm, backends, repeats, phase):
     import torch
+    from mpi4py import MPI
 
-    MPI = __import__("mpi4py").MPI
+    size = comm.size
     n = int(mb * (1 << 20)) // 4
-    reps = 30 if mb <= 4 else (20 if mb <= 16 else 10)
     send = np.random.default_rng(comm.rank).random(n, dtype=np.float32)
     recv = np.empty_like(send)
-    res = {"raw-mpi4py": timed(lambda: comm.Allreduce(send, recv, op=MPI.SUM), reps, comm)}
-    res["raw-inplace"] = timed(lambda: comm.Allreduce(MPI.IN_PLACE, recv, op=MPI.SUM), reps, comm)
-    limit = min(res.values())  # the faster raw call is the limit the exchange is compared with
+    buf = send.copy()
 
-    # mpi backend: the real exchange object on a model with 8 parameters totalling n floats;
-    # the grads are views into the bucket, so synchronize() is allreduce in place + average.
+    # A model with 8 parameters totalling n floats; loss = sum_i <p_i, c_i> makes grad p_i = c_i.
+    parts = [torch.from_numpy(c.copy()) for c in np.array_split(send, 8)]
     model = torch.nn.Module()
-    for i, part in enumerate(np.array_split(send, 8)):
+    for i, part in enumerate(parts):
         model.register_parameter(f"p{i}", torch.nn.Parameter(torch.zeros(len(part))))
     ex = backends["mpi"].gradient_exchange(model, torch.optim.SGD(model.parameters(), lr=0.0))
-    for prm, part in zip(model.parameters(), np.array_split(send, 8)):
-        prm.grad.copy_(torch.from_numpy(part))
-    res["mpi"] = timed(ex.synchronize, reps, comm)
-    ex.close()
-    t = torch.from_numpy(send.copy())
-    hvd = backends["horovod"].hvd
-    res["horovod"] = timed(lambda: hvd.allreduce_(t, op=hvd.Average, name=f"b{mb}"), reps, comm)
-    tg = torch.from_numpy(send.copy())
-    res["torch-gloo"] = timed(lambda: backends["torch-gloo"].allreduce_mean_(tg), reps, comm)
+    ex.close()  # no hooks: the whole exchange happens inside the timed synchronize()
+
+    def loss():
+        return sum((p * c).sum() for p, c in zip(model.parameters(), parts))
+
+    def mpi_prep(via_exchange):
+        def prep():
+            ex.zero_grad()
+            ex.backward(loss()) if via_exchange else loss().backward()
+        return prep
+
+    src = send.copy()
+
+    def rewrite(*arrays):
+        # Every path reduces freshly written data, as a gradient buffer just filled by backward is.
+        def prep():
+            for a in arrays:
+                np.copyto(a, src)
+        return prep
+
+    paths = {
+        "raw-inplace": (rewrite(buf), lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)),
+        "raw-mpi4py": (rewrite(send), lambda: comm.Allreduce(send, recv, op=MPI.SUM)),
+    }
+    if phase == "A":
+        bucket_arrays = [f.numpy() for f in ex.flat]
+        paths["raw-bucket"] = (mpi_prep(True), lambda: [comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
+                                                        for a in bucket_arrays])
+        paths["mpi"] = (mpi_prep(True), ex.synchronize)
+        paths["mpi+divide"] = (mpi_prep(False), ex.synchronize)
+    else:
+        hvd = backends["horovod"].hvd
+        th = torch.from_numpy(send.copy())
+        tg = torch.from_numpy(send.copy())
+        paths["horovod"] = (rewrite(th.numpy()), lambda: hvd.allreduce_(th, op=hvd.Average, name=f"b{mb}"))
+        paths["torch-gloo"] = (rewrite(tg.numpy()), lambda: backends["torch-gloo"].allreduce_mean_(tg))
+    names = list(paths)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats + 3):  # 3 warm-up rounds
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            prep, fn = paths[name]
+            if prep is not None:
+                prep()
+            comm.Barrier()
+            t = time.perf_counter()
+            fn()
+            dt = comm.allreduce(time.perf_counter() - t, op=MPI.MAX)  # the slowest rank defines it
+            if r >= 3:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    limit = min(med["raw-inplace"], med["raw-mpi4py"])
+    bucket = med.get("raw-bucket")
     rows = []
-    for name, sec in res.items():
-        nbytes = n * 4
-        busbw = 2 * (size - 1) / size * nbytes / sec / 1e9
-        rows.append({"size_mb": mb, "path": name, "ms": sec * 1e3, "busbw_GBps": busbw,
-                     "ratio_to_raw": limit / sec})
+    for name in names:
+        sec = med[name]
+        busbw = 2 * (size - 1) / size * n * 4 / sec / 1e9
+        rows.append({"phase": phase, "size_mb": mb, "path": name, "ms": sec * 1e3, "busbw_GBps": busbw,
+                     "ratio_to_raw": limit / sec, "repeats": repeats,
+                     "ratio_to_raw_bucket": bucket / sec if bucket else None})
     return rows
 
 
-def bench_training(comm, steps: int):
+def bench_training(comm, steps: int, batch: int, rounds: int, phase: str):
     import torch
+    from mpi4py import MPI
 
     from hpctrain.comm import shared_comm
     from hpctrain.train.models import build_model
 
     torch.set_num_threads(1)
-    batch = 32
     g = torch.Generator().manual_seed(comm.rank)
     xs = [torch.randn(batch, 1, 8, 8, generator=g) for _ in range(8)]
     ys = [torch.randint(0, 10, (batch,), generator=g) for _ in range(8)]
 
+    def new_model():
+        torch.manual_seed(0)
+        model = build_model("cnn", (1, 8, 8), 10, channels=[32, 64])
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    class Plain:  # the single-process loop: no exchange at all
+        def __init__(self, opt):
+            self.opt = opt
+
+        def zero_grad(self):
+            self.opt.zero_grad()
+
+        def backward(self, loss):
+            loss.backward()
+
+        def step(self):
+            self.opt.step()
+
     def run(exchange, model, n_steps):
         t = time.perf_counter()
+        wait = 0.0
         for i in range(n_steps):
             exchange.zero_grad()
-            torch.nn.functional.cross_entropy(model(xs[i % 8]), ys[i % 8]).backward()
+            exchange.backward(torch.nn.functional.cross_entropy(model(xs[i % 8]), ys[i % 8]))
+            t0 = time.perf_counter()
             exchange.step()
-        return time.perf_counter() - t
+            wait += time.perf_counter() - t0
+        return time.perf_counter() - t, wait
 
-    def fresh(backend):
-        torch.manual_seed(0)
-        model = build_model("cnn", (1, 8, 8), 10, channels=[16, 32])
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        return model, shared_comm(backend).gradient_exchange(model, opt)
-
+    setups = {}
+    model, opt = new_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    if phase == "A":
+        setups["1 rank"] = (model, Plain(opt))
+        model, opt = new_model()
+        # Both ranks train at once with no exchange at all: what two concurrent processes get from
+        # the machine (shared cores, caches, memory bandwidth), the ceiling of any backend's scaling.
+        setups["2 ranks (no exchange)"] = (model, Plain(opt))
+    for backend in ("mpi",) if phase == "A" else ("horovod",):
+        model, opt = new_model()
+        setups[f"2 ranks ({backend})"] = (model, shared_comm(backend).gradient_exchange(model, opt))
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in setups}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, (model, ex) in setups.items():
+            if name == "1 rank":
+                if comm.rank == 0:
+                    sec, wait = run(ex, model, steps)
+                    got = (steps * batch / sec, sec / steps, wait / steps)
+                sleep_barrier(comm)
+            else:
+                comm.Barrier()
+                sec, wait = run(ex, model, steps)
+                sec = comm.allreduce(sec, op=MPI.MAX)
+                got = (steps * batch * comm.size / sec, sec / steps, wait / steps)
+            if r and comm.rank == 0:
+                res[name].append(got)
+    for _, ex in setups.values():
+        if hasattr(ex, "close"):
+            ex.close()
+    if comm.rank:
+        return None
     out = {}
-    # 1 rank: rank 0 alone with the plain optimizer; rank 1 sleeps in a non-spinning barrier.
-    if comm.rank == 0:
-        model = build_model("cnn", (1, 8, 8), 10, channels=[16, 32])
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-        class Plain:
-            def zero_grad(self):
-                opt.zero_grad()
-
-            def step(self):
-                opt.step()
-
-        run(Plain(), model, 20)
-        out["1 rank"] = steps * batch / run(Plain(), model, steps)
-    sleep_barrier(comm)
-    for backend in ("mpi", "mpi-blocking", "horovod"):
-        model, ex = fresh(backend.split("-")[0])
-        if backend == "mpi-blocking":
-            ex.close()  # no hooks: one blocking Allreduce per bucket at step(), no overlap with backward
-        run(ex, model, 20)
-        comm.Barrier()
-        sec = comm.allreduce(run(ex, model, steps), op=__import__("mpi4py").MPI.MAX)
-        out[f"2 ranks ({backend})"] = steps * batch * comm.size / sec
-        ex.close()
+    for name, vals in res.items():
+        k = sorted(range(len(vals)), key=lambda i: vals[i][0])[len(vals) // 2]  # the median round
+        out[name] = {"samples_per_s": vals[k][0], "step_ms": vals[k][1] * 1e3, "step_call_ms": vals[k][2] * 1e3,
+                     "all_samples_per_s": [round(v[0]) for v in vals]}
+    out["_meta"] = {"batch_per_rank": batch, "steps": steps, "rounds": rounds, "params": n_params}
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,4,16,64", help="buffer sizes in MB")
-    ap.add_argument("--steps", type=int, default=300, help="training steps per throughput measurement")
+    ap.add_argument("--repeats", type=int, default=0,
+                    help="allreduce repeats per size (0: 200 up to 4 MB, 60 up to 16 MB, 15 above)")
+    ap.add_argument("--steps", type=int, default=60, help="training steps per throughput measurement")
+    ap.add_argument("--batch", type=int, default=256, help="training samples per rank per step")
+    ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median counts)")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--json", help="also write the results here (rank 0)")
     args = ap.parse_args()
@@ -164,26 +235,52 @@ def main() -> int:
     if comm.size < 2:
         print("run on 2 or more ranks: hpctrain launch -n 2 -- python scripts/bench_comm.py", file=sys.stderr)
         return 2
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
+    from hpctrain.comm import shared_comm
+
     sizes = [float(s) for s in args.sizes.split(",")]
-    rows = bench_allreduce(sizes, comm, comm.size)
-    train = None if args.skip_training else bench_training(comm, args.steps)
+    rows = []
+    train: dict | None = None
+    # Phase A before Horovod and gloo start: Horovod's background thread runs a negotiation
+    # collective every cycle even when idle, which slows every other MPI call and steals CPU
+    # from a 2-core run. A job using the mpi backend never starts it, so the mpi backend (and
+    # the raw limit it is compared with) are measured without it; phase B re-measures the raw
+    # limit with Horovod and gloo up, next to their own paths.
+    backends = {"mpi": shared_comm("mpi")}
+    for phase in ("A", "B"):
+        if phase == "B":
+            backends.update({"horovod": shared_comm("horovod"), "torch-gloo": shared_comm("torch")})
+        for mb in sizes:
+            reps = args.repeats or (200 if mb <= 4 else 60 if mb <= 16 else 15)
+            rows += bench_size(mb, comm, backends, reps, phase)
+        if not args.skip_training:
+            got = bench_training(comm, args.steps, args.batch, args.rounds, phase)
+            if got is not None:
+                meta = got.pop("_meta")
+                train = {**(train or {}), **got, "_meta": meta}
     if comm.rank == 0:
-        hv = {k: v for k, v in os.environ.items() if k.startswith("HOROVOD_")}
-        print(f"# allreduce, {comm.size} ranks, float32; HOROVOD settings: {hv or 'defaults'}")
-        print(f"{'MB':>6} {'path':<12} {'ms':>9} {'busbw GB/s':>11} {'x limit':>7}")
-        for r in rows:
-            print(f"{r['size_mb']:>6g} {r['path']:<12} {r['ms']:>9.3f} {r['busbw_GBps']:>11.2f} "
-                  f"{r['ratio_to_raw']:>7.2f}")
+        env = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "OMPI_MCA_mpi_", "OMPI_MCA_btl"))}
+        print(f"# allreduce, {comm.size} ranks, float32; environment: {env}")
+        print("# phase A: only MPI initialised (mpi backend); phase B: Horovod and torch gloo started too")
+        print(f"{'ph':>2} {'MB':>4} {'path':<12} {'ms':>9} {'busbw GB/s':>11} {'x limit':>7} {'x bucket':>8}")
+        for r in sorted(rows, key=lambda r: (r["size_mb"], r["phase"])):
+            xb = f"{r['ratio_to_raw_bucket']:>8.2f}" if r["ratio_to_raw_bucket"] else ""
+            print(f"{r['phase']:>2} {r['size_mb']:>4g} {r['path']:<12} {r['ms']:>9.3f} {r['busbw_GBps']:>11.2f} "
+                  f"{r['ratio_to_raw']:>7.2f} {xb}")
         if train:
-            base = train["1 rank"]
-            print("\n# training throughput, demo CNN (1x8x8 inputs, batch 32 per rank, 1 torch thread per rank)")
+            m = train.pop("_meta")
+            base = train["1 rank"]["samples_per_s"]
+            print(f"\n# training throughput, demo CNN (channels 32,64; {m['params']} parameters), 1x8x8 inputs, "
+                  f"batch {m['batch_per_rank']} per rank, 1 torch thread per rank, {m['steps']} steps x "
+                  f"{m['rounds']} rounds (median round)")
             for k, v in train.items():
-                eff = "" if k == "1 rank" else f"  weak-scaling efficiency {v / (comm.size * base):.2f}"
-                print(f"{k:<18} {v:>10.0f} samples/s{eff}")
+                ratio = v["samples_per_s"] / (comm.size * base)
+                eff = "" if k == "1 rank" else f"  weak-scaling efficiency {ratio:.2f}"
+                print(f"{k:<22} {v['samples_per_s']:>8.0f} samples/s  step {v['step_ms']:6.2f} ms "
+                      f"(of which step() {v['step_call_ms']:5.2f} ms)  rounds {v['all_samples_per_s']}{eff}")
+            train["_meta"] = m
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"allreduce": rows, "training": train}, f, indent=2)

@@ -62,7 +62,8 @@ def _comm(name):
 @pytest.mark.parametrize("backend,bucket_mb", [("mpi", 4.0), ("mpi", 0.0005), ("torch", 4.0), ("torch", 0.0005),
                                                ("horovod", 4.0)])
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
-def test_two_ranks_equal_one_rank_double_batch(torch, backend, opt_name, bucket_mb):
+@pytest.mark.parametrize("via_exchange", [False, True], ids=["loss.backward", "exchange.backward"])
+def test_two_ranks_equal_one_rank_double_batch(torch, backend, opt_name, bucket_mb, via_exchange):
     comm = _comm(backend)
     assert comm.size == 2
     model = _model(torch, seed=comm.rank + 7)  # different on purpose: the broadcast must fix it
@@ -74,7 +75,9 @@ def test_two_ranks_equal_one_rank_double_batch(torch, backend, opt_name, bucket_
     for k in range(K_STEPS):
         ex.zero_grad()
         xs, ys = x[k, r * LOCAL_B:(r + 1) * LOCAL_B], y[k, r * LOCAL_B:(r + 1) * LOCAL_B]
-        torch.nn.functional.cross_entropy(model(xs), ys).backward()
+        loss = torch.nn.functional.cross_entropy(model(xs), ys)
+        # exchange.backward is the trainer's path: the averaging is folded into the loss
+        ex.backward(loss) if via_exchange else loss.backward()
         ex.step()
     ex.close()
     want = _oracle(torch, opt_name)
@@ -83,7 +86,8 @@ def test_two_ranks_equal_one_rank_double_batch(torch, backend, opt_name, bucket_
 
 
 @pytest.mark.parametrize("backend", ["mpi", "horovod", "torch"])
-def test_gradient_accumulation_equals_big_batch(torch, backend):
+@pytest.mark.parametrize("via_exchange", [False, True], ids=["loss.backward", "exchange.backward"])
+def test_gradient_accumulation_equals_big_batch(torch, backend, via_exchange):
     """2 ranks x 2 backward passes of b/2 = one step on 2b samples."""
     comm = _comm(backend)
     model = _model(torch, seed=3)
@@ -95,7 +99,8 @@ def test_gradient_accumulation_equals_big_batch(torch, backend):
         ex.zero_grad()
         for j in range(2):
             lo = r * LOCAL_B + j * h
-            (torch.nn.functional.cross_entropy(model(x[k, lo:lo + h]), y[k, lo:lo + h]) / 2).backward()
+            loss = torch.nn.functional.cross_entropy(model(x[k, lo:lo + h]), y[k, lo:lo + h]) / 2
+            ex.backward(loss) if via_exchange else loss.backward()
         ex.step()
     ex.close()
     want = _model(torch, seed=3)

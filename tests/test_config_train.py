@@ -17,9 +17,15 @@ EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))
 
 @pytest.fixture
 def shard_dir(tmp_path):
-    d = tmp_path / "shards"
-    d.mkdir()
-    (d / "manifest.json").write_text("{}")  # check_runtime only looks for the file
+    import numpy as np
+
+    from hpctrain.data.shards import ShardWriter
+
+    d = tmp_path / "shards"  # real (tiny) shards: check_runtime opens every one
+    rng = np.random.default_rng(0)
+    with ShardWriter(d, feature_names=["a", "b"], sample_shape=(2,), rows_per_shard=8, classes=[0, 1]) as w:
+        for split in ("train", "val"):
+            w.add(rng.normal(size=(16, 2)).astype(np.float32), rng.integers(0, 2, 16), split=split)
     return d
 
 
@@ -101,6 +107,13 @@ def test_runtime_checks(tmp_path, shard_dir):
         check_runtime(load_config(base(shard_dir, model={"init_from": str(tmp_path / "gone.pt")})), 1)
     unscaled = load_config(base(shard_dir, schedule={"scale_lr": False}))
     assert check_runtime(unscaled, 8).lr == unscaled.optimizer.lr
+
+
+def test_corrupt_shard_fails_before_training(shard_dir):
+    victim = sorted(shard_dir.glob("val-*.h5"))[-1]
+    victim.write_bytes(victim.read_bytes()[:300])  # truncated, as by a full disk or a killed copy
+    with pytest.raises(ConfigError, match=rf"data.dir: shard file '.*{victim.name}' cannot be opened as HDF5"):
+        check_runtime(load_config(base(shard_dir)), 2)
 
 
 def test_frozen_names():

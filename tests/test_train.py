@@ -321,3 +321,30 @@ def test_imputation_and_augmentation_resume_exactly(tmp_path):
     assert not torch.equal(state_of(tmp_path / "plain")["model"]["head.weight"],
                            state_of(tmp_path / "full")["model"]["head.weight"])
     assert plain.status == "completed"
+
+
+def test_oversample_sampling_balances_classes_and_trains(tmp_path):
+    from hpctrain.data.shards import ShardWriter
+    from hpctrain.train.data import make_train_loader
+    from hpctrain.train.trainer import train
+
+    rng = np.random.default_rng(1)
+    counts = {0: 160, 1: 24, 2: 16}  # 10:1.5:1
+    y = np.repeat(list(counts), list(counts.values())).astype(np.int64)
+    centers = rng.normal(0, 3, size=(3, 4))
+    x = (centers[y] + rng.normal(0, 1.0, size=(len(y), 4))).astype(np.float32)
+    d = tmp_path / "imb"
+    with ShardWriter(d, feature_names=list("abcd"), sample_shape=(4,), rows_per_shard=64, classes=[0, 1, 2]) as w:
+        w.add(x, y, split="train")
+        w.add(x[::4], y[::4], split="val")
+
+    def seen(sampling):
+        cfg = make_cfg(d, tmp_path / sampling, imbalance={"sampling": sampling})
+        got = np.concatenate([np.asarray(b[1]) for b in make_train_loader(cfg, 0, 1, 16)])
+        return np.bincount(got, minlength=3) / len(got)
+
+    plain, over = seen("none"), seen("oversample")
+    np.testing.assert_allclose(plain, [0.8, 0.12, 0.08], atol=0.03)  # the data as it is
+    assert over.min() > 0.2, over  # classes about equally often (1/3 each, drawn at random)
+    cfg = make_cfg(d, tmp_path / "run", run={"epochs": 2}, imbalance={"sampling": "oversample"})
+    assert train(cfg).status == "completed"

@@ -74,6 +74,11 @@ class GradientExchange(abc.ABC):
     @abc.abstractmethod
     def zero_grad(self) -> None: ...
 
+    def backward(self, loss) -> None:
+        """``loss.backward()``, letting the exchange fold its averaging into the backward pass.
+        Plain ``loss.backward()`` stays correct too; this is the fast path the trainer uses."""
+        loss.backward()
+
     def close(self) -> None:  # noqa: B027 - optional for exchanges without hooks
         pass
 
@@ -113,6 +118,10 @@ class BucketExchange(GradientExchange):
             for p in ps:
                 self._where[id(p)] = b
         self._counts: dict[int, int] = {}
+        # True while every backward pass of this step ran through backward() with the loss
+        # pre-multiplied by 1/size: the allreduce SUM is then already the average, and the
+        # averaging pass over the buckets (a full extra read+write of every gradient) is skipped.
+        self._scaled_passes = 0
         self._ready = [0] * len(self.buckets)
         self._handles: list[Any] = [None] * len(self.buckets)
         self._hooks = []
@@ -121,11 +130,13 @@ class BucketExchange(GradientExchange):
             self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook()))
 
     def _attach_views(self) -> None:
+        self._views = []
         for flat, ps in zip(self.flat, self.buckets):
             off = 0
             for p in ps:
                 n = p.numel()
                 p.grad = flat[off:off + n].view_as(p)
+                self._views.append((p, p.grad))
                 off += n
 
     def _make_hook(self) -> Callable:
@@ -140,12 +151,28 @@ class BucketExchange(GradientExchange):
                     self._handles[b] = self._start(self.flat[b])
         return hook
 
-    def _views_intact(self) -> bool:
-        for flat, ps in zip(self.flat, self.buckets):
-            for p in ps:
-                if p.grad is None or p.grad.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr():
-                    return False
+    def backward(self, loss) -> None:
+        if self.size > 1:
+            # Scaling the scalar loss is free and scales every gradient by the same factor before
+            # accumulation; for a power-of-two world it is exact (the same bits as a later divide).
+            loss = loss * (1.0 / self.size)
+        self._scaled_passes += 1
+        loss.backward()
+
+    def _prescaled(self) -> bool:
+        if not self._scaled_passes:
+            return False
+        seen = max(self._counts.values(), default=self._scaled_passes)
+        if seen != self._scaled_passes:
+            raise RuntimeError(f"{seen} backward passes accumulated but {self._scaled_passes} went through "
+                               "exchange.backward(); use either exchange.backward(loss) or loss.backward() "
+                               "for every pass of a step")
         return True
+
+    def _views_intact(self) -> bool:
+        # Identity, not storage pointers: this runs every step, and anything that replaced p.grad
+        # (zero_grad(set_to_none=True), a hand-set tensor) leaves a different object there.
+        return all(p.grad is v for p, v in self._views)
 
     def synchronize(self) -> None:
         if not self._views_intact():
@@ -161,6 +188,7 @@ class BucketExchange(GradientExchange):
                     off += n
                 self._handles = [None] * len(self.buckets)
             self._attach_views()
+        prescaled = self._prescaled()
         for b, flat in enumerate(self.flat):
             if self._handles[b] is None:
                 # Not started by a hook (grads set by hand, or unused parameters): nothing is
@@ -168,11 +196,12 @@ class BucketExchange(GradientExchange):
                 self._blocking(flat)
             else:
                 self._wait(self._handles[b], flat)
-            if self.size > 1:
+            if self.size > 1 and not prescaled:
                 flat.div_(self.size)
         self._handles = [None] * len(self.buckets)
         self._ready = [0] * len(self.buckets)
         self._counts.clear()
+        self._scaled_passes = 0
 
     def step(self) -> None:
         self.synchronize()
@@ -185,6 +214,7 @@ class BucketExchange(GradientExchange):
             self._attach_views()
         self._counts.clear()
         self._ready = [0] * len(self.buckets)
+        self._scaled_passes = 0
 
     def close(self) -> None:
         for h in self._hooks:

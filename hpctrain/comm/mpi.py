@@ -95,29 +95,39 @@ class _MpiBuckets(BucketExchange):
     def __init__(self, comm: MpiComm, model, optimizer, **kw):
         self.c = comm
         self.chunk = max(1024, int(kw.get("bucket_mb", 4.0) * (1 << 20)))
+        self._cut: dict[int, list[np.ndarray]] = {}
         super().__init__(model, optimizer, **kw)
 
-    def _chunks(self, a: np.ndarray):
-        step = max(1, self.chunk // a.itemsize)
-        return [a[i:i + step] for i in range(0, a.size, step)]
+    def _chunks(self, host, flat):
+        # A CPU bucket is persistent, so its message views are cut once, not every step (a device
+        # bucket's host copy is new each step and is cut afresh).
+        key = id(flat)
+        got = self._cut.get(key) if host is flat else None
+        if got is None:
+            a = host.numpy()
+            step = max(1, self.chunk // a.itemsize)
+            got = [a[i:i + step] for i in range(0, a.size, step)]
+            if host is flat:
+                self._cut[key] = got
+        return got
 
     def _host(self, flat):
         # Device buffers go through host memory; CUDA-aware MPI is not assumed.
-        return flat.detach().cpu() if flat.device.type != "cpu" else flat.detach()
+        return flat.detach().cpu() if flat.device.type != "cpu" else flat
 
     def _start(self, flat):
         if self.c.size == 1:
             return None
         host = self._host(flat)
         reqs = [self.c.comm.Iallreduce(self.c.MPI.IN_PLACE, part, op=self.c.MPI.SUM)
-                for part in self._chunks(host.numpy())]
+                for part in self._chunks(host, flat)]
         return host, reqs
 
     def _blocking(self, flat) -> None:
         if self.c.size == 1:
             return
         host = self._host(flat)
-        for part in self._chunks(host.numpy()):
+        for part in self._chunks(host, flat):
             self.c.comm.Allreduce(self.c.MPI.IN_PLACE, part, op=self.c.MPI.SUM)
         if host.data_ptr() != flat.data_ptr():
             flat.copy_(host)

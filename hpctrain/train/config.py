@@ -328,6 +328,7 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     if not (data_dir / "manifest.json").is_file():
         raise ConfigError(f"data.dir: {str(data_dir)!r} has no manifest.json; it is not a shard directory "
                           "(write one with 'hpctrain shard')")
+    check_shards(data_dir, [cfg.data.train_split, cfg.data.val_split])
     for key, p in (("model.init_from", cfg.model.init_from), ("imputation.imputer", cfg.imputation.imputer)):
         if p is not None and not Path(p).exists():
             raise ConfigError(f"{key}: {str(p)!r} does not exist; fix the path or remove the key")
@@ -345,6 +346,23 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
         raise ConfigError("regularization.early_stopping: needs a validation split; set data.val_split")
     lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
     return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
+
+
+def check_shards(data_dir: Path, splits: Sequence[str | None]) -> None:
+    """Open every shard of ``splits`` and check its datasets against the manifest, so a missing,
+    truncated or foreign shard stops every rank here, before a process group exists, rather than
+    one rank mid-epoch. Header reads only (no checksum: that reads every byte; 'hpctrain shard
+    verify' does it)."""
+    from hpctrain.data.shards import Manifest, ShardError, check_datasets, h5_open
+
+    try:
+        m = Manifest.load(data_dir)
+        for s in m.shards:
+            if s.split in splits:
+                with h5_open(m.path(s)) as f:
+                    check_datasets(m, s, f)
+    except ShardError as e:
+        raise ConfigError(f"data.dir: {e}") from None
 
 
 def frozen_names(patterns: Sequence[str], names: Sequence[str]) -> list[str]:

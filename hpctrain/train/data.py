@@ -8,7 +8,6 @@ split into contiguous per-rank blocks, so every row is scored exactly once.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -48,18 +47,11 @@ def describe(data_dir: Path, train_split: str, val_split: str | None) -> DataInf
 def make_train_loader(cfg, rank: int, world_size: int, batch_size: int):
     from hpctrain.data.loader import ShardLoader
 
-    if cfg.imbalance.sampling == "oversample":
-        params = inspect.signature(ShardLoader).parameters
-        if "sampling" not in params:
-            raise ConfigError("imbalance.sampling=oversample: this ShardLoader has no 'sampling' option; use "
-                              "imbalance.sampling=weighted (loss weights from the manifest's class counts), or "
-                              "write an oversampled shard directory with 'hpctrain balance'")
-        extra = {"sampling": "oversample"}
-    else:
-        extra = {}
+    # oversample: the loader draws with weights 1/(manifest class count); weighted is done in the loss
+    sampling = "oversample" if cfg.imbalance.sampling == "oversample" else "none"
     return ShardLoader(cfg.data.dir, rank=rank, world_size=world_size, batch_size=batch_size,
                        shuffle=cfg.data.shuffle, seed=cfg.run.seed, drop_last=True, prefetch=cfg.data.prefetch,
-                       split=cfg.data.train_split, **extra)
+                       split=cfg.data.train_split, sampling=sampling)
 
 
 def val_arrays(data_dir, split: str, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray]:

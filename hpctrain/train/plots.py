@@ -17,8 +17,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
-                class_names: Sequence[str] | None = None) -> list[Path]:
-    """loss.png, lr.png, metrics.png and confusion.png in ``run_dir/plots``; returns the paths."""
+                class_names: Sequence[str] | None = None, title: str | None = None) -> list[Path]:
+    """loss.png, lr.png, metrics.png and confusion.png in ``run_dir/plots``; returns the paths.
+    ``title`` (default: the run directory's name) heads every plot, so a PNG seen alone says its run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +35,7 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
     steps = [r for r in rows if r.get("kind") == "step"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     written = []
+    run = title or run_dir.resolve().name
 
     def save(fig, name):
         dest = out / name
@@ -52,6 +54,7 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
                     "s-", label="val")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    ax.set_title(f"{run}: loss")
     ax.legend()
     save(fig, "loss.png")
 
@@ -59,6 +62,7 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
     ax.plot([r["step"] for r in steps], [r["lr"] for r in steps])
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
+    ax.set_title(f"{run}: learning rate (logged steps)")
     save(fig, "lr.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -67,8 +71,10 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
         if pts:
             ax.plot(*zip(*pts), "o-", label=key)
     ax.set_xlabel("epoch")
+    ax.set_ylabel("validation metric")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    ax.set_title(f"{run}: validation metrics")
+    ax.legend(loc="lower right")
     save(fig, "metrics.png")
 
     if confusion is not None:
@@ -81,6 +87,7 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
         ax.set_yticks(range(k), names)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
+        ax.set_title(f"{run}: confusion matrix (validation, {int(cm.sum())} samples)")
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,

@@ -107,7 +107,7 @@ def _git_revision() -> str | None:
     import subprocess
 
     try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20,
                            cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -436,7 +436,8 @@ class Trainer:
                     x, y = self.prep.augment(x, y)
                     x, y = self._owned(x), self._owned(y)
                     loss = self.criterion(self.model(x), y)
-                    (loss / accum + self._l1()).backward()
+                    # through the exchange: the mpi/torch backends fold the 1/world averaging into it
+                    self.exchange.backward(loss / accum + self._l1())
                     step_loss += float(loss.detach()) / accum
                     got += 1
                     if got == accum:
@@ -514,7 +515,7 @@ class Trainer:
                 from hpctrain.train.plots import write_plots
 
                 names = self.data_info.class_names or [str(c) for c in self.data_info.classes]
-                write_plots(self.run_dir, confusion, names)
+                write_plots(self.run_dir, confusion, names, title=cfg.run.name)
             if self.tb is not None:
                 self.tb.close()
         self.comm.barrier()
