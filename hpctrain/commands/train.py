@@ -43,10 +43,22 @@ def run(args):
     from hpctrain.train.config import check_runtime, load_config
 
     # Everything up to check_runtime is identical on every rank and runs before any process
-    # group exists, so a bad config fails each rank the same way with exit status 2.
-    cfg = load_config(args.config, args.overrides)
+    # group exists, so a bad config fails each rank the same way with exit status 2. Rank 0
+    # reports it; the others wait a moment so that the launcher, seeing rank 0 fail first,
+    # ends them silently. A rank whose check fails alone (a path missing on its node only)
+    # still reports after the wait, so its error is never lost.
     info = rank_info()
-    plan = check_runtime(cfg, info.world_size)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        plan = check_runtime(cfg, info.world_size)
+    except HpctrainError as e:
+        if info.is_root:
+            raise
+        import time
+
+        time.sleep(5)
+        print(f"hpctrain train: error on rank {info.rank}: {e}", file=sys.stderr)
+        return 2
     if args.print_config:
         import yaml
 
