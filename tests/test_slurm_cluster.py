@@ -160,7 +160,8 @@ def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeyp
 
     def progressed():
         m = run_dir / "metrics.jsonl"
-        return m.is_file() and len(m.read_text().splitlines()) >= 40  # step 80 of 960
+        # step 8 of 960: an idle node runs ~200 steps/s, so the signal must go early to land mid-run
+        return m.is_file() and len(m.read_text().splitlines()) >= 4
     wait_for(progressed, 90, "training to make progress")
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     assert drive(run_dir, 180) == "COMPLETED"
@@ -365,9 +366,11 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     repo = Path(__file__).resolve().parents[1]
     work = runs.parent
     # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`;
-    # 480 steps (~10 s): long enough that the signal after step 60 lands mid-run
-    cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": 8}, data={"batch_size": 4},
-                    checkpoint={"every_steps": 100}, comm={"backend": "mpi"})
+    # 3600 steps: an idle machine runs ~200 steps/s, so a signal sent a few steps in lands
+    # mid-run with seconds to spare (480 steps once finished before the signal arrived)
+    epochs = 60
+    cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": epochs}, data={"batch_size": 4},
+                    checkpoint={"every_steps": 1000}, comm={"backend": "mpi"})
     env = dict(mpi_env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     out = subprocess.run(["sbatch", "--parsable", f"--partition={PARTITION}", "--time=10", "--cpus-per-task=1",
                           "--ntasks-per-node=2",
@@ -378,7 +381,7 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     run_dir = work / "runs" / "tmpl"
     try:
         wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and
-                 len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 30, 90, "template run to progress")
+                 len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2, 90, "template run to progress")
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         assert drive(run_dir, 150) == "COMPLETED"
     finally:
@@ -386,12 +389,12 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
     assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
     assert [e["ntasks"] for e in events(run_dir, "started")] == [2, 2]
-    assert json.loads((run_dir / "result.json").read_text())["step"] == 8 * 60
+    assert json.loads((run_dir / "result.json").read_text())["step"] == epochs * 60
     s = run_status(run_dir)
     assert s.state == "COMPLETED" and s.requeues == 1 and s.preemptions == 1
     batch = (work / f"tmpl-{job}.log").read_text()  # srun ran `hpctrain train --requeue`, which reports the end
     assert "checkpoint written; requeueing (preempted (1))" in batch
-    assert "hpctrain train: completed at step 480" in batch
+    assert f"hpctrain train: completed at step {epochs * 60}" in batch
 
 
 @pytest.mark.slow
@@ -403,20 +406,20 @@ def test_two_rank_preemption_matches_an_uninterrupted_two_rank_run(runs, blobs, 
     from hpctrain.train.checkpoint import load
 
     monkeypatch.chdir(runs.parent)
-    cfg = write_cfg(runs.parent / "two.yaml", blobs, "two", run={"epochs": 6}, data={"batch_size": 4},
+    cfg = write_cfg(runs.parent / "two.yaml", blobs, "two", run={"epochs": 12}, data={"batch_size": 4},
                     checkpoint={"every_steps": 100})
     for name in ("two-ref", "two-pre"):
         assert submit(str(cfg), "--time", "10", "--ntasks-per-node", "2", "--name", name) == 0
     ref, pre = runs.parent / "runs" / "two-ref", runs.parent / "runs" / "two-pre"
     assert drive(ref, 240) == "COMPLETED"  # the node has 2 CPUs: the jobs run one after the other
-    wait_for(lambda: (pre / "metrics.jsonl").is_file() and len((pre / "metrics.jsonl").read_text().splitlines()) >= 20,
+    wait_for(lambda: (pre / "metrics.jsonl").is_file() and len((pre / "metrics.jsonl").read_text().splitlines()) >= 2,
              90, "the 2-rank run to progress")
     subprocess.run(["scancel", "--signal=USR2", journal.fold(journal.read_events(pre)).job_id], check=True, timeout=30)
     assert drive(pre, 240) == "COMPLETED"
     assert [e["kind"] for e in events(pre, "requeue")] == ["preemption"]
     assert [e["ntasks"] for e in events(pre, "started")] == [2, 2]
     got, want = load(pre / "checkpoints" / "final.pt"), load(ref / "checkpoints" / "final.pt")
-    assert got["step"] == want["step"] == 6 * 60
+    assert got["step"] == want["step"] == 12 * 60
     for k in want["model"]:
         assert torch.equal(got["model"][k], want["model"][k]), k
 
