@@ -70,13 +70,13 @@ print(f"held-out macro F1: {f1:.4f} (target >= 0.95); plots in {sys.argv[1]}/plo
 sys.exit(0 if f1 is not None and f1 >= 0.95 else 1)
 PY
 
-stage "7. the same training as a Slurm job (hpctrain submit, 2 ranks via srun) on the local cluster"
+stage "7. the same training as a Slurm job (hpctrain submit: 2 ranks via srun --mpi=pmix, chosen from srun --mpi=list)"
 started=0
 if ! scontrol ping >/dev/null 2>&1; then scripts/local-cluster.sh start; started=1; fi
 trap '[ "$started" = 1 ] && scripts/local-cluster.sh stop' EXIT
 srun_run=$out/runs/digits_cnn_slurm
 rm -rf "$srun_run"  # a fresh run each demo (a finished run would just exit at once)
-hpctrain submit docs/examples/digits_cnn.yaml --ntasks-per-node 2 --mpi pmix --time 10 --partition debug \
+hpctrain submit docs/examples/digits_cnn.yaml --ntasks-per-node 2 --time 10 --partition debug \
     "${data_args[@]}" --set "run.name=digits_cnn_slurm" --set "run.dir=$srun_run"
 state=""
 for _ in $(seq 150); do

@@ -470,3 +470,34 @@ def test_submitit_job_objects_never_run_sacct(tmp_path, monkeypatch, caplog):
         logging.getLogger("submitit").warning("Call #1 - Bypassing sacct error x, status may be inaccurate.")
         logging.getLogger("submitit").warning("another warning")
     assert "Bypassing" not in caplog.text and "another warning" in caplog.text
+
+
+def test_mpi_plugin_is_picked_from_srun_list():
+    from hpctrain.slurm.environment import pick_mpi_plugin
+
+    listing = "MPI plugin types are...\n\tpmix\n\tnone\n\tpmi2\nspecific pmix plugin versions available: pmix_v4\n"
+    assert pick_mpi_plugin(listing) == "pmix"
+    assert pick_mpi_plugin("MPI plugin types are...\n\tnone\n\tpmi2\n") is None
+
+
+@pytest.mark.parametrize("backend,extra,want", [
+    ("horovod", [], "--mpi=pmix"),              # several MPI ranks: PMIx chosen from srun --mpi=list
+    ("mpi", ["--mpi", "pmi2"], "--mpi=pmi2"),    # an explicit --mpi wins
+    ("torch", [], None),                          # torch.distributed needs no MPI plugin
+])
+def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra, want):
+    import yaml
+
+    from hpctrain.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"name": "m", "dir": str(tmp_path / "run")},
+                                   "data": {"dir": str(tmp_path)}, "comm": {"backend": backend}}))
+    fake = FakeSlurm([(["srun", "--mpi=list"], (0, "", "MPI plugin types are...\n\tpmix\n\tnone\n"))])
+    with use_runner(fake):
+        assert main(["submit", str(cfg), "--ntasks-per-node", "2", "--dry-run", *extra]) == 0
+    srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")][0]
+    if want:
+        assert want in srun.split()
+    else:
+        assert "--mpi" not in srun

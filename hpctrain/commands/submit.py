@@ -38,9 +38,9 @@ def add_job_arguments(p):
     q.add_argument("--qos")
     q.add_argument("--constraint")
     q.add_argument("--exclusive", action="store_true")
-    q.add_argument("--mpi", help="srun --mpi plugin for comm.backend mpi/horovod: pmix for OpenMPI 4+/mpi4py "
-                                 "(with the site default 'none' MPI_Init aborts; see 'srun --mpi=list'); "
-                                 "comm.backend torch needs none")
+    q.add_argument("--mpi", help="srun --mpi plugin for comm.backend mpi/horovod (default: pmix when several "
+                                 "ranks and 'srun --mpi=list' offers it; with the site default 'none' MPI_Init "
+                                 "aborts); comm.backend torch needs none")
     q.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="shell line run before srun, e.g. 'module load cuda' (repeatable)")
     f = p.add_argument_group("requeue and retries")
@@ -75,6 +75,7 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
     from hpctrain.slurm.status import default_base
     from hpctrain.slurm.submit import Submission
 
+    cfg = None
     if task is None:
         if args.counter is not None:
             if args.config:
@@ -100,13 +101,20 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
             run_dir = run_dir or Path(cfg.run.dir)
             task = TrainTask(config=str(Path(run_dir).resolve() / "slurm" / "config.yaml"), overrides=overrides)
     run_dir = Path(run_dir).resolve()
+    mpi = args.mpi
+    ranks = (args.nodes or 1) * (args.ntasks_per_node or 1)
+    if (mpi is None and cfg is not None and ranks > 1 and args.cluster != "local"
+            and cfg.comm.backend in ("mpi", "horovod")):
+        from hpctrain.slurm.environment import auto_mpi_plugin
+
+        mpi = auto_mpi_plugin()  # several MPI ranks under srun need PMIx; --mpi overrides
     policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
                            signal=args.signal, signal_delay_s=args.signal_delay)
     spec = JobSpec(name=name, run_dir=run_dir, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
                    gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
                    partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
                    exclusive=args.exclusive, signal=args.signal, signal_delay_s=args.signal_delay, setup=args.setup,
-                   mpi=args.mpi)
+                   mpi=mpi)
     return Submission(spec=spec, job=RunJob(run_dir=str(run_dir), task=task, policy=policy),
                       retry=RetryPolicy(retries=args.retries, backoff_s=args.retry_backoff), cluster=args.cluster)
 

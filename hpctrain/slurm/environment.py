@@ -133,3 +133,24 @@ def seconds_left(record: Mapping[str, str], now: datetime) -> float | None:
     if end is None:
         return None
     return (end - now).total_seconds()
+
+
+def pick_mpi_plugin(listing: str) -> str | None:
+    """'pmix' when ``srun --mpi=list`` offers it, else None (keep the site default).
+
+    OpenMPI 4+ and mpi4py start under srun only through PMIx here; with the usual site
+    default ('none') MPI_Init aborts, so multi-rank MPI/Horovod jobs need it."""
+    offered = {line.strip() for line in listing.splitlines()}
+    return "pmix" if "pmix" in offered else None
+
+
+def auto_mpi_plugin(timeout: float = 20.0) -> str | None:
+    """Ask this cluster's srun which MPI plugins it has; see :func:`pick_mpi_plugin`."""
+    from hpctrain.errors import ClusterError
+    from hpctrain.slurm.runner import run_cmd
+
+    try:
+        res = run_cmd(["srun", "--mpi=list"], timeout=timeout)
+    except ClusterError:  # no srun here (a dry run on a laptop): keep the site default
+        return None
+    return pick_mpi_plugin(res.stdout + "\n" + res.stderr) if res.ok else None
