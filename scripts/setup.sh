@@ -108,6 +108,7 @@ else
             "${pip[@]}" wheel --no-deps --no-build-isolation -w "$whl_dir" "$src" >"$work/build.log" 2>&1 \
             || { tail -n 40 "$work/build.log" >&2; echo "setup.sh: Horovod build failed (log above)" >&2; exit 1; }
     fi
+    log "installing Horovod from $whl_dir"
     "${pip[@]}" install cloudpickle psutil pyyaml packaging cffi
     "${pip[@]}" install --no-deps --force-reinstall "$whl_dir"/horovod-*.whl
     hvd_ok || { echo "setup.sh: Horovod installed but has no MPI support" >&2; exit 1; }
