@@ -7,11 +7,10 @@ abort hook and the control plane use the same world as Horovod.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import numpy as np
 
-from hpctrain.comm.base import Comm, GradientExchange
+from hpctrain.comm.base import GradientExchange
+from hpctrain.comm.mpi import MpiComm
 from hpctrain.errors import HpctrainError
 
 # Horovod's background thread fuses small tensors into one buffer every cycle. The stall
@@ -37,7 +36,9 @@ def import_horovod():
     return hvd
 
 
-class HorovodComm(Comm):
+class HorovodComm(MpiComm):
+    # The control plane (allreduce_array, broadcast/gather of objects, barrier) is MpiComm's:
+    # mpi4py carries those tiny messages without a Horovod negotiation round.
     name = "horovod"
 
     def __init__(self, timeout_s: int = 60):
@@ -56,22 +57,6 @@ class HorovodComm(Comm):
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
-
-    # The control plane goes through mpi4py: tiny messages, no Horovod negotiation round.
-    def allreduce_array(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
-        a = np.ascontiguousarray(a)
-        out = np.empty_like(a)
-        self.comm.Allreduce(a, out, op={"sum": self.MPI.SUM, "max": self.MPI.MAX, "min": self.MPI.MIN}[op])
-        return out
-
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self.comm.bcast(obj, root=root)
-
-    def gather_object(self, obj: Any, root: int = 0):
-        return self.comm.gather(obj, root=root)
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
 
     def broadcast_model(self, model, optimizer=None, root: int = 0) -> None:
         if self.size == 1:
