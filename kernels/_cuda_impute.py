@@ -12,7 +12,10 @@ from hpctrain.kernels._cuda_common import as_device, empty_like_kind, is_torch, 
 
 
 @cuda.jit
-def fill_inplace_kernel(x, values):
+def fill_kernel(x, out, values, copy):
+    """NaNs of ``x`` filled with ``values[column]``, into ``out``. In place (``out`` is ``x``,
+    ``copy`` False) only the NaN elements are written; with ``copy`` every element is, and the
+    pass reads once and writes once (a copy, then an in-place fill, would read twice)."""
     n, d = x.shape
     i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
     istep = cuda.gridDim.x * cuda.blockDim.y
@@ -21,7 +24,9 @@ def fill_inplace_kernel(x, values):
         while j < d:
             v = x[i, j]
             if v != v:
-                x[i, j] = values[j]
+                out[i, j] = values[j]
+            elif copy:
+                out[i, j] = v
             j += cuda.blockDim.x
         i += istep
 
@@ -81,20 +86,17 @@ def transform(imp, X, *, copy: bool = False):
             raise ImputeError(f"device array has dtype {X.dtype}; expected float32 (convert it on the device)")
     stream = stream_for(X)
     (keep_d, values_d, ind_d, full_d), identity, n_out = _plan_on_device(imp)
-    if identity:
-        target = X
-        if copy:
-            if is_torch(X):
-                target = X.clone()
-            else:
-                target = cuda.device_array(shape, dtype=np.float32)
-                target.copy_to_device(as_device(X), stream=stream)
-        x2 = as_device(target).reshape(n, d)
-        blocks, threads = row_launch(n, d)
-        fill_inplace_kernel[blocks, threads, stream](x2, full_d)
-        return target
-    out, out_view = empty_like_kind(X, (n, n_out))
     x2 = as_device(X).reshape(n, d)
+    if identity and not copy:
+        blocks, threads = row_launch(n, d)
+        fill_kernel[blocks, threads, stream](x2, x2, full_d, False)
+        return X
+    if identity:
+        out, out_view = empty_like_kind(X, shape)
+        blocks, threads = row_launch(n, d)
+        fill_kernel[blocks, threads, stream](x2, out_view.reshape(n, d), full_d, True)
+        return out
+    out, out_view = empty_like_kind(X, (n, n_out))
     blocks, threads = row_launch(n, n_out)
     fill_select_kernel[blocks, threads, stream](x2, out_view, keep_d, values_d, ind_d)
     return out

@@ -320,7 +320,7 @@ class Jitter(Op):
 
         x2, o2 = x.reshape(x.shape[0], -1), out.reshape(out.shape[0], -1)
         blocks = max(1, min(x.shape[0], 4 if ctx.simulator else 65535))
-        G.jitter_kernel[blocks, G.JITTER_THREADS, ctx.stream](x2, o2, ctx.up(prm["bright"]),
+        G.jitter_kernel[blocks, G.REDUCE_THREADS, ctx.stream](x2, o2, ctx.up(prm["bright"]),
                                                               ctx.up(prm["contrast"]))
 
 
@@ -392,7 +392,7 @@ class TabularNoise(Op):
         from hpctrain.kernels import _cuda_augment as G
 
         std = cuda.device_array(x.shape[1], dtype=np.float32, stream=ctx.stream)
-        G.column_std_kernel[ctx.flat(x.shape[1])](x, std)
+        G.column_std_kernel[min(x.shape[1], 4 if ctx.simulator else 4096), G.REDUCE_THREADS, ctx.stream](x, std)
         G.tabular_noise_kernel[ctx.noise(x.size)](x, out, ctx.up(prm["apply"]), std, np.float32(self.cfg.scale),
                                                   ctx.states)
 

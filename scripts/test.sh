@@ -3,9 +3,11 @@
 #   1. setup (idempotent) and ruff
 #   2. unit tests (one process; includes tests that start mpirun themselves: marker 'launcher')
 #   3. MPI tests on 2 ranks (mpirun -np 2 python -m pytest --with-mpi -m mpi)
-#   4. numba CUDA-simulator tests (NUMBA_ENABLE_CUDASIM=1, own process)
-#   5. start the local Slurm cluster and run the Slurm tests
-#   6. stop the cluster, even on failure
+#   4. numba CUDA-simulator tests (NUMBA_ENABLE_CUDASIM=1, own process), including a
+#      rehearsal of scripts/gpu-check.sh on the simulator
+#   5. every CUDA kernel compiled for sm_90 by numba-cuda + NVVM (no GPU needed; own cached venv)
+#   6. start the local Slurm cluster and run the Slurm tests
+#   7. stop the cluster, even on failure
 # Exits non-zero on any failure. A step that collects no test (pytest exit 5) fails too.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +23,7 @@ trap cleanup EXIT
 banner() { printf '\n\033[1m==== %s ====\033[0m\n' "$*"; }
 t_start=$SECONDS
 
-banner "1/6 setup"
+banner "1/7 setup"
 scripts/setup.sh || { echo "test.sh: setup failed" >&2; exit 1; }
 # shellcheck disable=SC1091
 source .venv/bin/activate
@@ -45,20 +47,23 @@ step() {  # name, then the command; records pass/fail, treats 'no tests' (5) as 
     esac
 }
 
-banner "2/6 unit tests"
+banner "2/7 unit tests"
 step unit python -m pytest -m "not mpi and not slurm and not cudasim" --junitxml="$results/unit.xml" -q
 
-banner "3/6 MPI tests (2 ranks)"
+banner "3/7 MPI tests (2 ranks)"
 # Both ranks run the same tests and both must pass for mpirun to exit 0; only rank 0's
 # report is counted in the summary.
 export HPCTRAIN_TEST_RESULTS=$results
 step mpi mpirun -np 2 --bind-to none bash -c \
     'if [ "$OMPI_COMM_WORLD_RANK" = 0 ]; then j=$HPCTRAIN_TEST_RESULTS/mpi.xml; else j=$HPCTRAIN_TEST_RESULTS/rank$OMPI_COMM_WORLD_RANK.junit; fi
      exec python -m pytest --with-mpi -m mpi -q --junitxml="$j"' 
-banner "4/6 CUDA-simulator tests"
+banner "4/7 CUDA-simulator tests"
 step cudasim env NUMBA_ENABLE_CUDASIM=1 python -m pytest -m cudasim --junitxml="$results/cudasim.xml" -q
 
-banner "5/6 Slurm tests (local cluster)"
+banner "5/7 CUDA kernels compiled for sm_90 (numba-cuda + NVVM, no GPU)"
+step cuda-compile scripts/cuda-compile-check.sh --junitxml "$results/cuda-compile.xml"
+
+banner "6/7 Slurm tests (local cluster)"
 if scripts/local-cluster.sh start; then
     started_cluster=1
     step slurm python -m pytest -m slurm --junitxml="$results/slurm.xml" -q
@@ -66,7 +71,7 @@ else
     failed+=("slurm (cluster did not start)")
 fi
 
-banner "6/6 stop the cluster"
+banner "7/7 stop the cluster"
 scripts/local-cluster.sh stop; started_cluster=0
 
 banner "summary"

@@ -3,7 +3,9 @@
 - ``cudasim`` tests need NUMBA_ENABLE_CUDASIM=1 set before numba is imported, so they are
   skipped unless this pytest process was started with it (scripts/test.sh does).
 - ``slurm`` tests are skipped with a reason when no controller answers.
-- ``gpu`` tests are skipped without a CUDA device.
+- ``gpu`` tests are skipped without a CUDA device, except that HPCTRAIN_GPU_TESTS_ON_SIM=1
+  (with NUMBA_ENABLE_CUDASIM=1) runs them on the simulator: the rehearsal of
+  scripts/gpu-check.sh (``--simulate``), so that script's one device call is not its first run.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _slurm_up() -> str | None:
 
 def _cuda_device() -> bool:
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return False
+        return os.environ.get("HPCTRAIN_GPU_TESTS_ON_SIM") == "1"
     try:
         from numba import cuda
 

@@ -131,3 +131,83 @@ def test_imputer_device_in_place():
     out = imp.transform(kept, copy=True)
     assert np.isnan(kept.copy_to_host()).sum() == 2
     np.testing.assert_array_equal(out.copy_to_host(), [[1, 6], [3, 4], [2, 8]])
+
+
+def test_register_xoroshiro_matches_numba_states():
+    """The noise kernels step xoroshiro128p states in registers; the sequence must be
+    numba.cuda.random's own, and the states they store back must be where numba's would be."""
+    from numba.cuda.random import create_xoroshiro128p_states, xoroshiro128p_next
+
+    from hpctrain.kernels._cuda_augment import xoro_step
+
+    @cuda.jit
+    def ours(states, out):
+        t = cuda.grid(1)
+        s0 = states[t]["s0"]
+        s1 = states[t]["s1"]
+        for i in range(out.shape[1]):
+            r, s0, s1 = xoro_step(s0, s1)
+            out[t, i] = r
+        states[t]["s0"] = s0
+        states[t]["s1"] = s1
+
+    @cuda.jit
+    def theirs(states, out):
+        t = cuda.grid(1)
+        for i in range(out.shape[1]):
+            out[t, i] = xoroshiro128p_next(states, t)
+
+    a = create_xoroshiro128p_states(8, seed=11)
+    b = create_xoroshiro128p_states(8, seed=11)
+    ra = cuda.to_device(np.zeros((8, 5), np.uint64))
+    rb = cuda.to_device(np.zeros((8, 5), np.uint64))
+    ours[1, 8](a, ra)
+    theirs[1, 8](b, rb)
+    np.testing.assert_array_equal(ra.copy_to_host(), rb.copy_to_host())
+    np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
+    assert len(np.unique(ra.copy_to_host())) == 40
+
+
+def test_noise_stream_continues_across_calls_and_is_seeded():
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    p = _pipe([{"op": "noise", "std": 1.0}], seed=3)
+    first = p(cuda.to_device(x))[0].copy_to_host()
+    second = p(cuda.to_device(x))[0].copy_to_host()
+    assert not np.array_equal(first, second)  # the states advanced and were stored back
+    again = _pipe([{"op": "noise", "std": 1.0}], seed=3)(cuda.to_device(x))[0].copy_to_host()
+    np.testing.assert_array_equal(first, again)  # same seed, same draws
+    assert np.isfinite(first).all()
+
+
+def test_two_normals_from_extreme_outputs():
+    """The Box-Muller inputs come from the high bits; the all-ones output (u = 1 - 2**-24 on the
+    log side) and zero must give finite normals."""
+    from hpctrain.kernels._cuda_augment import two_normals, two_uniforms
+
+    @cuda.jit
+    def k(rs, out):
+        i = cuda.grid(1)
+        if i < rs.shape[0]:
+            a, b = two_normals(rs[i])
+            u, v = two_uniforms(rs[i])
+            out[i, 0], out[i, 1], out[i, 2], out[i, 3] = a, b, u, v
+
+    rs = np.array([0, 2**64 - 1, 1 << 40, (1 << 40) - 1], dtype=np.uint64)
+    out = cuda.to_device(np.zeros((4, 4), np.float32))
+    k[1, 4](cuda.to_device(rs), out)
+    o = out.copy_to_host()
+    assert np.isfinite(o).all()
+    assert ((o[:, 2:] >= 0) & (o[:, 2:] < 1)).all()
+    np.testing.assert_allclose(o[1, 2:], 1 - 2.0**-24)  # all 48 used bits set
+    assert o[0, 0] == 0.0 and o[0, 1] == 0.0  # u = 0 on the log side: radius 0
+
+
+def test_column_std_kernel_matches_cpu():
+    from hpctrain.kernels import _augment_cpu as K
+    from hpctrain.kernels import _cuda_augment as G
+
+    x = (np.random.default_rng(4).standard_normal((300, 5)) * [1, 2, 3, 1e3, 1e-3] + 7).astype(np.float32)
+    std = cuda.device_array(5, dtype=np.float32)
+    G.column_std_kernel[2, G.REDUCE_THREADS](cuda.to_device(x), std)  # fewer blocks than columns: grid-stride
+    np.testing.assert_allclose(std.copy_to_host(), K.column_std(x), rtol=1e-6)
+    np.testing.assert_allclose(std.copy_to_host(), x.astype(np.float64).std(axis=0), rtol=1e-6)
