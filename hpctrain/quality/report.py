@@ -47,17 +47,22 @@ def _bars(ax, edges, counts, **kw):
         ax.stairs(counts, edges, fill=True, **kw)
 
 
-def plot_histograms(columns: list[dict], max_plots: int = 24) -> bytes:
+def _panels(n: int, max_cols: int, panel_size: tuple[float, float]):
+    """A grid of ``n`` panels, at most ``max_cols`` wide: (pyplot, figure, the n visible axes);
+    the grid's spare cells are hidden."""
     plt = _plt()
+    ncol = min(max_cols, max(n, 1))
+    nrow = (max(n, 1) + ncol - 1) // ncol
+    fig, grid = plt.subplots(nrow, ncol, figsize=(panel_size[0] * ncol, panel_size[1] * nrow), squeeze=False)
+    for i, ax in enumerate(grid.flat):
+        ax.set_visible(i < n)
+    return plt, fig, list(grid.flat)[:n]
+
+
+def plot_histograms(columns: list[dict], max_plots: int = 24) -> bytes:
     cols = columns[:max_plots]
-    n = max(len(cols), 1)
-    ncol = min(4, n)
-    nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.2 * nrow), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for ax, c in zip(axes.flat, cols):
-        ax.set_visible(True)
+    plt, fig, axes = _panels(len(cols), 4, (3.2, 2.2))
+    for ax, c in zip(axes, cols):
         _bars(ax, c["histogram"]["edges"], c["histogram"]["counts"], color="#4C72B0")
         ax.set_title(_t(c["name"]), fontsize=9)
         ax.tick_params(labelsize=7)
@@ -139,15 +144,8 @@ def plot_anomaly(hist: dict) -> bytes:
 
 def plot_drift(features: list[tuple[str, np.ndarray, np.ndarray, str]], bins: int = 30) -> bytes:
     """Reference vs current histograms, one panel per (name, ref, cur, caption)."""
-    plt = _plt()
-    n = max(len(features), 1)
-    ncol = min(3, n)
-    nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 2.8 * nrow), squeeze=False)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for ax, (name, r, c, caption) in zip(axes.flat, features):
-        ax.set_visible(True)
+    plt, fig, axes = _panels(len(features), 3, (4, 2.8))
+    for ax, (name, r, c, caption) in zip(axes, features):
         r, c = r[np.isfinite(r)], c[np.isfinite(c)]
         both = np.concatenate([r, c])
         if both.size:
