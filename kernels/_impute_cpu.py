@@ -54,19 +54,10 @@ def _col_sum_count(x, nb):
 
 
 @njit(parallel=True, cache=True)
-def _fill_inplace(x, values, nb):
-    """Replace each NaN in column j by ``values[j]`` (float32), in place."""
-    n, d = x.shape
-    for b in prange(nb):
-        for i in range(b * n // nb, (b + 1) * n // nb):
-            for j in range(d):
-                v = x[i, j]
-                x[i, j] = values[j] if v != v else v
-
-
-@njit(parallel=True, cache=True)
 def _fill_copy(x, out, values, nb):
-    """out = x with each NaN of column j replaced by ``values[j]`` (one pass, no prior copy)."""
+    """out = x with each NaN of column j replaced by ``values[j]`` (one pass, no prior copy).
+    ``out`` may be ``x``: each element is read before it is written, at the same index. The
+    store is unconditional on purpose: a branch-free loop vectorises."""
     n, d = x.shape
     for b in prange(nb):
         for i in range(b * n // nb, (b + 1) * n // nb):
@@ -302,7 +293,7 @@ def col_sum_count(x):
 
 
 def fill_inplace(x, values):
-    return _fill_inplace(x, values, blocks(x.shape[0]))
+    return _fill_copy(x, x, values, blocks(x.shape[0]))
 
 
 def fill_select(x, out, keep, values, indicator):
