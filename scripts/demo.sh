@@ -76,16 +76,16 @@ if ! scontrol ping >/dev/null 2>&1; then scripts/local-cluster.sh start; started
 trap '[ "$started" = 1 ] && scripts/local-cluster.sh stop' EXIT
 srun_run=$out/runs/digits_cnn_slurm
 rm -rf "$srun_run"  # a fresh run each demo (a finished run would just exit at once)
+# --wait blocks until the run has really finished (through any requeue) and prints each state
+# change: exit 0 COMPLETED, 1 FAILED/CANCELLED, 124 when --wait-timeout passes first (12 min: the
+# job's 10-minute limit plus time in the queue)
+rc=0
 hpctrain submit docs/examples/digits_cnn.yaml --ntasks-per-node 2 --time 10 --partition debug \
-    "${data_args[@]}" --set "run.name=digits_cnn_slurm" --set "run.dir=$srun_run"
-state=""
-for _ in $(seq 150); do
-    state=$(hpctrain status "$srun_run" --json | python -c 'import json,sys; print(json.load(sys.stdin)["state"])')
-    case "$state" in COMPLETED|FAILED|CANCELLED) break ;; esac
-    sleep 2
-done
-hpctrain status "$srun_run"
-[ "$state" = COMPLETED ] || { echo "demo: the Slurm job ended $state" >&2; exit 1; }
+    "${data_args[@]}" --set "run.name=digits_cnn_slurm" --set "run.dir=$srun_run" \
+    --wait --poll 2 --wait-timeout 720 || rc=$?
+hpctrain status "$srun_run" || true
+if [ "$rc" = 124 ]; then hpctrain cancel "$srun_run" || true; fi  # waiting never cancels; the demo cleans up
+[ "$rc" = 0 ] || { echo "demo: the Slurm job did not complete (hpctrain submit --wait exit $rc)" >&2; exit 1; }
 
 stage "done in $((SECONDS - t0)) s"
 echo "profile report: $out/profile/report.html"

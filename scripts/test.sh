@@ -6,16 +6,19 @@
 #   4. numba CUDA-simulator tests (NUMBA_ENABLE_CUDASIM=1, own process), including a
 #      rehearsal of scripts/gpu-check.sh on the simulator
 #   5. every CUDA kernel compiled for sm_90 by numba-cuda + NVVM (no GPU needed; own cached venv)
-#   6. start the local Slurm cluster and run the Slurm tests
-#   7. stop the cluster, even on failure
+#   6. start the local Slurm cluster and run the Slurm tests; stop it
+#   7. start the 2-node local cluster (network namespaces) and run the multi-node tests; stop it
+#      (both clusters are stopped on any exit)
 # Exits non-zero on any failure. A step that collects no test (pytest exit 5) fails too.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 results=$(mktemp -d)
 started_cluster=0
+started_multinode=0
 cleanup() {
     if [ "$started_cluster" = 1 ]; then scripts/local-cluster.sh stop || true; fi
+    if [ "$started_multinode" = 1 ]; then scripts/local-cluster.sh stop --nodes 2 || true; fi
     rm -rf "$results"
 }
 trap cleanup EXIT
@@ -48,7 +51,7 @@ step() {  # name, then the command; records pass/fail, treats 'no tests' (5) as 
 }
 
 banner "2/7 unit tests"
-step unit python -m pytest -m "not mpi and not slurm and not cudasim" --junitxml="$results/unit.xml" -q
+step unit python -m pytest -m "not mpi and not slurm and not multinode and not cudasim" --junitxml="$results/unit.xml" -q
 
 banner "3/7 MPI tests (2 ranks)"
 # Both ranks run the same tests and both must pass for mpirun to exit 0; only rank 0's
@@ -70,9 +73,16 @@ if scripts/local-cluster.sh start; then
 else
     failed+=("slurm (cluster did not start)")
 fi
-
-banner "7/7 stop the cluster"
 scripts/local-cluster.sh stop; started_cluster=0
+
+banner "7/7 multi-node Slurm tests (2-node local cluster)"
+if scripts/local-cluster.sh start --nodes 2; then
+    started_multinode=1
+    step multinode python -m pytest -m multinode --junitxml="$results/multinode.xml" -q
+else
+    failed+=("multinode (2-node cluster did not start)")
+fi
+scripts/local-cluster.sh stop --nodes 2; started_multinode=0
 
 banner "summary"
 python - "$results" <<'PY'

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from slurm_helpers import drive, events, job_of, make_blobs, release_if_requeued, wait_for, write_cfg
 
 from hpctrain.cli import main as cli
 from hpctrain.slurm import journal
@@ -28,47 +30,6 @@ from hpctrain.slurm.status import run_status
 pytestmark = pytest.mark.slurm
 
 PARTITION = os.environ.get("HPCTRAIN_TEST_PARTITION", "debug")
-
-
-def wait_for(pred, timeout: float, what: str, poll: float = 0.3):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        out = pred()
-        if out:
-            return out
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-_pending_since: dict[tuple[str, str], float] = {}
-
-
-def release_if_requeued(job_id: str) -> None:
-    """StartTime=now on a requeued job, but not within 3 s of the requeue: slurmd refuses a
-    restart in the second its old credential was revoked ("Job credential revoked") and the
-    job then ends FAILED instead of running."""
-    rec = show_job(job_id)
-    if rec and rec.get("JobState") == "PENDING" and rec.get("Reason") == "BeginTime":
-        key = (job_id, rec.get("Restarts", "0"))
-        first = _pending_since.setdefault(key, time.monotonic())
-        if time.monotonic() - first >= 3:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
-                           timeout=30)
-
-
-def drive(run_dir: Path, timeout: float) -> str:
-    """Wait for a final state, releasing requeued (and retried) jobs at once."""
-    def done():
-        st = journal.fold(journal.read_events(run_dir))
-        if st.job_id and not st.job_id.startswith("local"):
-            release_if_requeued(st.job_id)
-        s = run_status(run_dir, tail=0)
-        return s.state if s.state in journal.TERMINAL else None
-    return wait_for(done, timeout, f"{run_dir.name} to finish", poll=0.5)
-
-
-def events(run_dir: Path, name: str) -> list[dict]:
-    return [e for e in journal.read_events(run_dir) if e["event"] == name]
 
 
 @pytest.fixture
@@ -90,38 +51,19 @@ def submit(*args) -> int:
     return cli(["submit", "--partition", PARTITION, *args])
 
 
+def submit_counter(base: Path, name: str, steps: int, step_s: float, *args: str) -> tuple[Path, str]:
+    """Submit the built-in counter as run ``name`` under ``base``; (its run dir, its job id)."""
+    assert submit("--counter", str(steps), "--counter-step-s", str(step_s), "--name", name, *args) == 0
+    run_dir = base / name
+    return run_dir, job_of(run_dir)
+
+
 # ------------------------------------------------------------------ the real trainer
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     pytest.importorskip("torch")
-    from hpctrain.data.shards import ShardWriter
-
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, size=(3, 6))
-    out = tmp_path_factory.mktemp("slurm data") / "blobs"
-    with ShardWriter(out, feature_names=[f"f{i}" for i in range(6)], sample_shape=(6,), rows_per_shard=64,
-                     classes=[0, 1, 2]) as w:
-        for split, n in (("train", 480), ("val", 60)):
-            y = rng.integers(0, 3, n)
-            w.add((centers[y] + rng.normal(0, 1.0, size=(n, 6))).astype(np.float32), y.astype(np.int64), split=split)
-    return out
-
-
-def write_cfg(path: Path, data_dir: Path, name: str, **extra) -> Path:
-    import yaml
-
-    cfg = {"run": {"name": name, "epochs": 2, "seed": 5},
-           "data": {"dir": str(data_dir), "batch_size": 16, "prefetch": 0},
-           "model": {"kind": "mlp", "hidden": [16]}, "optimizer": {"name": "adamw", "lr": 0.01},
-           "checkpoint": {"every_steps": 50, "keep": 3},
-           "logging": {"every_steps": 2, "plots": False, "progress": False},
-           # torch.distributed needs no srun --mpi plugin; comm.backend mpi needs --mpi=pmix (the template test)
-           "comm": {"backend": "torch"}}
-    for k, v in extra.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return make_blobs(tmp_path_factory.mktemp("slurm data") / "blobs")
 
 
 def test_submit_trains_and_reads_back(runs, blobs, capsys, monkeypatch):
@@ -156,7 +98,7 @@ def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeyp
     cfg = write_cfg(runs.parent / "p.yaml", blobs, "pre", **kw)
     assert submit(str(cfg), "--time", "10") == 0
     run_dir = runs.parent / "runs" / "pre"
-    job = journal.fold(journal.read_events(run_dir)).job_id
+    job = job_of(run_dir)
 
     def progressed():
         m = run_dir / "metrics.jsonl"
@@ -253,9 +195,7 @@ def test_counter_grid_in_parallel_records_failed_trials(runs, capsys):
 def test_time_limit_requeues_and_finishes(runs):
     # 45 s of work, a 1-minute limit, the signal 50 s before it: Slurm signals at 10-40 s
     # (its limit check runs every ~30 s), the job requeues itself at least once as a timeout
-    assert submit("--counter", "450", "--counter-step-s", "0.1", "--name", "limit", "--time", "1",
-                  "--signal-delay", "50") == 0
-    run_dir = runs / "limit"
+    run_dir, _ = submit_counter(runs, "limit", 450, 0.1, "--time", "1", "--signal-delay", "50")
     assert drive(run_dir, 240) == "COMPLETED"
     kinds = [e["kind"] for e in events(run_dir, "requeue")]
     assert kinds and set(kinds) == {"timeout"}
@@ -266,10 +206,7 @@ def test_time_limit_requeues_and_finishes(runs):
 
 def test_counter_preemption_by_usr2_is_not_counted_as_a_timeout(runs):
     # submitit would call this a timeout (the job is shorter than 10 minutes); Slurm's EndTime says otherwise
-    assert submit("--counter", "60", "--counter-step-s", "0.1", "--name", "usr2", "--time", "5",
-                  "--max-timeouts", "0") == 0
-    run_dir = runs / "usr2"
-    job = journal.fold(journal.read_events(run_dir)).job_id
+    run_dir, job = submit_counter(runs, "usr2", 60, 0.1, "--time", "5", "--max-timeouts", "0")
     wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     assert drive(run_dir, 120) == "COMPLETED"
@@ -278,9 +215,7 @@ def test_counter_preemption_by_usr2_is_not_counted_as_a_timeout(runs):
 
 
 def test_killed_processes_are_retried_and_finish(runs):
-    assert submit("--counter", "80", "--counter-step-s", "0.05", "--name", "crash", "--time", "5",
-                  "--retries", "1", "--retry-backoff", "1") == 0
-    run_dir = runs / "crash"
+    run_dir, _ = submit_counter(runs, "crash", 80, 0.05, "--time", "5", "--retries", "1", "--retry-backoff", "1")
     pid_file = run_dir / "slurm" / "pids" / "rank-0.pid"
 
     def midway():
@@ -299,9 +234,7 @@ def test_killed_processes_are_retried_and_finish(runs):
 def test_scontrol_requeue_of_a_running_job_is_not_swallowed_nor_doubled(runs):
     # `scontrol requeue` sends SIGTERM: the job must stop at the next step (not run on to the end,
     # as with submitit's SIGTERM bypass), leave the requeue to Slurm (no second, self-made one) and resume
-    assert submit("--counter", "80", "--counter-step-s", "0.1", "--name", "term", "--time", "5") == 0
-    run_dir = runs / "term"
-    job = journal.fold(journal.read_events(run_dir)).job_id
+    run_dir, job = submit_counter(runs, "term", 80, 0.1, "--time", "5")
     wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30, capture_output=True)
     assert drive(run_dir, 120) == "COMPLETED"
@@ -316,10 +249,9 @@ def test_scontrol_requeue_of_a_running_job_is_not_swallowed_nor_doubled(runs):
 
 
 def test_finished_run_exits_at_once_when_requeued(runs):
-    assert submit("--counter", "10", "--counter-step-s", "0.02", "--name", "done", "--time", "5") == 0
-    run_dir = runs / "done"
+    run_dir, job = submit_counter(runs, "done", 10, 0.02, "--time", "5")
     assert drive(run_dir, 60) == "COMPLETED"
-    job = journal.fold(journal.read_events(run_dir)).job_id
+    assert job_of(run_dir) == job
     result = (run_dir / "result.json").read_bytes()
     mtime = (run_dir / "result.json").stat().st_mtime_ns
     metrics = (run_dir / "metrics.jsonl").read_text()
@@ -414,7 +346,7 @@ def test_two_rank_preemption_matches_an_uninterrupted_two_rank_run(runs, blobs, 
     assert drive(ref, 240) == "COMPLETED"  # the node has 2 CPUs: the jobs run one after the other
     wait_for(lambda: (pre / "metrics.jsonl").is_file() and len((pre / "metrics.jsonl").read_text().splitlines()) >= 2,
              90, "the 2-rank run to progress")
-    subprocess.run(["scancel", "--signal=USR2", journal.fold(journal.read_events(pre)).job_id], check=True, timeout=30)
+    subprocess.run(["scancel", "--signal=USR2", job_of(pre)], check=True, timeout=30)
     assert drive(pre, 240) == "COMPLETED"
     assert [e["kind"] for e in events(pre, "requeue")] == ["preemption"]
     assert [e["ntasks"] for e in events(pre, "started")] == [2, 2]
@@ -471,8 +403,7 @@ def test_random_sweep_runs_as_one_array(runs, capsys):
 def test_logs_follow_shows_new_lines_and_returns_when_the_job_ends(runs):
     import sys
 
-    assert submit("--counter", "60", "--counter-step-s", "0.1", "--name", "follow", "--time", "5") == 0
-    run_dir = runs / "follow"
+    run_dir, _ = submit_counter(runs, "follow", 60, 0.1, "--time", "5")
     log = run_dir / "logs" / "rank-0.log"
     wait_for(lambda: log.is_file() and log.stat().st_size > 0, 60, "the job to start writing its log")
     cmd = [sys.executable, "-m", "hpctrain.cli", "logs", str(run_dir), "-f"]
@@ -496,9 +427,7 @@ def test_logs_follow_shows_new_lines_and_returns_when_the_job_ends(runs):
 
 
 def test_cancel_a_running_job(runs, capsys):
-    assert submit("--counter", "600", "--counter-step-s", "0.1", "--name", "cx", "--time", "5") == 0
-    run_dir = runs / "cx"
-    job = journal.fold(journal.read_events(run_dir)).job_id
+    run_dir, job = submit_counter(runs, "cx", 600, 0.1, "--time", "5")
     wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the job to run")
     assert cli(["cancel", str(run_dir)]) == 0
     assert f"scancel {job}" in capsys.readouterr().out
@@ -510,3 +439,55 @@ def test_cancel_a_running_job(runs, capsys):
     time.sleep(2)  # nothing brings it back: no self-requeue, no retry
     assert (show_job(job) or {}).get("JobState") in ("CANCELLED", None)
     assert run_status(run_dir).state == "CANCELLED"
+
+
+# ------------------------------------------------------------------ --wait
+
+def test_submit_wait_returns_0_once_the_job_has_completed(runs, capsys):
+    rc = submit("--counter", "10", "--counter-step-s", "0.02", "--name", "w-ok", "--time", "5", "--wait",
+                "--poll", "0.5", "--wait-timeout", "120")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = runs / "w-ok"
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(10, 4)  # done when it returned
+    job = job_of(run_dir)
+    changes = [line.split()[2] for line in out.splitlines() if line.startswith("[")]
+    assert changes[-1] == "COMPLETED" and changes.count("COMPLETED") == 1 and f"job {job}" in out
+    assert "run 'w-ok' COMPLETED after" in out and "requeues 0, retries 0" in out
+    assert run_status(run_dir).state == "COMPLETED"
+
+
+def test_submit_wait_returns_1_when_the_job_fails(runs, capsys):
+    rc = submit("--counter", "10", "--counter-step-s", "0.02", "--counter-fail", "--name", "w-bad", "--time", "5",
+                "--retries", "1", "--retry-backoff", "1", "--wait", "--poll", "0.5", "--wait-timeout", "120")
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    run_dir = runs / "w-bad"
+    assert "FAILED" in out and "not retried (permanent error)" in out and "permanent_error is set" in out
+    assert "run 'w-bad' ended FAILED after" in out and f"hpctrain logs {shlex.quote(str(run_dir))} " in out
+    assert not (run_dir / "result.json").exists() and not events(run_dir, "retry")
+
+
+def test_status_wait_waits_through_a_requeue_to_the_end(runs):
+    import sys
+
+    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5")
+    cmd = [sys.executable, "-m", "hpctrain.cli", "status", str(run_dir), "--wait", "--poll", "0.5",
+           "--wait-timeout", "150"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+        wait_for(lambda: events(run_dir, "requeue"), 30, "the job to requeue itself")
+        assert p.poll() is None  # requeued is not finished: still waiting
+        # released here as in drive(): the waiter only watches, and must see the second attempt through
+        wait_for(lambda: release_if_requeued(job) or p.poll() is not None, 120, "the waiter to return")
+        out = p.stdout.read()
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    changes = [line.split()[2] for line in out.splitlines() if line.startswith("[")]
+    assert changes[-3:] == ["REQUEUED", "RUNNING", "COMPLETED"], out
+    assert "run 'w-rq' COMPLETED after" in out and "requeues 1, retries 0" in out
+    assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)

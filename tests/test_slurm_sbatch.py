@@ -120,3 +120,17 @@ def test_submit_with_a_bad_config_fails_before_submitting(tmp_path, capsys):
     assert main(["submit", str(cfg), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "optimiser" in err and "optimizer" in err
+
+
+def test_sbatch_env_drops_job_facts_but_keeps_the_client_config(monkeypatch):
+    from hpctrain.slurm.submit import _sbatch_env
+
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    monkeypatch.setenv("SBATCH_PARTITION", "old")
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_CONF", "/site/slurm.conf")  # which cluster: the user's choice, kept
+    env = _sbatch_env()
+    assert env["SLURM_CONF"] == "/site/slurm.conf"
+    assert not {"SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SBATCH_PARTITION", "SUBMITIT_EXECUTOR"} & set(env)
+    assert env["PATH"] == os.environ["PATH"]

@@ -5,6 +5,7 @@ status/cancel through a fake runner seam (no Slurm needed)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -501,3 +502,216 @@ def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra,
         assert want in srun.split()
     else:
         assert "--mpi" not in srun
+
+
+# ------------------------------------------------------------------ --wait: deciding when a run has really finished
+
+class FakeTime:
+    """The clock and sleep seams of the waiter: sleeping moves the clock, nothing else."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        self.now += s
+
+
+def _obs(state, job="42", recorded=None, **kw):
+    from hpctrain.slurm.wait import Observation
+
+    if recorded is None:  # an end is taken from the run dir unless a test says it is slurmctld's view only
+        recorded = state in journal.TERMINAL
+    return Observation(state=state, job_id=job, recorded=recorded, **kw)
+
+
+def _poller(*script):
+    """Answers the scripted observations in order; polling past the end fails the test."""
+    it = iter(script)
+
+    def poll():
+        try:
+            return next(it)
+        except StopIteration:
+            raise AssertionError("polled again after the run was final") from None
+    return poll
+
+
+def _wait(script, *, poll_s=5.0, timeout_s=None, settle_s=5.0, t=None):
+    from hpctrain.slurm.wait import wait_until_final
+
+    t = t or FakeTime()
+    seen = []
+    res = wait_until_final(_poller(*script), poll_s=poll_s, timeout_s=timeout_s, clock=t.clock, sleep=t.sleep,
+                           on_change=lambda el, o: seen.append((el, o.state, o.job_id)), settle_s=settle_s)
+    return res, seen, t
+
+
+def test_wait_goes_through_requeues_and_retries_until_completed():
+    script = [_obs("PENDING"), _obs("RUNNING"), _obs("REQUEUED"), _obs("REQUEUED"), _obs("RUNNING"),
+              _obs("PENDING", "43"), _obs("RUNNING", "43"), _obs("COMPLETED", "43", requeues=1, retries=1)]
+    res, seen, t = _wait(script)
+    assert (res.outcome, res.exit_code, res.elapsed_s) == ("completed", 0, 35.0)
+    assert seen == [(0.0, "PENDING", "42"), (5.0, "RUNNING", "42"), (10.0, "REQUEUED", "42"),
+                    (20.0, "RUNNING", "42"), (25.0, "PENDING", "43"), (30.0, "RUNNING", "43"),
+                    (35.0, "COMPLETED", "43")]  # one line per change: the second REQUEUED poll prints nothing
+    assert t.sleeps == [5.0] * 7
+
+
+@pytest.mark.parametrize("state, code", [("COMPLETED", 0), ("FAILED", 1), ("CANCELLED", 1)])
+def test_an_end_the_run_dir_logs_is_final_at_once(state, code):
+    res, seen, t = _wait([_obs("RUNNING"), _obs(state)])
+    assert (res.exit_code, res.last.state, seen[-1][1]) == (code, state, state)
+    assert t.sleeps == [5.0]
+
+
+def test_an_end_only_slurmctld_reports_must_hold_before_it_counts():
+    # the requeue went on: the FAILED glimpse was never an end, and is never printed
+    script = [_obs("RUNNING"), _obs("FAILED", recorded=False), _obs("REQUEUED"), _obs("RUNNING"), _obs("COMPLETED")]
+    res, seen, _ = _wait(script, poll_s=1.0)
+    assert res.exit_code == 0 and [s for _, s, _ in seen] == ["RUNNING", "REQUEUED", "RUNNING", "COMPLETED"]
+    # it stays ended (a hard time limit, say): final once it held settle_s over two polls or more
+    timeout = _obs("FAILED", recorded=False, slurm_state="TIMEOUT")
+    res, seen, t = _wait([_obs("RUNNING")] + [timeout] * 6, poll_s=1.0)
+    assert (res.outcome, res.exit_code, res.elapsed_s, seen[-1][1]) == ("ended", 1, 6.0, "FAILED")
+    # a slow poll interval does not slow the confirmation down
+    res, _, t = _wait([_obs("RUNNING"), timeout, timeout], poll_s=60.0)
+    assert res.exit_code == 1 and t.sleeps == [60.0, 5.0]
+
+
+def test_wait_timeout_polls_once_more_at_the_deadline_then_gives_up():
+    from hpctrain.slurm.wait import EXIT_TIMEOUT
+
+    res, _, t = _wait([_obs("RUNNING")] * 4, poll_s=5.0, timeout_s=12.0)
+    assert (res.outcome, res.exit_code, res.elapsed_s, res.last.state) == ("timeout", EXIT_TIMEOUT, 12.0, "RUNNING")
+    assert t.sleeps == [5.0, 5.0, 2.0]
+    res, _, _ = _wait([_obs("RUNNING")] * 3 + [_obs("COMPLETED")], poll_s=5.0, timeout_s=12.0)
+    assert res.outcome == "completed"  # ended by the last poll on the deadline: not a timeout
+
+
+@pytest.mark.parametrize("now, deadline, poll, wake, want", [
+    (0.0, None, 5.0, None, 5.0), (0.0, None, 5.0, 2.0, 2.0), (10.0, 12.0, 5.0, None, 2.0),
+    (12.0, 12.0, 5.0, None, None), (13.0, 12.0, 5.0, 1.0, None), (0.0, 100.0, 5.0, 7.0, 5.0)])
+def test_next_sleep(now, deadline, poll, wake, want):
+    from hpctrain.slurm.wait import next_sleep
+
+    assert next_sleep(now, deadline, poll, wake) == want
+
+
+def test_exit_codes_and_elapsed_format():
+    from hpctrain.slurm.wait import exit_code_for, format_elapsed
+
+    assert [exit_code_for(s) for s in ("COMPLETED", "FAILED", "CANCELLED")] == [0, 1, 1]
+    with pytest.raises(ValueError, match="REQUEUED"):
+        exit_code_for("REQUEUED")
+    assert [format_elapsed(s) for s in (0, 59.9, 60, 125, 3723)] == ["0s", "59s", "1m00s", "2m05s", "1h02m03s"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(wait=True, poll_s=0.0, timeout_s=None), "--poll must be .* > 0, got 0.0"),
+    (dict(wait=True, poll_s=-1.0, timeout_s=None), "--poll must be"),
+    (dict(wait=True, poll_s=float("nan"), timeout_s=None), "--poll must be"),
+    (dict(wait=True, poll_s=None, timeout_s=0.0), "--wait-timeout must be .* > 0"),
+    (dict(wait=False, poll_s=2.0, timeout_s=None), "--poll only apply with --wait"),
+    (dict(wait=False, poll_s=None, timeout_s=9.0), "--wait-timeout only apply with --wait")])
+def test_bad_wait_options(kw, match):
+    from hpctrain.slurm.wait import check_wait_options
+
+    with pytest.raises(ConfigError, match=match):
+        check_wait_options(**kw)
+
+
+def test_good_wait_options():
+    from hpctrain.slurm.wait import DEFAULT_POLL_S, check_wait_options
+
+    assert check_wait_options(wait=True, poll_s=None, timeout_s=None) == DEFAULT_POLL_S > 0
+    assert check_wait_options(wait=True, poll_s=0.5, timeout_s=30.0) == 0.5
+
+
+def test_wait_run_names_slurms_end_and_points_at_the_logs(tmp_path, capsys):
+    from hpctrain.slurm.status import wait_run
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42", "restart_count": 0}))
+    ended = RECORD.replace("JobState=PENDING", "JobState=TIMEOUT").replace("Restarts=2", "Restarts=0")
+    t = FakeTime()
+    fake = FakeSlurm([(["scontrol", "show", "job"], (0, ended, ""))])
+    with use_runner(fake):
+        assert wait_run(d, poll_s=2.0, clock=t.clock, sleep=t.sleep) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "FAILED" in out[-3] and "Slurm ended the job as TIMEOUT" in out[-3]
+    assert out[-2] == "run 'r' ended FAILED after 5s (job 42, Slurm state TIMEOUT)"
+    assert f"hpctrain logs {d} " in out[-1] and f"hpctrain status {d}" in out[-1]
+    assert t.sleeps == [2.0, 2.0, 1.0]  # held over polls at 0, 2, 4 and 5 s before it counted
+    assert {c[0] for c in fake.calls} == {"scontrol"}  # asked, never cancelled
+
+
+def test_ctrl_c_stops_waiting_and_cancels_nothing(tmp_path, capsys):
+    from hpctrain.slurm.status import wait_run
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42", "restart_count": 0}))
+    running = RECORD.replace("JobState=PENDING", "JobState=RUNNING").replace("Reason=BeginTime", "Reason=None")
+    t = FakeTime()
+
+    def sleep(s):
+        t.sleep(s)
+        if len(t.sleeps) == 2:
+            raise KeyboardInterrupt
+    fake = FakeSlurm([(["scontrol", "show", "job"], (0, running.replace("Restarts=2", "Restarts=0"), ""))])
+    with use_runner(fake):
+        assert wait_run(d, poll_s=5.0, clock=t.clock, sleep=sleep) == 130
+    cap = capsys.readouterr()
+    assert "RUNNING" in cap.out and "RUNNING" in cap.err and "nothing was cancelled" in cap.err
+    assert f"hpctrain cancel {d}" in cap.err and f"hpctrain status {d} --wait" in cap.err
+    assert all(c[0] != "scancel" for c in fake.calls) and len(fake.calls) == 2
+    assert journal.fold(journal.read_events(d)).state == "RUNNING"  # nothing recorded a cancel either
+
+
+def test_status_wait_on_finished_runs_through_the_cli(tmp_path, capsys):
+    from hpctrain.cli import main
+
+    ok = _run_dir(tmp_path, ("submitted", {"job_id": "local-1"}), ("started", {"job_id": "local-1"}),
+                  ("completed", {"job_id": "local-1"}))
+    assert main(["status", str(ok), "--wait", "--poll", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "COMPLETED  job local-1" in out and "run 'r' COMPLETED after" in out
+    bad = tmp_path / "b"
+    journal.record(bad, "started", job_id="local-2")
+    journal.record(bad, "failed", job_id="local-2", rank=1, permanent=True, message="ConfigError: bad key")
+    assert main(["status", str(bad), "--wait"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED     job local-2  -- ConfigError: bad key" in out
+    assert f"hpctrain logs {bad} --rank 1 " in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["status", "--wait"], "none was given"),
+    (["status", "RUN", "--wait", "--json"], "does not combine with --json"),
+    (["status", "RUN", "--wait", "--poll", "0"], "--poll must be"),
+    (["status", "RUN", "--poll", "3"], "only apply with --wait"),
+    (["submit", "--counter", "5", "--wait", "--poll", "-1"], "--poll must be"),
+    (["submit", "--counter", "5", "--wait-timeout", "10"], "only apply with --wait"),
+    (["submit", "--counter", "5", "--wait", "--dry-run"], "nothing to --wait for"),
+    (["submit", "--counter", "5", "--wait", "--wait-timeout", "9", "--cluster", "local"], "does not apply there")])
+def test_bad_wait_input_exits_2_and_submits_nothing(tmp_path, capsys, argv, match):
+    from hpctrain.cli import main
+
+    _run_dir(tmp_path, ("submitted", {"job_id": "local-1"}))
+    argv = [a.replace("RUN", str(tmp_path / "r")) for a in argv] + ["--runs-dir", str(tmp_path / "runs")]
+    fake = FakeSlurm([])
+    with use_runner(fake):
+        assert main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert fake.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_status_of_a_stopped_job_slurm_forgot_is_failed_not_interrupted_forever(tmp_path):
+    from hpctrain.slurm.status import run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42"}),
+                 ("stopped", {"job_id": "42", "kind": "terminated", "reason": "SIGTERM from Slurm"}))
+    with use_runner(FakeSlurm([(["scontrol"], (1, "", "slurm_load_jobs error: Invalid job id specified"))])):
+        s = run_status(d)
+    assert s.state == "FAILED" and s.reason.startswith("SIGTERM from Slurm; then job 42 is gone from slurmctld")

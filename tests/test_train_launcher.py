@@ -77,6 +77,10 @@ def test_two_ranks_through_horovod(tmp_path, digits, clean_env):
     assert steps == sorted(set(steps))  # one writer
     resolved = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
     assert resolved["plan"]["world_size"] == 2 and resolved["cluster"]["launcher"] == "openmpi"
+    ranks = resolved["cluster"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and sorted(r["local_rank"] for r in ranks) == [0, 1]
+    assert len({r["pid"] for r in ranks}) == 2 and resolved["cluster"]["nodes"] == [ranks[0]["node"]]
+    assert f"2 ranks on 1 node: {ranks[0]['node']} (ranks 0-1)" in p.stderr
     assert resolved["plan"]["peak_lr"] == pytest.approx(0.006)
     assert (tmp_path / "run" / "plots" / "confusion.png").is_file()
 

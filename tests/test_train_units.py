@@ -189,3 +189,13 @@ def test_horovod_env_orders_check_before_shutdown():
     assert int(env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"]) > int(env["HOROVOD_STALL_CHECK_TIME_SECONDS"])
     assert int(env["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"]) <= 60
     assert not math.isnan(float(env["HOROVOD_STALL_CHECK_TIME_SECONDS"]))
+
+
+def test_placement_line_groups_ranks_by_node():
+    from hpctrain.train.trainer import placement_line
+
+    assert placement_line([{"node": "a"}]) == "1 rank on 1 node: a (rank 0)"
+    assert placement_line([{"node": "n1"}, {"node": "n1"}, {"node": "n2"}, {"node": "n2"}]) == \
+        "4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)"
+    assert placement_line([{"node": "n1"}, {"node": "n2"}, {"node": "n1"}]) == \
+        "3 ranks on 2 nodes: n1 (ranks 0,2), n2 (rank 1)"

@@ -14,6 +14,11 @@ is resubmitted up to --retries times with backoff; bad config/import errors are 
   hpctrain submit run.yaml --dry-run            # print the exact sbatch script
   hpctrain submit run.yaml --cluster local      # same job logic, no Slurm (foreground)
   hpctrain submit --counter 300 --time 5        # smoke-test requeue with a tiny built-in task
+  hpctrain submit run.yaml --wait --wait-timeout 7200   # block until it has really finished
+
+--wait prints one line per state change (requeues and retries are waited through) and exits
+0 when the run COMPLETED, 1 when it ended otherwise (FAILED, CANCELLED), 2 for bad input,
+124 when --wait-timeout passed first and 130 on Ctrl-C; neither of the last two cancels it.
 """
 
 
@@ -22,6 +27,9 @@ def add_arguments(p):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set optimizer.lr=0.01 (repeatable)")
     add_job_arguments(p)
+    from hpctrain.commands.status import add_wait_arguments
+
+    add_wait_arguments(p)
 
 
 def add_job_arguments(p):
@@ -123,11 +131,19 @@ def run(args):
     import shlex
     import shutil
 
-    from hpctrain.errors import ClusterError
+    from hpctrain.errors import ClusterError, ConfigError
     from hpctrain.slurm.job import TrainTask, result_completed
     from hpctrain.slurm.sbatch import render_sbatch
     from hpctrain.slurm.submit import active_job, run_local, submit_slurm
+    from hpctrain.slurm.wait import check_wait_options
 
+    # before anything is submitted: a bad --poll must not leave a job behind unwatched
+    poll_s = check_wait_options(wait=args.wait, poll_s=args.poll, timeout_s=args.wait_timeout)
+    if args.wait and args.dry_run:
+        raise ConfigError("--dry-run submits nothing, so there is nothing to --wait for; drop one of them")
+    if args.wait_timeout is not None and args.cluster == "local":
+        raise ConfigError("--cluster local runs in the foreground until the run ends; --wait-timeout does not "
+                          "apply there (use --cluster slurm, or drop it)")
     sub = build_submission(args)
     spec = sub.spec
     if args.dry_run:
@@ -141,7 +157,8 @@ def run(args):
         live = active_job(spec.run_dir)
         if live:
             raise ClusterError(f"run {spec.name!r} already has job {live[0]} ({live[1]}); see 'hpctrain status "
-                               f"{spec.run_dir}' or 'hpctrain cancel {spec.run_dir}' first")
+                               f"{spec.run_dir}' (add --wait to wait for it) or 'hpctrain cancel {spec.run_dir}' "
+                               "first")
     if isinstance(sub.job.task, TrainTask):
         from hpctrain.fileio import atomic_path
 
@@ -155,5 +172,9 @@ def run(args):
     job_id = submit_slurm(sub)
     q = shlex.quote(str(spec.run_dir))
     print(f"submitted run {spec.name!r} as job {job_id}; run dir {spec.run_dir}")
-    print(f"  hpctrain status {q}    hpctrain logs {q} -f    hpctrain cancel {q}")
-    return 0
+    print(f"  hpctrain status {q}    hpctrain logs {q} -f    hpctrain cancel {q}", flush=True)
+    if not args.wait:
+        return 0
+    from hpctrain.slurm.status import wait_run
+
+    return wait_run(spec.run_dir, poll_s=poll_s, timeout_s=args.wait_timeout)

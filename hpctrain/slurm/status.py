@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpctrain.errors import ClusterError, HpctrainError
 from hpctrain.slurm import journal
+from hpctrain.slurm.wait import SETTLE_S, Observation, change_line, end_message, wait_until_final
 
 LIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
         "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
@@ -38,6 +42,8 @@ class RunStatus:
     slurm: str = ""
     log_tail: list[str] = field(default_factory=list)
     failing_rank: int | None = None
+    recorded: str = ""     # the run dir's own state, before slurmctld's view is laid over it
+    slurm_state: str = ""  # slurmctld's JobState, when it answered
 
     def as_dict(self) -> dict:
         return {"run": self.run, "run_dir": str(self.run_dir), "state": self.state, "job_id": self.job_id,
@@ -127,19 +133,24 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
     step, metrics = last_progress(run_dir)
     out = RunStatus(run=run_dir.name, run_dir=run_dir, state=st.state, job_id=st.job_id, requeues=st.requeues,
                     retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
-                    last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank)
+                    last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state)
     if live and st.job_id and not st.job_id.startswith("local"):
         rec, note = _live(st.job_id)
         if rec is None:
             out.slurm = note or "gone from slurmctld (MinJobAge passed); state from the run dir"
-            if not note and st.state in ("PENDING", "RUNNING", "REQUEUED") and not st.crashed:
+            if not note and st.state in ("PENDING", "RUNNING", "REQUEUED", "INTERRUPTED") and not st.crashed:
                 # no end was logged and Slurm forgot the job: it died with its batch script
-                # (cancelled before it started, node lost without requeue) long enough ago
+                # (cancelled before it started, node lost without requeue, a SIGTERM that Slurm
+                # did not follow with a requeue) long enough ago
                 out.state = "FAILED"
-                out.reason = out.reason or (f"job {st.job_id} is gone from slurmctld and the run dir logs no end; "
-                                            f"resubmit with 'hpctrain submit' (it resumes from the checkpoint)")
+                gone = (f"job {st.job_id} is gone from slurmctld and the run dir logs no end; "
+                        f"resubmit with 'hpctrain submit' (it resumes from the checkpoint)")
+                # a stop's reason says what happened before, not why the run is over
+                out.reason = f"{out.reason}; then {gone}" if st.state == "INTERRUPTED" and out.reason else \
+                    (out.reason or gone)
         else:
             js, restarts = rec.get("JobState", "?"), int(rec.get("Restarts", "0") or 0)
+            out.slurm_state = js
             why = rec.get("Reason", "None")
             out.slurm = f"{js}" + (f", reason {why}" if why not in ("None", "") else "") + f", restarts {restarts}"
             out.requeues = max(out.requeues, restarts)
@@ -167,6 +178,44 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
         out.failing_rank = rank
         out.log_tail = log_tail(run_dir, rank, tail)
     return out
+
+
+def observe(run_dir: Path) -> Observation:
+    """One poll of a run for the waiter: :func:`run_status` without the log tail."""
+    s = run_status(run_dir, tail=0)
+    return Observation(state=s.state, job_id=s.job_id, recorded=s.state in journal.TERMINAL and s.state == s.recorded,
+                       reason=s.reason, slurm_state=s.slurm_state, requeues=s.requeues, retries=s.retries,
+                       failing_rank=s.failing_rank)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)  # a pipeline that tees the output sees each change as it happens
+
+
+def _warn(msg: str) -> None:
+    sys.stdout.flush()
+    print(msg, file=sys.stderr, flush=True)
+
+
+def wait_run(run_dir: Path, *, poll_s: float, timeout_s: float | None = None, echo=_say, warn=_warn,
+             poll=observe, clock=time.monotonic, sleep=time.sleep, settle_s: float = SETTLE_S) -> int:
+    """Block until the run is COMPLETED (0), otherwise final (1), ``timeout_s`` passed (124) or Ctrl-C (130).
+
+    Prints one line per state change. Never cancels the job: a timeout or Ctrl-C only stops waiting.
+    """
+    run_dir = Path(run_dir)
+    st = journal.fold(journal.read_events(run_dir))
+    if not st.job_id:
+        raise RunNotFound(f"run {str(run_dir)!r} has no job to wait for (its event log names none); "
+                          "submit it with 'hpctrain submit' first")
+    ref = shlex.quote(str(run_dir))
+    echo(f"waiting for run {run_dir.name!r} (job {st.job_id}): one line per state change; "
+         "Ctrl-C stops waiting, not the job")
+    res = wait_until_final(lambda: poll(run_dir), poll_s=poll_s, timeout_s=timeout_s, clock=clock, sleep=sleep,
+                           on_change=lambda t, obs: echo(change_line(t, obs)), settle_s=settle_s)
+    msg = end_message(res, run=run_dir.name, ref=ref, timeout_s=timeout_s)
+    (echo if res.outcome in ("completed", "ended") else warn)(msg)
+    return res.exit_code
 
 
 def format_status(s: RunStatus) -> str:

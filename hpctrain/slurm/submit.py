@@ -59,10 +59,15 @@ def load_submission(run_dir: str | os.PathLike) -> Submission:
         raise ClusterError(f"{str(path)!r} is missing: {run_dir} was not created by 'hpctrain submit'") from None
 
 
+# Client settings the user chose (which cluster to talk to), not facts of a surrounding job.
+_KEEP = frozenset({"SLURM_CONF"})
+
+
 def _sbatch_env() -> dict[str, str]:
     # sbatch run from inside a job (a retry) would inherit the old job's SLURM_*/SBATCH_*
     # settings (cpus, memory, array index) and apply them to the new one
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))}
+    return {k: v for k, v in os.environ.items()
+            if k in _KEEP or not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))}
 
 
 class _NoSacctWarnings(logging.Filter):

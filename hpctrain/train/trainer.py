@@ -114,11 +114,31 @@ def _git_revision() -> str | None:
     return p.stdout.strip() if p.returncode == 0 else None
 
 
-def _cluster_facts(info: RankInfo) -> dict:
+def _cluster_facts(info: RankInfo, placement: list[dict] | None = None) -> dict:
     keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_NTASKS",
             "SLURM_RESTART_COUNT", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "CUDA_VISIBLE_DEVICES")
-    return {"launcher": info.launcher, "world_size": info.world_size, "node": info.node,
-            "env": {k: os.environ[k] for k in keys if k in os.environ}}
+    facts = {"launcher": info.launcher, "world_size": info.world_size, "node": info.node,
+             "env": {k: os.environ[k] for k in keys if k in os.environ}}
+    if placement is not None:
+        facts["ranks"] = [{"rank": r, **p} for r, p in enumerate(placement)]
+        facts["nodes"] = sorted({p["node"] for p in placement})
+    return facts
+
+
+def placement_line(placement: list[dict]) -> str:
+    """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)'. Pure."""
+    by_node: dict[str, list[int]] = {}
+    for r, p in enumerate(placement):
+        by_node.setdefault(p["node"], []).append(r)
+
+    def span(rs: list[int]) -> str:
+        if len(rs) > 1 and rs == list(range(rs[0], rs[-1] + 1)):
+            return f"ranks {rs[0]}-{rs[-1]}"
+        return ("rank " if len(rs) == 1 else "ranks ") + ",".join(map(str, rs))
+
+    n = len(placement)
+    return (f"{n} rank{'s' if n != 1 else ''} on {len(by_node)} node{'s' if len(by_node) != 1 else ''}: "
+            + ", ".join(f"{node} ({span(rs)})" for node, rs in by_node.items()))
 
 
 def _make_optimizer(cfg: TrainConfig, model, transfer: bool):
@@ -523,14 +543,14 @@ class Trainer:
         return TrainResult("completed", self.step, self.epoch, metrics, self.run_dir, self.resumed_from)
 
 
-def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan) -> None:
+def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan, placement: list[dict] | None = None) -> None:
     from hpctrain.config import to_dict
 
     atomic_write_json(Path(cfg.run.dir) / RESOLVED, {
         "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
             "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
             "global_batch": plan.global_batch, "peak_lr": plan.lr},
-        "versions": _versions(), "git_revision": _git_revision(), "cluster": _cluster_facts(info)})
+        "versions": _versions(), "git_revision": _git_revision(), "cluster": _cluster_facts(info, placement)})
 
 
 def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
@@ -549,7 +569,11 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
             raise ConfigError(f"logging.tensorboard: TensorBoard is not installed ({e}); pip install tensorboard, "
                               "or set logging.tensorboard=false") from None
     trainer = Trainer(cfg, info, plan, stop_requested)
+    # Which rank ran where: the first thing to know about a hung or slow multi-node job.
+    placement = trainer.comm.gather_object({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid()})
     if trainer.root:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_resolved(cfg, info, plan)
+        write_resolved(cfg, info, plan, placement)
+        if info.world_size > 1:
+            print(f"hpctrain train: {placement_line(placement)}", file=sys.stderr, flush=True)
     return trainer.run()
