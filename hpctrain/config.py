@@ -141,11 +141,20 @@ def load_yaml(path: str | Path) -> dict:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path of a YAML file "
-                          "(examples: docs/examples/)")
+    hint = "pass the path of a YAML file (examples: docs/examples/)"
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; {hint}")
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist; {hint}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {str(path)!r} is not a text file (byte {e.start} is not UTF-8: a binary file, "
+                          f"e.g. a shard or checkpoint, given where the YAML config goes?); {hint}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror or e}; check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{str(path)!r} is not valid YAML: {e}") from None
     if data is None:

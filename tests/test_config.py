@@ -86,6 +86,12 @@ def test_load_yaml_errors(tmp_path):
     lst.write_text("- 1\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_yaml(lst)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_yaml(tmp_path)
+    binary = tmp_path / "shard.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match=r"'.*shard.h5' is not a text file \(byte 0 is not UTF-8"):
+        load_yaml(binary)
 
 
 def test_field_docs():

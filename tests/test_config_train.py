@@ -23,9 +23,9 @@ def shard_dir(tmp_path):
 
     d = tmp_path / "shards"  # real (tiny) shards: check_runtime opens every one
     rng = np.random.default_rng(0)
-    with ShardWriter(d, feature_names=["a", "b"], sample_shape=(2,), rows_per_shard=8, classes=[0, 1]) as w:
-        for split in ("train", "val"):
-            w.add(rng.normal(size=(16, 2)).astype(np.float32), rng.integers(0, 2, 16), split=split)
+    with ShardWriter(d, feature_names=["a", "b"], sample_shape=(2,), rows_per_shard=512, classes=[0, 1]) as w:
+        for split, n in (("train", 2048), ("val", 16)):
+            w.add(rng.normal(size=(n, 2)).astype(np.float32), rng.integers(0, 2, n), split=split)
     return d
 
 
@@ -75,6 +75,8 @@ def test_defaults_and_overrides(shard_dir):
     ({}, ["schedule.gamma=0"], r"schedule.gamma"),
     ({}, ["model.freeze=[a.*]"], r"model.freeze.*model.init_from"),
     ({}, ["run.name=a/b"], r"run.name"),
+    ({}, ["run.seed=-1"], r"run.seed: got -1, expected an integer in \[0, 2\*\*31\)"),
+    ({}, ["run.seed=4294967296"], r"run.seed"),
     ({}, ["data=3"], r"data: got 3, expected a section"),
 ])
 def test_bad_values_name_the_key(shard_dir, data, overrides, pattern):
@@ -107,6 +109,22 @@ def test_runtime_checks(tmp_path, shard_dir):
         check_runtime(load_config(base(shard_dir, model={"init_from": str(tmp_path / "gone.pt")})), 1)
     unscaled = load_config(base(shard_dir, schedule={"scale_lr": False}))
     assert check_runtime(unscaled, 8).lr == unscaled.optimizer.lr
+
+
+def test_runtime_checks_what_training_would_only_find_later(tmp_path, shard_dir):
+    # 2048 train rows on 4 ranks: 512 per rank, so a batch of 513 gives no full batch at all
+    assert check_runtime(load_config(base(shard_dir, data={"batch_size": 512})), 4).batch_size == 512
+    with pytest.raises(ConfigError, match=r"data.batch_size: the 'train' split has 2048 rows, too few for 4 "
+                                          r"rank\(s\) x batch 513 \(0 batches per epoch\)"):
+        check_runtime(load_config(base(shard_dir, data={"batch_size": 513})), 4)
+    a_file = tmp_path / "taken.csv"
+    a_file.write_text("x\n")
+    with pytest.raises(ConfigError, match=r"run.dir: '.*taken.csv' exists and is not a directory"):
+        check_runtime(load_config(base(shard_dir, run={"dir": str(a_file)})), 1)
+    bad_imputer = tmp_path / "imputer.json"
+    bad_imputer.write_text('{"strategy": \n')
+    with pytest.raises(ConfigError, match=r"imputation.imputer: '.*imputer.json' is not valid JSON"):
+        check_runtime(load_config(base(shard_dir, imputation={"imputer": str(bad_imputer)})), 1)
 
 
 def test_corrupt_shard_fails_before_training(shard_dir):

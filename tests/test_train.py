@@ -348,3 +348,34 @@ def test_oversample_sampling_balances_classes_and_trains(tmp_path):
     assert over.min() > 0.2, over  # classes about equally often (1/3 each, drawn at random)
     cfg = make_cfg(d, tmp_path / "run", run={"epochs": 2}, imbalance={"sampling": "oversample"})
     assert train(cfg).status == "completed"
+
+
+def test_resume_with_a_changed_model_says_what_changed(tmp_path, data3):
+    from hpctrain.errors import ConfigError
+    from hpctrain.train.trainer import train
+
+    cfg = make_cfg(data3, tmp_path / "r", run={"epochs": 2})
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    assert train(cfg, stop_requested=stop).status != "completed"
+    wider = make_cfg(data3, tmp_path / "r", run={"epochs": 2}, model={"hidden": [32]})
+    with pytest.raises(ConfigError, match=r"cannot resume from .*step-\d+\.pt: it was written by a different model "
+                                          r"\(shape: .*\(16, 6\) saved vs \(32, 6\) now.*config.resolved.json"):
+        train(wider)
+
+
+def test_state_mismatch_lists_shapes_and_keys():
+    import torch
+
+    from hpctrain.train.trainer import state_mismatch
+
+    a = {"w": torch.zeros(2, 3), "b": torch.zeros(2), "old": torch.zeros(1)}
+    assert state_mismatch(a, dict(a)) == ""
+    got = state_mismatch(a, {"w": torch.zeros(4, 3), "b": torch.zeros(2), "new": torch.zeros(1)})
+    assert got == "shape: w: (2, 3) saved vs (4, 3) now | not in the checkpoint: new | only in the checkpoint: old"
+    many = state_mismatch({}, {f"k{i}": torch.zeros(1) for i in range(5)}, most=2)
+    assert many == "not in the checkpoint: k0; k1 and 3 more"

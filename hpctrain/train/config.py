@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from hpctrain.config import apply_overrides, field_docs, from_mapping, load_yaml, to_dict
-from hpctrain.errors import ConfigError
+from hpctrain.errors import ConfigError, HpctrainError
 
 
 def _positive(where: str, value: float | int, *, allow_zero: bool = False) -> None:
@@ -54,6 +54,8 @@ class RunConfig:
             _positive("run.max_steps", self.max_steps)
         if self.threads is not None:
             _positive("run.threads", self.threads)
+        if not 0 <= self.seed < 2**31:  # numpy refuses negative seeds; rank r adds 1000 * r
+            raise ConfigError(f"run.seed: got {self.seed}, expected an integer in [0, 2**31)")
         if self.dir is None:
             self.dir = Path("runs") / self.name
 
@@ -328,10 +330,21 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     if not (data_dir / "manifest.json").is_file():
         raise ConfigError(f"data.dir: {str(data_dir)!r} has no manifest.json; it is not a shard directory "
                           "(write one with 'hpctrain shard')")
-    check_shards(data_dir, [cfg.data.train_split, cfg.data.val_split])
+    run_dir = Path(cfg.run.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run.dir: {str(run_dir)!r} exists and is not a directory; choose another run.dir "
+                          "(or run.name)")
+    rows = check_shards(data_dir, [cfg.data.train_split, cfg.data.val_split])
+    train_rows = rows.get(cfg.data.train_split, 0)
+    if train_rows // world_size < batch:  # the trainer drops the last partial batch
+        raise ConfigError(f"data.batch_size: the {cfg.data.train_split!r} split has {train_rows} rows, too few for "
+                          f"{world_size} rank(s) x batch {batch} (0 batches per epoch); lower the batch size or use "
+                          "fewer ranks")
     for key, p in (("model.init_from", cfg.model.init_from), ("imputation.imputer", cfg.imputation.imputer)):
         if p is not None and not Path(p).exists():
             raise ConfigError(f"{key}: {str(p)!r} does not exist; fix the path or remove the key")
+    if cfg.imputation.imputer is not None:
+        _check_imputer(Path(cfg.imputation.imputer))
     if cfg.augmentation.ops:
         try:
             from hpctrain.kernels.pipeline import build_pipeline
@@ -348,21 +361,36 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
 
 
-def check_shards(data_dir: Path, splits: Sequence[str | None]) -> None:
+def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]:
     """Open every shard of ``splits`` and check its datasets against the manifest, so a missing,
     truncated or foreign shard stops every rank here, before a process group exists, rather than
     one rank mid-epoch. Header reads only (no checksum: that reads every byte; 'hpctrain shard
-    verify' does it)."""
+    verify' does it). Returns the rows of each of ``splits``."""
     from hpctrain.data.shards import Manifest, ShardError, check_datasets, h5_open
 
+    rows: dict[str, int] = {}
     try:
         m = Manifest.load(data_dir)
         for s in m.shards:
             if s.split in splits:
                 with h5_open(m.path(s)) as f:
                     check_datasets(m, s, f)
+                rows[s.split] = rows.get(s.split, 0) + s.rows
     except ShardError as e:
         raise ConfigError(f"data.dir: {e}") from None
+    return rows
+
+
+def _check_imputer(path: Path) -> None:
+    """Load the imputer the way training will, so a corrupt file fails --check too."""
+    try:
+        from hpctrain.kernels.impute import Imputer
+    except ImportError as e:
+        raise ConfigError(f"imputation.imputer: the imputation kernels are not importable ({e})") from None
+    try:
+        Imputer.load(path)
+    except HpctrainError as e:
+        raise ConfigError(f"imputation.imputer: {e}") from None
 
 
 def frozen_names(patterns: Sequence[str], names: Sequence[str]) -> list[str]:

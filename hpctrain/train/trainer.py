@@ -125,6 +125,20 @@ def _cluster_facts(info: RankInfo, placement: list[dict] | None = None) -> dict:
     return facts
 
 
+def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
+    """'' when the two state dicts have the same keys and shapes, else a short account. Pure."""
+    missing = [k for k in current if k not in saved]
+    extra = [k for k in saved if k not in current]
+    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(current[k].shape)} now"
+              for k in current if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)]
+    parts = []
+    for what, items in (("shape", shapes), ("not in the checkpoint", missing), ("only in the checkpoint", extra)):
+        if items:
+            more = f" and {len(items) - most} more" if len(items) > most else ""
+            parts.append(f"{what}: " + "; ".join(items[:most]) + more)
+    return " | ".join(parts)
+
+
 def placement_line(placement: list[dict]) -> str:
     """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)'. Pure."""
     by_node: dict[str, list[int]] = {}
@@ -326,6 +340,12 @@ class Trainer:
             self.comm.broadcast_model(self.model, self.optimizer)
             return
         ck = C.load(Path(name))  # the run dir is on a shared file system: every rank reads it
+        diff = state_mismatch(ck["model"], self.model.state_dict())
+        if diff:
+            raise ConfigError(
+                f"cannot resume from {name}: it was written by a different model ({diff}). The config's model "
+                f"section changed since this run started; restore it (the run's config.resolved.json has the old "
+                f"one) or start a new run with another run.dir")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
