@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hpctrain {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # not dest="command": a subcommand's own argument of that name (launch's COMMAND...) would
+    # overwrite it, and errors would be printed as "hpctrain ['true']: error: ..."
+    sub = parser.add_subparsers(dest="_command", metavar="COMMAND")
     for name in COMMANDS:
         mod = importlib.import_module(f"hpctrain.commands.{name}")
         p = sub.add_parser(name.replace("_", "-"), help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
@@ -64,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except HpctrainError as e:
         if args.debug or os.environ.get("HPCTRAIN_DEBUG"):
             raise
-        print(f"hpctrain {args.command}: error: {e}", file=sys.stderr)
+        print(f"hpctrain {args._command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hpctrain {args.command}: interrupted", file=sys.stderr)
+        print(f"hpctrain {args._command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error worth a traceback.

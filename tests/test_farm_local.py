@@ -113,14 +113,34 @@ def test_restart_skips_done_tasks_and_reruns_changed_ones(tmp_path, helpers, cap
 
 @pytest.mark.parametrize("argv_tail, fragment", [
     (["--retries", "-1"], "--retries must be >= 0"),
-    (["--timeout", "0"], "--timeout must be > 0"),
+    (["--timeout", "0"], "--timeout must be a finite number of seconds > 0, got 0.0"),
     (["--cpus-per-worker", "two"], "--cpus-per-worker 'two' is not a number"),
+    # NaN passed every '< 0' check: a NaN backoff hung a retry forever, a NaN timeout or
+    # heartbeat silently meant none
+    (["--backoff", "nan", "--backoff-max", "1"], "--backoff must be a finite number of seconds >= 0, got nan"),
+    (["--backoff-max", "nan"], "--backoff-max must be a finite number of seconds >= 0, got nan"),
+    (["--backoff-max", "inf"], "--backoff-max must be a finite number of seconds >= 0, got inf"),
+    (["--timeout", "nan"], "--timeout must be a finite number of seconds > 0, got nan"),
+    (["--timeout", "inf"], "got inf; leave --timeout out for no limit"),
+    (["--heartbeat", "nan"], "--heartbeat must be a finite number of seconds > 0, got nan"),
+    (["--kill-grace", "inf"], "--kill-grace must be a finite number of seconds >= 0, got inf"),
+    (["--mem-per-worker", "nan"], "--mem-per-worker 'nan' has a value that is not a finite number"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, helpers, capsys, argv_tail, fragment):
     tf = _tasks(tmp_path / "t.jsonl", [{"id": "a", "cmd": ["true"]}])
     assert main(["farm", str(tf), "--out", str(tmp_path / "o"), *argv_tail]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hpctrain farm: error:") and fragment in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_task_timeout_that_is_not_finite_is_refused(tmp_path, capsys, value):
+    tf = tmp_path / "t.jsonl"
+    tf.write_text('{"id": "a", "cmd": ["true"], "timeout": ' + value + '}\n')  # Python's json reads both
+    assert main(["farm", str(tf), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"line 1: timeout must be a finite number of seconds > 0, got {float(value)!r}" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_task_file_and_out_dir(tmp_path, helpers, capsys):

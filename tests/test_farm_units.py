@@ -54,7 +54,11 @@ def test_parse_valid_file(tmp_path):
     ('{"id": "a", "cmd": ["x"], "cpus": "two"}', "expected an integer"),
     ('{"id": "a", "cmd": ["x"], "cpus": -1}', "cpus must be >= 0"),
     ('{"id": "../etc", "cmd": ["x"]}', "is not allowed"),
-    ('{"id": "a", "cmd": ["x"], "timeout": 0}', "timeout must be > 0"),
+    ('{"id": "a", "cmd": ["x"], "timeout": 0}', "timeout must be a finite number of seconds > 0, got 0"),
+    ('{"id": "a", "cmd": ["x"], "timeout": NaN}', "timeout must be a finite number of seconds > 0, got nan"),
+    ('{"id": "a", "cmd": ["x"], "timeout": Infinity}', "got inf; leave 'timeout' out to use --timeout"),
+    ('{"id": "a", "cmd": ["x"], "mem_gb": NaN}', "mem_gb must be a finite number >= 0, got nan"),
+    ('{"id": "a", "cmd": ["x"], "mem_gb": -Infinity}', "mem_gb must be a finite number >= 0, got -inf"),
     ('{"id": "a", "cmd": ["x"], "args": {"k": 1}}', "only applies to 'fn'"),
 ])
 def test_bad_lines_named(tmp_path, line, fragment):
@@ -127,6 +131,35 @@ def test_retries_backoff_and_final_failure():
     assert s.done() and s.counts()["failed"] == 2
 
 
+def test_backoff_of_a_task_retried_past_1024_times_does_not_overflow():
+    s = Scheduler([_task(0)], retries=2000, backoff=1.0, backoff_max=5.0)
+    s.add_worker(1, Resources(1, 0, 1.0))
+    now = 0.0
+    for _ in range(1100):  # 2 ** 1100 is too large for a float
+        [a] = s.assign(1, now)
+        assert s.finish(1, "t0", Attempt(attempt=a.attempt, worker=1, error="x"), now) == "retry"
+        now = s.next_wakeup()
+    assert now == 1 + 2 + 4 + 5.0 * 1097  # doubling, then capped at --backoff-max
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("backoff", float("nan"), "--backoff must be a finite number of seconds >= 0, got nan"),
+    ("backoff", float("inf"), "--backoff must be a finite number of seconds >= 0, got inf"),
+    ("backoff_max", float("nan"), "--backoff-max must be a finite number of seconds >= 0, got nan"),
+    ("kill_grace", float("nan"), "--kill-grace must be a finite number of seconds >= 0, got nan"),
+    ("timeout", float("nan"), "--timeout must be a finite number of seconds > 0, got nan"),
+    ("timeout", float("inf"), "--timeout must be a finite number of seconds > 0, got inf"),
+    ("heartbeat", float("nan"), "--heartbeat must be a finite number of seconds > 0, got nan"),
+    ("heartbeat", float("inf"), "--heartbeat must be a finite number of seconds > 0, got inf"),
+])
+def test_farm_options_that_are_not_finite_are_refused(tmp_path, option, value, fragment):
+    from hpctrain.farm.driver import FarmConfig
+
+    with pytest.raises(FarmError) as e:
+        FarmConfig(tasks=tmp_path / "t.jsonl", out=tmp_path / "o", **{option: value})
+    assert fragment in str(e.value)
+
+
 def test_lost_worker_requeues_its_tasks_and_ignores_late_reports():
     s = Scheduler([_task(0), _task(1)], retries=1, backoff=0.0)
     s.add_worker(1, Resources(1, 0, 1.0))
@@ -188,6 +221,9 @@ def test_parse_per_worker_errors():
         parse_per_worker("x", "--cpus-per-worker")
     with pytest.raises(FarmError, match="negative"):
         parse_per_worker("-1", "--cpus-per-worker")
+    for raw in ("nan", "1,inf"):
+        with pytest.raises(FarmError, match="not a finite number"):
+            parse_per_worker(raw, "--mem-per-worker", float)
 
 
 # --- journal and text ---------------------------------------------------------------------------

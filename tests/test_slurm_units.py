@@ -276,6 +276,95 @@ def test_cancel_uses_scancel_and_records(tmp_path):
     assert journal.fold(journal.read_events(d)).state == "CANCELLED"
 
 
+def test_cancel_of_a_run_that_ended_changes_nothing(tmp_path):
+    from hpctrain.slurm.status import RunEnded, cancel_run, run_status
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}), ("started", {"job_id": "42"}),
+                 ("completed", {"job_id": "42"}))
+    before = journal.events_path(d).read_text()
+    fake = FakeSlurm([(["scancel"], (0, "", ""))])
+    with use_runner(fake), pytest.raises(RunEnded, match=r"run 'r' has already ended \(COMPLETED\)") as e:
+        cancel_run(d)
+    assert e.value.state == "COMPLETED" and fake.calls == []
+    assert journal.events_path(d).read_text() == before  # no 'cancelled' event over a finished run
+    assert run_status(d, live=False).state == "COMPLETED"
+
+
+def _sweep_dir(tmp_path, trial_events, **meta):
+    from hpctrain.slurm.sweep import save_sweep, trial_dir
+
+    d = tmp_path / "sw"
+    save_sweep(d, {"name": "sw", "kind": "grid", "metric": "loss", "mode": "min", "job_ids": ["50"],
+                   "trials": [{"index": i, "params": {"x": i}} for i in range(len(trial_events))], **meta})
+    for i, evs in enumerate(trial_events):
+        for name, data in evs:
+            journal.record(trial_dir(d, i), name, **data)
+    return d
+
+
+def test_cancel_of_a_sweep_whose_trials_all_ended_changes_nothing(tmp_path):
+    from hpctrain.slurm.status import RunEnded, cancel_run
+
+    done = [("submitted", {"job_id": "50_0"}), ("completed", {"job_id": "50_0"})]
+    failed = [("submitted", {"job_id": "50_1"}), ("gave_up", {"job_id": "50_1"})]
+    d = _sweep_dir(tmp_path, [done, failed])
+    fake = FakeSlurm([(["scancel"], (0, "", ""))])
+    with use_runner(fake), pytest.raises(RunEnded, match="all 2 trials ended .COMPLETED=1, FAILED=1"):
+        cancel_run(d)
+    assert fake.calls == [] and not journal.events_path(d).exists()
+    # one trial still running: the sweep is cancelled as before
+    d2 = _sweep_dir(tmp_path / "b", [done, [("submitted", {"job_id": "50_1"})]])
+    with use_runner(fake):
+        assert cancel_run(d2) == ["50"]
+    # a bayes sweep between waves has ended trials but more to come
+    d3 = _sweep_dir(tmp_path / "c", [done], planned=4)
+    with use_runner(fake):
+        assert cancel_run(d3) == ["50"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{", "is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ("[]", "is not a sweep record"),
+    ('{"trials": [{"index": 0}], "job_ids": [], "metric": "loss", "mode": "min"}', "is not a sweep record"),
+])
+def test_a_damaged_sweep_json_is_named_with_the_fix(tmp_path, text, fragment):
+    from hpctrain.slurm.status import cancel_run
+    from hpctrain.slurm.sweep import load_sweep, sweep_rows
+
+    (tmp_path / "sweep.json").write_text(text)
+    for call in (load_sweep, sweep_rows, cancel_run):
+        with pytest.raises(ConfigError) as e:
+            call(tmp_path)
+        msg = str(e.value)
+        assert str(tmp_path / "sweep.json") in msg and fragment in msg and "run the sweep again" in msg
+
+
+def test_a_damaged_spec_json_is_reported(tmp_path):
+    from hpctrain.slurm.status import damaged_records
+
+    d = _run_dir(tmp_path, ("submitted", {"job_id": "42"}))
+    assert damaged_records(d) == []  # no spec.json: nothing to say
+    (d / "slurm" / "spec.json").write_text('{"cluster": "slurm"}')
+    assert damaged_records(d) == []
+    (d / "slurm" / "spec.json").write_text("{\n")
+    [w] = damaged_records(d)
+    assert str(d / "slurm" / "spec.json") in w and "damaged" in w and "submission.pkl" in w
+
+
+def test_runs_base_named_by_option_or_variable_must_be_a_directory(tmp_path):
+    from hpctrain.slurm.status import RunNotFound, runs_base
+
+    afile = tmp_path / "f.csv"
+    afile.write_text("")
+    assert runs_base(str(tmp_path), {}) == tmp_path
+    assert runs_base(None, {"HPCTRAIN_RUNS": str(tmp_path)}) == tmp_path
+    assert runs_base(None, {}) == __import__("pathlib").Path("runs")  # the default may be absent
+    with pytest.raises(RunNotFound, match="--runs-dir '/nonexistent/x' does not exist"):
+        runs_base("/nonexistent/x", {})
+    with pytest.raises(RunNotFound, match=f"HPCTRAIN_RUNS='{afile}' is not a directory"):
+        runs_base(None, {"HPCTRAIN_RUNS": str(afile)})
+
+
 def test_resolve_run_names_the_choices(tmp_path):
     from hpctrain.slurm.status import RunNotFound, resolve_run
 
@@ -313,6 +402,68 @@ def test_bad_sweep_axes(item, match):
 
     with pytest.raises(ConfigError, match=match):
         parse_space([item])
+
+
+def test_trial_count_is_capped_before_any_point_exists(monkeypatch):
+    from hpctrain.slurm import sweep
+
+    assert sweep.MAX_TRIALS == 10_000
+    monkeypatch.setattr(sweep, "MAX_TRIALS", 5)
+
+    def no_product(*a):
+        raise AssertionError("the grid was built before its size was checked")
+
+    monkeypatch.setattr(sweep.itertools, "product", no_product)
+    with pytest.raises(ConfigError, match=r"the grid \(2 x 3 values\) asks for 6 trials; a sweep has at most 5"):
+        sweep.parse_grid(["a=1,2", "b=1,2,3"])
+    space = sweep.parse_space(["lr=uniform(0.1,0.2)"])
+    monkeypatch.setattr(sweep.Dist, "sample", no_product)
+    with pytest.raises(ConfigError, match="--trials 6 asks for 6 trials; a sweep has at most 5"):
+        sweep.sample_random(space, 6, 0)
+
+
+def test_grid_axis_given_twice_is_refused():
+    from hpctrain.slurm.sweep import parse_grid
+
+    with pytest.raises(ConfigError, match="'a' is already an axis"):
+        parse_grid(["a=1,2", "a=3"])
+
+
+@pytest.mark.parametrize("item", ["lr=uniform(0,inf)", "lr=uniform(-inf,1)", "lr=loguniform(1e-4,nan)"])
+def test_sweep_bounds_must_be_finite(item):
+    from hpctrain.slurm.sweep import parse_space
+
+    with pytest.raises(ConfigError, match="takes finite bounds|low must be"):
+        parse_space([item])
+
+
+def test_max_array_size_from_scontrol_and_the_index_check():
+    from hpctrain.slurm.sweep import check_array_indices, max_array_size
+
+    conf = "Configuration data as of 2025-01-01T00:00:00\nMaxArraySize            = 1001\nMaxJobCount = 10000\n"
+    with use_runner(FakeSlurm([(["scontrol", "show", "config"], (0, conf, ""))])):
+        assert max_array_size() == 1001
+    with use_runner(FakeSlurm([(["scontrol", "show", "config"], (1, "", "Unable to contact slurm controller"))])):
+        assert max_array_size() is None  # unknown: sbatch has the last word
+    check_array_indices(1001, 1001)
+    check_array_indices(5000, None)
+    with pytest.raises(ConfigError, match=r"1002 trials \(array indices 0-1001\) but this cluster's MaxArraySize "
+                                          r"is 1001 \(indices 0-1000\)"):
+        check_array_indices(1002, 1001)
+
+
+def test_sweep_metric_names():
+    from hpctrain.slurm.sweep import check_metric, metric_names
+
+    train = metric_names(counter=False, val_split=True)
+    assert train[0] == "val_loss" and "val_accuracy" in train
+    check_metric("val_macro_f1", train)
+    with pytest.raises(ConfigError, match="Did you mean 'val_accuracy'"):
+        check_metric("val_acc", train)
+    with pytest.raises(ConfigError, match="reports loss"):
+        check_metric("val_loss", metric_names(counter=True, val_split=True))
+    with pytest.raises(ConfigError, match="data.val_split is null"):
+        check_metric("val_loss", metric_names(counter=False, val_split=False), val_split=False)
 
 
 def test_overrides_round_trip_through_config_overrides():

@@ -1,6 +1,12 @@
 """hpctrain cancel RUN"""
 
 HELP = "cancel a run's Slurm job (or a sweep's array and retries)"
+DESCRIPTION = """Cancel RUN's Slurm job (scancel) and record the cancel in its event log, so that
+'hpctrain status' shows CANCELLED. For a sweep, its arrays and the trials' retries.
+
+A run that has already ended (COMPLETED, FAILED or CANCELLED in its log; for a sweep, all its
+trials) is left unchanged: 'already ended' is printed and the exit code is 0.
+Exit codes: 0 cancelled or already ended, 2 bad input (no such run, no job to cancel)."""
 
 
 def add_arguments(p):
@@ -9,12 +15,13 @@ def add_arguments(p):
 
 
 def run(args):
-    from pathlib import Path
+    from hpctrain.slurm.status import RunEnded, cancel_run, resolve_run, runs_base
 
-    from hpctrain.slurm.status import cancel_run, default_base, resolve_run
-
-    base = Path(args.runs_dir) if args.runs_dir else default_base()
-    run_dir = resolve_run(args.run, base)
-    ids = cancel_run(run_dir)
+    run_dir = resolve_run(args.run, runs_base(args.runs_dir))
+    try:
+        ids = cancel_run(run_dir)
+    except RunEnded as e:
+        print(str(e))
+        return 0
     print(f"cancelled {run_dir.name}: scancel {' '.join(ids) if ids else '(no Slurm job)'}")
     return 0

@@ -25,6 +25,31 @@ def add_arguments(p):
     p.add_argument("command", nargs="+", help="the command each rank runs (after --)")
 
 
+def check_mpirun_path(value: str) -> None:
+    """A --mpirun given as a path must be an executable file; say what it is instead.
+
+    A bare name is left to the PATH search of hpctrain.launch.launch.
+    """
+    import os
+    from pathlib import Path
+
+    from hpctrain.errors import LaunchError
+
+    if os.sep not in value:
+        return
+    p = Path(value)
+    if p.is_dir():
+        inner = p / "bin" / "mpirun"
+        hint = f"; did you mean {str(inner)!r}?" if inner.is_file() else ""
+        raise LaunchError(f"--mpirun {value!r} is a directory, not the mpirun program; pass the path of the "
+                          f"executable itself{hint}")
+    if not p.exists():
+        raise LaunchError(f"--mpirun {value!r} does not exist; pass the path of mpirun (see 'which mpirun')")
+    if not p.is_file() or not os.access(p, os.X_OK):
+        what = "a file without execute permission" if p.is_file() else "not a regular file"
+        raise LaunchError(f"--mpirun {value!r} is {what}; pass the mpirun program itself (see 'which mpirun')")
+
+
 def run(args):
     import os
     import shlex
@@ -37,5 +62,6 @@ def run(args):
         as_root = os.geteuid() == 0
         spec.pass_env = default_pass_env(launch_env(os.environ, as_root=as_root))
         print(shlex.join(mpirun_argv(spec, cpu_count=os.cpu_count() or 1, as_root=as_root)))
-        return 0
+        return 0  # --print may be for another machine: its mpirun path is not checked here
+    check_mpirun_path(args.mpirun)
     return launch(spec)

@@ -17,12 +17,13 @@ def add_arguments(p):
 def run(args):
     import sys
     import time
-    from pathlib import Path
 
-    from hpctrain.slurm.status import RunNotFound, default_base, rank_log, resolve_run, run_status
+    from hpctrain.errors import ConfigError
+    from hpctrain.slurm.status import RunNotFound, rank_log, resolve_run, run_status, runs_base
 
-    base = Path(args.runs_dir) if args.runs_dir else default_base()
-    run_dir = resolve_run(args.run, base)
+    if args.lines < 0:
+        raise ConfigError(f"-n/--lines must be >= 0 (the last N lines; 0 shows the whole log), got {args.lines}")
+    run_dir = resolve_run(args.run, runs_base(args.runs_dir))
     path = run_dir / "logs" / "batch.log" if args.batch else rank_log(run_dir, args.rank)
     if not path.is_file():
         have = sorted(p.name for p in (run_dir / "logs").glob("*.log"))

@@ -37,16 +37,22 @@ def add_wait_arguments(p):
 
 def run(args):
     import json
+    import sys
     from collections import Counter
-    from pathlib import Path
 
-    from hpctrain.errors import ConfigError
-    from hpctrain.slurm.status import (default_base, format_status, format_table, list_runs, resolve_run, run_status,
-                                       wait_run)
+    from hpctrain.errors import ConfigError, HpctrainError
+    from hpctrain.slurm.status import (damaged_records, format_status, format_table, list_runs, resolve_run,
+                                       run_status, runs_base, wait_run)
     from hpctrain.slurm.sweep import format_sweep, is_sweep_dir, sweep_rows
     from hpctrain.slurm.wait import check_wait_options
 
+    def warn(run_dir) -> None:
+        for w in damaged_records(run_dir):
+            print(f"hpctrain status: warning: {w}", file=sys.stderr)
+
     poll_s = check_wait_options(wait=args.wait, poll_s=args.poll, timeout_s=args.wait_timeout)
+    if args.lines < 0:
+        raise ConfigError(f"--lines must be >= 0 (log lines shown for a FAILED run), got {args.lines}")
     if args.wait and not args.run:
         raise ConfigError("--wait follows one run and none was given: 'hpctrain status RUN --wait'")
     clash = [o for o, on in (("--json", args.json), ("--no-live", args.no_live)) if on]
@@ -54,9 +60,10 @@ def run(args):
         # the wait prints state changes as lines and needs slurmctld's view to see a job end
         raise ConfigError(f"--wait does not combine with {' or '.join(clash)}; drop it, and read the final "
                           "state afterwards with 'hpctrain status RUN --json'")
-    base = Path(args.runs_dir) if args.runs_dir else default_base()
+    base = runs_base(args.runs_dir)
     if args.run:
         run_dir = resolve_run(args.run, base)
+        warn(run_dir)
         if args.wait:
             if is_sweep_dir(run_dir):
                 raise ConfigError(f"{str(run_dir)!r} is a sweep; --wait follows one run. Run the same 'hpctrain "
@@ -71,6 +78,8 @@ def run(args):
         print(json.dumps(s.as_dict(), indent=2, default=str) if args.json else format_status(s))
         return 1 if s.state == "FAILED" else 0
     dirs = list_runs(base)
+    for d in dirs:
+        warn(d)
     rows = [run_status(d, live=not args.no_live, tail=0) for d in dirs if not is_sweep_dir(d)]
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2, default=str))
@@ -79,7 +88,11 @@ def run(args):
         print(format_table(rows))
     for d in dirs:  # a sweep is one line here; 'hpctrain status SWEEP' prints its table
         if is_sweep_dir(d):
-            counts = Counter(r["state"] for r in sweep_rows(d, live=not args.no_live))
+            try:
+                counts = Counter(r["state"] for r in sweep_rows(d, live=not args.no_live))
+            except HpctrainError as e:  # one damaged sweep must not hide the other runs
+                print(f"hpctrain status: warning: sweep {d.name}: {e}", file=sys.stderr)
+                continue
             print(f"sweep {d.name}: {sum(counts.values())} trials: " +
                   ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     if not dirs:

@@ -72,6 +72,7 @@ def add_job_arguments(p):
 
 def build_submission(args, *, name=None, run_dir=None, task=None):
     """(Submission, description) from parsed arguments; pure apart from reading the config."""
+    import math
     from pathlib import Path
 
     from hpctrain.errors import ConfigError
@@ -83,6 +84,10 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
     from hpctrain.slurm.status import default_base
     from hpctrain.slurm.submit import Submission
 
+    # RetryPolicy refuses negatives; NaN and inf pass '< 0' and would become 'sbatch --begin=now+nan'
+    for flag, v in (("--retry-backoff", args.retry_backoff), ("--counter-step-s", args.counter_step_s)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{flag} must be a finite number of seconds >= 0, got {v}")
     cfg = None
     if task is None:
         if args.counter is not None:

@@ -11,7 +11,12 @@ Grid and random trials run as one job array throttled to --parallel at once (%P)
 Optuna (a JournalFileStorage in the sweep dir: no database server) for --parallel trials at a
 time and submits each wave as an array. Failed trials are recorded, not fatal. At the end the
 table goes to SWEEP/results.csv and the best point is printed. Running the same command again
-resumes waiting on the existing sweep instead of submitting it twice."""
+resumes waiting on the existing sweep instead of submitting it twice.
+
+Before anything is submitted (--dry-run too), every trial's config is loaded as 'hpctrain train
+--check' loads it, and --metric is checked against what the trials report; a bad key or value
+exits 2 naming the trial. A sweep has at most 10000 trials, and no more than the cluster's
+MaxArraySize (read from 'scontrol show config' when submitting). See docs/slurm.md."""
 
 
 def add_arguments(p):
@@ -29,7 +34,9 @@ def add_arguments(p):
     s.add_argument("--trials", type=int, help="number of trials (random, bayes)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random/Optuna sampler")
     s.add_argument("--parallel", type=int, help="trials running at once (array %%P; bayes wave size)")
-    s.add_argument("--metric", default="loss", help="result.json metric to rank trials by (default loss)")
+    s.add_argument("--metric", default=None,
+                   help="result.json metric to rank trials by: val_loss (the default), val_accuracy, val_macro_f1 "
+                        "or best_epoch; loss (the default) for --counter")
     s.add_argument("--mode", choices=["min", "max"], default="min")
     s.add_argument("--no-wait", action="store_true", help="submit and return (grid/random only)")
     s.add_argument("--wait-timeout", type=float, default=None, help="stop waiting after this many seconds")
@@ -38,7 +45,7 @@ def add_arguments(p):
 
 def _points(args):
     from hpctrain.errors import ConfigError
-    from hpctrain.slurm.sweep import parse_grid, parse_space, sample_random
+    from hpctrain.slurm.sweep import check_trial_count, parse_grid, parse_space, sample_random
 
     modes = [bool(args.grid), bool(args.random) and args.bayes is None, args.bayes is not None]
     if sum(modes) != 1:
@@ -47,6 +54,7 @@ def _points(args):
         return "grid", parse_grid(args.grid), None
     if args.trials is None or args.trials < 1:
         raise ConfigError("--random and --bayes need --trials N (N >= 1)")
+    check_trial_count(args.trials, f"--trials {args.trials}")  # before a single point is sampled
     space = parse_space(args.random + (args.bayes or []))
     if not space:
         raise ConfigError("--bayes needs a search space: --bayes 'optimizer.lr=loguniform(1e-4,1e-1)'")
@@ -78,6 +86,87 @@ def _task_factory(args, sub, name):
     return make_counter
 
 
+def _metric(args, sub) -> str:
+    """--metric checked against what the trials will write to result.json (or its default)."""
+    import sys
+
+    from hpctrain.slurm.job import TrainTask
+    from hpctrain.slurm.sweep import check_metric, metric_names
+
+    task = sub.job.task
+    val_split = True
+    if isinstance(task, TrainTask):
+        from hpctrain.train.config import load_config
+
+        val_split = load_config(args.config, task.overrides).data.val_split is not None
+    names = metric_names(counter=not isinstance(task, TrainTask), val_split=val_split)
+    if args.metric is not None:
+        check_metric(args.metric, names, val_split=val_split)
+        return args.metric
+    if not isinstance(task, TrainTask):
+        return "loss"
+    if not val_split:
+        print("hpctrain sweep: warning: data.val_split is null, so no trial reports a validation metric and the "
+              "table cannot rank them; set data.val_split to rank them by val_loss", file=sys.stderr)
+    return "val_loss"
+
+
+def _label(point: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in point.items())
+
+
+def _check_trials(args, kind, points, space, make_task) -> None:
+    """Every trial's config through the trainer's own loader (as 'hpctrain train --check' loads
+    it) before anything is submitted, so a typo in a key or a bad value exits 2 here instead of
+    failing each array task in the queue. For --random the bounds of every axis are checked too,
+    for --bayes (whose points Optuna draws later) the bounds and one sampled point."""
+    from hpctrain.errors import ConfigError
+    from hpctrain.slurm.job import TrainTask
+    from hpctrain.slurm.sweep import sample_random
+
+    cands = []
+    if kind != "grid":
+        # each axis alone (the other keys as the config has them): an error is that axis's fault
+        for key, dist in space.items():
+            what = "one of its choice() values" if dist.kind == "choice" else \
+                f"a bound of {dist.kind}({', '.join(repr(a) for a in dist.args)})"
+            for v in dist.args:  # (low, high) of a range, every value of a choice
+                cands.append((f"{key}={v!r} ({what})", 0, {key: v}))
+        if not points:
+            first = sample_random(space, 1, args.seed)[0]
+            cands.append((f"a sampled point ({_label(first)})", 0, first))
+    cands += [(f"trial {i} ({_label(p)})", i, p) for i, p in enumerate(points or [])]
+    loaded: dict = {}
+
+    def check(point: dict, i: int) -> None:
+        task = make_task(point, i)  # the counter's factory checks its field names here
+        if isinstance(task, TrainTask):
+            from hpctrain.config import load_yaml
+            from hpctrain.train.config import load_config
+
+            if "data" not in loaded:
+                loaded["data"] = load_yaml(args.config)
+            load_config(loaded["data"], task.overrides)
+
+    problems: dict[str, list[str]] = {}
+    for label, i, point in cands:
+        try:
+            check(point, i)
+        except ConfigError as e:
+            problems.setdefault(str(e), []).append(label)
+    if not problems:
+        return
+    n = sum(len(v) for v in problems.values())
+    lines = []
+    for msg, labels in list(problems.items())[:5]:
+        more = f" and {len(labels) - 3} more" if len(labels) > 3 else ""
+        lines.append(f"  {'; '.join(labels[:3])}{more}: {msg}")
+    if len(problems) > 5:
+        lines.append(f"  ... and {len(problems) - 5} other problem(s)")
+    raise ConfigError(f"{n} of the sweep's {len(cands)} checked trial config(s) are invalid; nothing was "
+                      "submitted. Fix the --grid/--random/--bayes values or --set:\n" + "\n".join(lines))
+
+
 def run(args):
     import shutil
     import sys
@@ -88,14 +177,16 @@ def run(args):
     from hpctrain.slurm.job import TrainTask
     from hpctrain.slurm.sbatch import render_sbatch
     from hpctrain.slurm.status import default_base
-    from hpctrain.slurm.sweep import (format_sweep, is_sweep_dir, load_sweep, save_sweep, submit_array,
-                                      sweep_rows, wait_trials, write_results)
+    from hpctrain.slurm.sweep import (check_array_indices, format_sweep, is_sweep_dir, load_sweep, max_array_size,
+                                      save_sweep, submit_array, sweep_rows, wait_trials, write_results)
+    from hpctrain.slurm.wait import check_wait_options
 
     kind, points, space = _points(args)
     if args.cluster != "slurm":
         raise ConfigError("sweeps run as Slurm job arrays; --cluster local is for single runs")
     if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    check_wait_options(wait=True, poll_s=None, timeout_s=args.wait_timeout)  # a NaN timeout never ends
     if args.counter is not None:
         name = args.name or "counter-sweep"
         base = Path(args.runs_dir) if args.runs_dir else default_base()
@@ -107,6 +198,8 @@ def run(args):
             sub = build_submission(args, name=name, run_dir=Path(sub.spec.run_dir).parent / name)
     name, sweep_dir = sub.spec.name, sub.spec.run_dir
     make_task = _task_factory(args, sub, name)
+    metric = _metric(args, sub)
+    _check_trials(args, kind, points, space, make_task)
     if args.dry_run:
         import dataclasses
 
@@ -122,12 +215,15 @@ def run(args):
                               "choose another --name (or remove the dir)")
         say(f"sweep {name!r} exists ({len(meta['trials'])} trials); waiting on it instead of resubmitting")
     else:
+        # MaxArraySize is asked here, not for --dry-run, which must work without a cluster
+        check_array_indices(len(points) if points is not None else args.trials, max_array_size())
         if isinstance(sub.job.task, TrainTask):
             from hpctrain.fileio import atomic_path
 
             with atomic_path(Path(sub.job.task.config)) as tmp:
                 shutil.copyfile(args.config, tmp)
-        meta = {"name": name, "kind": kind, "metric": args.metric, "mode": args.mode, "trials": [], "job_ids": []}
+        meta = {"name": name, "kind": kind, "metric": metric, "mode": args.mode, "trials": [], "job_ids": [],
+                "planned": len(points) if points is not None else args.trials}
         if kind != "bayes":
             meta["trials"] = [{"index": i, "params": p} for i, p in enumerate(points)]
             save_sweep(sweep_dir, meta)

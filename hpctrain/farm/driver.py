@@ -23,7 +23,7 @@ from hpctrain.farm.loop import STOPPED_PEERS_LOST, LoopOptions, dispatch, instal
 from hpctrain.farm.progress import Progress, summary_table
 from hpctrain.farm.resources import advertise, node_cpus, node_memory_gb, parse_per_worker
 from hpctrain.farm.scheduler import Scheduler
-from hpctrain.farm.tasks import FarmError, parse_tasks
+from hpctrain.farm.tasks import FarmError, check_seconds, parse_tasks
 from hpctrain.fileio import atomic_write_json
 
 
@@ -52,13 +52,14 @@ class FarmConfig:
             if getattr(self, name) < (0 if name == "retries" else 1):
                 raise FarmError(f"--{name.replace('_', '-')} must be >= {0 if name == 'retries' else 1}, "
                                 f"got {getattr(self, name)}")
+        # NaN passes every '< 0' test and then never compares true: a NaN backoff left a retry
+        # waiting forever, a NaN timeout or heartbeat silently meant "none". inf is refused too:
+        # each of these is a delay or a limit that has to end.
         for name in ("backoff", "backoff_max", "kill_grace"):
-            if getattr(self, name) < 0:
-                raise FarmError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise FarmError(f"--timeout must be > 0 seconds, got {self.timeout}")
-        if self.heartbeat <= 0:
-            raise FarmError(f"--heartbeat must be > 0 seconds, got {self.heartbeat}")
+            check_seconds(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=True)
+        if self.timeout is not None:
+            check_seconds("--timeout", self.timeout, hint="leave --timeout out for no limit")
+        check_seconds("--heartbeat", self.heartbeat)
         if self.workers_per_node is not None and self.workers_per_node < 1:
             raise FarmError(f"--workers-per-node must be >= 1, got {self.workers_per_node}")
         parse_per_worker(self.cpus_per_worker, "--cpus-per-worker")

@@ -7,6 +7,7 @@ the workers on it (``--workers-per-node``, by default the worker ranks found the
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 from hpctrain.farm.scheduler import Resources
@@ -21,6 +22,8 @@ def parse_per_worker(raw: str | None, name: str, cast=int) -> list | None:
         vals = [cast(v) for v in str(raw).split(",")]
     except ValueError:
         raise FarmError(f"{name} {raw!r} is not a number or a comma list of numbers, e.g. '2' or '1,2'") from None
+    if any(not math.isfinite(v) for v in vals):
+        raise FarmError(f"{name} {raw!r} has a value that is not a finite number")
     if any(v < 0 for v in vals):
         raise FarmError(f"{name} {raw!r} has a negative value")
     return vals

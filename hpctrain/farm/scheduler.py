@@ -172,7 +172,8 @@ class Scheduler:
             st.state = "succeeded"
         elif len(st.attempts) <= allowed:
             st.state = "waiting"
-            delay = min(self.backoff * 2 ** (len(st.attempts) - 1), self.backoff_max)
+            # the exponent is capped: 2 ** 1100 does not convert to a float (OverflowError)
+            delay = min(self.backoff * 2.0 ** min(len(st.attempts) - 1, 1000), self.backoff_max)
             heapq.heappush(self._waiting, (now + delay, st.seq, tid))
             return "retry"
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,15 @@ def resolve_fn(ref: str) -> Callable:
     return fn
 
 
+def check_seconds(name: str, value: float, *, allow_zero: bool = False, hint: str = "") -> None:
+    """FarmError unless ``value`` is a finite number of seconds > 0 (>= 0 with ``allow_zero``)."""
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        want = ">= 0" if allow_zero else "> 0"
+        tail = f"; {hint}" if hint else ""
+        raise FarmError(f"{name} must be a finite number of seconds {want}, got {value!r}{tail}")
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -172,10 +182,11 @@ def parse_line(text: str, lineno: int, resolve: Callable[[str], Any] = resolve_f
     for name in ("cpus", "gpus"):
         if getattr(spec, name) < 0:
             raise FarmError(f"{name} must be >= 0, got {getattr(spec, name)}")
-    if spec.mem_gb < 0:
-        raise FarmError(f"mem_gb must be >= 0, got {spec.mem_gb}")
-    if spec.timeout is not None and spec.timeout <= 0:
-        raise FarmError(f"timeout must be > 0 seconds, got {spec.timeout}")
+    if not (math.isfinite(spec.mem_gb) and spec.mem_gb >= 0):
+        raise FarmError(f"mem_gb must be a finite number >= 0, got {spec.mem_gb!r}")
+    if spec.timeout is not None:
+        # JSON lines may say NaN or Infinity (Python's json reads both); neither is a limit
+        check_seconds("timeout", spec.timeout, hint="leave 'timeout' out to use --timeout")
     if spec.retries is not None and spec.retries < 0:
         raise FarmError(f"retries must be >= 0, got {spec.retries}")
     if not all(isinstance(v, str) for v in spec.env.values()):

@@ -26,6 +26,14 @@ class RunNotFound(HpctrainError):
     """No run dir by that name or path."""
 
 
+class RunEnded(HpctrainError):
+    """A cancel of a run that has already ended: nothing to do, and nothing is recorded."""
+
+    def __init__(self, message: str, state: str):
+        super().__init__(message)
+        self.state = state
+
+
 @dataclass(slots=True)
 class RunStatus:
     run: str
@@ -55,6 +63,28 @@ class RunStatus:
 
 def default_base() -> Path:
     return Path(os.environ.get("HPCTRAIN_RUNS", "runs"))
+
+
+def runs_base(runs_dir: str | None, environ=None) -> Path:
+    """The runs base dir of --runs-dir, else $HPCTRAIN_RUNS, else runs/.
+
+    One that was named (by the option or the variable) must be a directory: a typo there
+    would otherwise read as "no runs". The default runs/ may be absent (nothing submitted yet).
+    """
+    environ = os.environ if environ is None else environ
+    if runs_dir:
+        base, named = Path(runs_dir), f"--runs-dir {runs_dir!r}"
+    elif environ.get("HPCTRAIN_RUNS"):
+        base, named = Path(environ["HPCTRAIN_RUNS"]), f"HPCTRAIN_RUNS={environ['HPCTRAIN_RUNS']!r}"
+    else:
+        base, named = Path("runs"), None
+    if base.exists() and not base.is_dir():
+        raise RunNotFound(f"{named or 'the runs dir ' + repr(str(base))} is not a directory; point it at the "
+                          "directory that holds the run dirs")
+    if named and not base.exists():
+        raise RunNotFound(f"{named} does not exist; point it at the directory that holds the run dirs "
+                          "(the parent of each run's dir)")
+    return base
 
 
 def is_run_dir(path: Path) -> bool:
@@ -180,6 +210,21 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
     return out
 
 
+def damaged_records(run_dir: Path) -> list[str]:
+    """Warnings for files of a run dir that status does not need but that are unreadable."""
+    spec = Path(run_dir) / "slurm" / "spec.json"
+    if not spec.is_file():
+        return []
+    try:
+        json.loads(spec.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else \
+            (getattr(e, "strerror", None) or str(e))
+        return [f"{str(spec)!r} is damaged ({why}); it is only the readable record of the submission (retries use "
+                "slurm/submission.pkl), and the next 'hpctrain submit' of this run writes it again"]
+    return []
+
+
 def observe(run_dir: Path) -> Observation:
     """One poll of a run for the waiter: :func:`run_status` without the log tail."""
     s = run_status(run_dir, tail=0)
@@ -243,16 +288,32 @@ def format_table(rows: list[RunStatus]) -> str:
 
 
 def cancel_run(run_dir: Path) -> list[str]:
-    """scancel the run's live job(s); record it. Returns the job ids signalled."""
-    from hpctrain.slurm.runner import run_cmd
+    """scancel the run's live job(s); record it. Returns the job ids signalled.
 
+    A run whose log already records its end (COMPLETED, FAILED, CANCELLED), or a sweep all
+    of whose trials have ended, raises RunEnded and is left as it is: a 'cancelled' event
+    would turn a COMPLETED run into a CANCELLED one.
+    """
+    from hpctrain.slurm.runner import run_cmd
+    from hpctrain.slurm.sweep import is_sweep_dir, load_sweep, trial_dir
+
+    run_dir = Path(run_dir)
     st = journal.fold(journal.read_events(run_dir))
     ids = []
-    sweep = run_dir / "sweep.json"
-    if sweep.is_file():
-        ids = [str(j) for j in json.loads(sweep.read_text()).get("job_ids", [])]
+    if is_sweep_dir(run_dir):
+        meta = load_sweep(run_dir)
+        states = [journal.fold(journal.read_events(trial_dir(run_dir, t["index"]))).state for t in meta["trials"]]
+        planned = meta.get("planned", len(states))
+        if states and len(states) >= planned and all(x in journal.TERMINAL for x in states):
+            counts = ", ".join(f"{x}={states.count(x)}" for x in sorted(set(states)))
+            raise RunEnded(f"sweep {run_dir.name!r} has already ended: all {len(states)} trials ended ({counts}); "
+                           "nothing to cancel", "ENDED")
+        ids = [str(j) for j in meta["job_ids"]]
         for trial in sorted((run_dir / "trials").glob("trial-*")):
             ids += [j for j in journal.fold(journal.read_events(trial)).job_ids if "_" not in j]
+    elif st.state in journal.TERMINAL:
+        raise RunEnded(f"run {run_dir.name!r} has already ended ({st.state}" + (f": {st.reason}" if st.reason else "")
+                       + "); nothing to cancel", st.state)
     elif st.job_id:
         ids = [st.job_id]
     if not ids:

@@ -20,11 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hpctrain.errors import ConfigError
+from hpctrain.errors import ClusterError, ConfigError
 from hpctrain.fileio import atomic_path, atomic_write_json
 from hpctrain.slurm import journal
 
 _DIST = re.compile(r"^\s*(uniform|loguniform|int|choice)\s*\((.*)\)\s*$")
+
+# Every trial is a run dir, a pickled submission and a config check on the submitting host
+# (~1 ms each), and grid/random trials form one Slurm job array whose indices must stay below
+# the cluster's MaxArraySize (Slurm's default 1001; sites raise it in slurm.conf). 10000 is
+# well above what one sweep sensibly runs and still quick to prepare; a larger request (a
+# typo like --trials 1000000000, or a grid product that explodes) is refused before any
+# point is generated, instead of hanging the host.
+MAX_TRIALS = 10_000
+
+# The scalar metrics the trainer writes to result.json (hpctrain/train/trainer.py, _finish
+# and evaluate; docs/training.md); the val_* ones only with a validation split. The built-in
+# counter task (--counter) reports "loss".
+TRAIN_METRICS = ("best_epoch",)
+TRAIN_VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
+COUNTER_METRICS = ("loss",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +83,29 @@ def _split_kv(item: str, flag: str) -> tuple[str, str]:
     return key, raw
 
 
+def check_trial_count(n: int, what: str) -> None:
+    """ConfigError when a sweep asks for more than :data:`MAX_TRIALS` trials."""
+    if n > MAX_TRIALS:
+        raise ConfigError(f"{what} asks for {n} trials; a sweep has at most {MAX_TRIALS} (each trial is a run dir "
+                          "and an index of one Slurm job array, and Slurm caps array indices at MaxArraySize, "
+                          "by default 1001). Split it into several sweeps (--name) or narrow the search")
+
+
 def parse_grid(items: list[str]) -> list[dict[str, Any]]:
     """``["a=1,2", "b=x,y"]`` -> the 4 points of the product, in order."""
     keys, values = [], []
     for item in items:
         key, raw = _split_kv(item, "--grid")
+        if key in keys:
+            raise ConfigError(f"--grid {item!r}: {key!r} is already an axis; give all its values in one --grid")
         vals = [_scalar(v) for v in raw.split(",") if v.strip() != ""]
         if not vals:
             raise ConfigError(f"--grid {item!r}: no values after '='")
         keys.append(key)
         values.append(vals)
+    # the size first: the product is only built once it is known to be small
+    check_trial_count(math.prod(len(v) for v in values),
+                      "the grid (" + " x ".join(str(len(v)) for v in values) + " values)")
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
@@ -92,6 +120,8 @@ def parse_dist(key: str, raw: str) -> Dist:
         return Dist(kind, tuple(inner))
     if len(inner) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in inner):
         raise ConfigError(f"{key}={raw!r}: {kind}() takes two numbers (low, high)")
+    if not all(math.isfinite(a) for a in inner):
+        raise ConfigError(f"{key}={raw!r}: {kind}() takes finite bounds, got {inner[0]!r} and {inner[1]!r}")
     lo, hi = inner
     if not lo < hi:
         raise ConfigError(f"{key}={raw!r}: low must be < high")
@@ -111,6 +141,7 @@ def parse_space(items: list[str]) -> dict[str, Dist]:
 
 
 def sample_random(space: dict[str, Dist], n: int, seed: int) -> list[dict[str, Any]]:
+    check_trial_count(n, f"--trials {n}")
     rng = random.Random(seed)
     return [{k: d.sample(rng) for k, d in space.items()} for _ in range(n)]
 
@@ -144,7 +175,27 @@ def trial_dir(sweep_dir: Path, index: int) -> Path:
 
 
 def load_sweep(sweep_dir: Path) -> dict:
-    return json.loads((Path(sweep_dir) / "sweep.json").read_text(encoding="utf-8"))
+    """The sweep's record; ConfigError naming the file when it is damaged (a full disk, an editor)."""
+    path = Path(sweep_dir) / "sweep.json"
+    fix = (f"the sweep's record of its trials and jobs is damaged. Restore it from a backup, or remove "
+           f"{str(sweep_dir)!r} and run the sweep again (each trial's own run dir is under trials/)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{str(path)!r} is not UTF-8 text (byte {e.start}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                          f"{fix}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    ok = (isinstance(meta, dict) and isinstance(meta.get("trials"), list) and isinstance(meta.get("job_ids"), list)
+          and isinstance(meta.get("metric"), str) and meta.get("mode") in ("min", "max")
+          and all(isinstance(t, dict) and isinstance(t.get("index"), int) and isinstance(t.get("params"), dict)
+                  for t in meta["trials"]))
+    if not ok:
+        raise ConfigError(f"{str(path)!r} is not a sweep record (expected an object with 'trials' (each with "
+                          f"'index' and 'params'), 'job_ids', 'metric' and 'mode'); {fix}")
+    return meta
 
 
 def save_sweep(sweep_dir: Path, meta: dict) -> None:
@@ -256,7 +307,6 @@ def submit_array(sub_template, sweep_dir: Path, points: list[dict], first_index:
 
 def wait_trials(sweep_dir: Path, indices: list[int], *, timeout_s: float | None = None, poll_s: float = 3.0,
                 on_update: Callable[[str], None] | None = None) -> None:
-    from hpctrain.errors import ClusterError
     from hpctrain.slurm.status import run_status
 
     t0 = time.monotonic()
@@ -280,6 +330,47 @@ def _count(values) -> dict[str, int]:
     for v in values:
         out[v] = out.get(v, 0) + 1
     return out
+
+
+def max_array_size(timeout: float = 20.0) -> int | None:
+    """The cluster's MaxArraySize from ``scontrol show config``; None when Slurm does not say."""
+    from hpctrain.slurm.runner import run_cmd
+
+    try:
+        res = run_cmd(["scontrol", "show", "config"], timeout=timeout)
+    except ClusterError:
+        return None
+    m = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", res.stdout, re.MULTILINE) if res.ok else None
+    return int(m.group(1)) if m else None
+
+
+def check_array_indices(n_trials: int, limit: int | None) -> None:
+    """Trial I is array index I, and Slurm refuses indices >= MaxArraySize: say so before submitting."""
+    if limit is not None and n_trials > limit:
+        raise ConfigError(f"the sweep has {n_trials} trials (array indices 0-{n_trials - 1}) but this cluster's "
+                          f"MaxArraySize is {limit} (indices 0-{limit - 1}); run at most {limit} trials per sweep, "
+                          "or ask the admins to raise MaxArraySize in slurm.conf")
+
+
+def metric_names(*, counter: bool, val_split: bool) -> tuple[str, ...]:
+    """The metrics a trial's result.json will report."""
+    if counter:
+        return COUNTER_METRICS
+    return TRAIN_VAL_METRICS + TRAIN_METRICS if val_split else TRAIN_METRICS
+
+
+def check_metric(metric: str, names: tuple[str, ...], *, val_split: bool = True) -> None:
+    """ConfigError for a --metric no trial reports (the table could never rank the trials)."""
+    if metric in names:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(metric, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    if not val_split and metric in TRAIN_VAL_METRICS:
+        raise ConfigError(f"--metric {metric!r}: trials report it only with a validation split, and data.val_split "
+                          "is null; set data.val_split (e.g. --set data.val_split=val)")
+    raise ConfigError(f"--metric {metric!r}: the trials' result.json reports {', '.join(names)}.{hint}")
 
 
 def journal_storage(sweep_dir: Path):
