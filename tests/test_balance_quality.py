@@ -153,3 +153,36 @@ def test_cli_balance_option_errors_name_the_fix(tmp_path, capsys):
     assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "oversample"]) == 0
     out = capsys.readouterr().out
     assert "(72 rows)" in out and "(120 rows)" in out and f"wrote {tmp_path / 'b'}" in out
+
+
+def test_cli_balance_seed_range_and_smote_k_clamp_said(tmp_path, capsys):
+    from hpctrain.data.shards import Manifest, ShardWriter
+
+    x, y = _imbalanced({0: 60, 1: 12, 2: 9})
+    src = tmp_path / "src"
+    with ShardWriter(src, feature_names=["a", "b", "c"], sample_shape=(3,)) as w:
+        w.add(x, y)
+    for seed in ("-1", str(2**32)):  # -1 was numpy's "expected non-negative integer" traceback
+        assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "oversample",
+                     "--seed", seed]) == 2
+        err = capsys.readouterr().err
+        assert f"--seed {seed}: expected an integer from 0 to 4294967295" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    # --k larger than a class was clamped silently; now each clamped class is named with the k used
+    assert main(["balance", str(src), "--out", str(tmp_path / "b"), "--method", "smote", "--k", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "note: class 1 has 12 rows, so SMOTE used k=11 neighbours instead of --k 1000" in out
+    assert "note: class 2 has 9 rows, so SMOTE used k=8 neighbours instead of --k 1000" in out
+    assert "class 0" not in out.split("train class counts")[0]  # the majority class is not resampled
+    assert Manifest.load(tmp_path / "b").class_counts("train") == {0: 60, 1: 60, 2: 60}
+    assert main(["balance", str(src), "--out", str(tmp_path / "c"), "--method", "smote", "--k", "3"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_balance_arrays_reports_k_used():
+    x, y = _imbalanced({0: 40, 1: 4})
+    notes: list[str] = []
+    balance_arrays(x, y, "smote", k=5, notes=notes)
+    assert notes == ["class 1 has 4 rows, so SMOTE used k=3 neighbours instead of --k 5"]
+    with pytest.raises(QualityError, match="--seed -3"):
+        balance_arrays(x, y, "oversample", seed=-3)

@@ -89,3 +89,15 @@ def test_model_drift_bad_input(trained, tmp_path, capsys):
         w.add(np.zeros((5, 7), dtype=np.float32), np.zeros(5, dtype=np.int64))
     assert main(["drift", "--model", str(root / "run"), str(wide), "--out", str(tmp_path / "o")]) == 2
     assert "sample shape" in capsys.readouterr().err
+
+
+def test_tolerance_must_be_finite(tmp_path, capsys):
+    # --tolerance nan never compared and then failed writing drift.json ("Out of range float values")
+    data = _blobs(tmp_path / "cur", np.eye(3), 30, 0, seed=0)
+    for tol in ("nan", "inf", "-1.0"):
+        assert main(["drift", "--model", str(tmp_path / "no-run"), str(data), "--tolerance", tol,
+                     "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"--tolerance {tol}: expected a finite, non-negative metric difference" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -152,6 +152,10 @@ def test_bad_options_fail_fast_with_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     cases = [
         (["--bins", "1"], "--bins 1"), (["--top", "0"], "--top 0"), (["--max-share", "1"], "--max-share 1"),
+        # 1e8 bins hung for minutes in np.quantile and took 7 GB; one too many is as good a test, and a
+        # regression then costs nothing (1e8 goes to the pure check below)
+        (["--bins", "1001"], "--bins 1001: PSI takes 2 to 1000 bins"),
+        (["--alpha", "nan"], "--alpha nan"), (["--max-share", "nan"], "--max-share nan"),
         (["--on-drift", "echo 'unbalanced"], "quoting"), (["--on-drift", "no-such-program-xyz"], "not an executable"),
         (["--out", str(tmp_path / "file")], "not a directory"),
         (["--out", str(tmp_path / "file" / "sub")], "not a writable directory"),
@@ -190,3 +194,16 @@ def test_feature_that_becomes_all_missing_is_drift(tmp_path, capsys):
     assert rec["drifted_features"] == ["f1"] and rec["features"][1]["ks_pvalue"] is None
     both_empty = feature_drift(["z"], [np.full(5, np.nan)], [np.full(5, np.nan)])[0]
     assert not both_empty.drifted and not both_empty.vanished
+
+
+def test_psi_bins_bounded_in_the_library():
+    from hpctrain.quality import QualityError
+    from hpctrain.quality.drift import MAX_PSI_BINS, check_psi_bins, psi
+
+    with pytest.raises(QualityError, match="--bins 100000000: PSI takes 2 to 1000 bins"):
+        check_psi_bins(10**8)
+    ref = np.arange(5000, dtype=np.float64)
+    for bins in (1, MAX_PSI_BINS + 1):
+        with pytest.raises(QualityError, match="2 to 1000 bins"):
+            psi(ref, ref, bins=bins)
+    assert psi(ref, ref + 1, bins=MAX_PSI_BINS) >= 0.0

@@ -171,3 +171,30 @@ def test_hostile_names_and_paths(hostile):
 def test_drift_page_and_hostile_paths_render_in_chromium(hostile, tmp_path):
     assert _render(hostile / "drift <b>" / "drift.html", tmp_path) == "1/1"
     assert _render(hostile / "prof <b>" / "report.html", tmp_path) == f"{len(PNGS)}/{len(PNGS)}"
+
+
+def test_profile_bins_and_seed_bounded(tmp_path, capsys):
+    from hpctrain.data.shards import ShardWriter
+
+    d = tmp_path / "d"
+    with ShardWriter(d, feature_names=["a", "b"], sample_shape=(2,)) as w:
+        w.add(np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10, dtype=np.int64) % 2)
+    # a billion bins was a numpy _ArrayMemoryError (477 GiB), seed -1 an sklearn InvalidParameterError;
+    # the CLI is given just one bin too many, so that a regression costs nothing (2 features x 1e9 bins
+    # went to the OOM killer); ProfileConfig below takes the billion
+    for opts, want in ((["--bins", "1001"], "--bins 1001: at most 1000 histogram bins"),
+                       (["--seed", "-1"], "--seed -1: expected an integer from 0 to 4294967295"),
+                       (["--seed", str(2**32)], f"--seed {2**32}: expected an integer")):
+        assert main(["profile", str(d), "--out", str(tmp_path / "r"), *opts]) == 2
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+    from hpctrain.quality import QualityError
+    from hpctrain.quality.profile import MAX_BINS, ProfileConfig
+
+    with pytest.raises(QualityError, match="--bins 1000000000: at most 1000"):
+        ProfileConfig(bins=10**9)
+    assert ProfileConfig(bins=MAX_BINS, seed=2**32 - 1).bins == MAX_BINS
+    assert main(["profile", str(d), "--out", str(tmp_path / "r"), "--bins", "1000", "--seed", str(2**32 - 1)]) == 0
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert sum(r["columns"][0]["histogram"]["counts"]) == 10 and len(r["columns"][0]["histogram"]["counts"]) == 1000

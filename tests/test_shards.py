@@ -216,3 +216,58 @@ def test_imports_stay_light():
             "print(sorted(m for m in ('h5py', 'torch', 'sklearn', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def _edit_manifest(root, change):
+    mp = root / MANIFEST_NAME
+    d = json.loads(mp.read_text())
+    change(d)
+    mp.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("change, want", [
+    (lambda d: d.update(meta="abc"), r"meta is str 'abc'; expected a JSON object"),
+    (lambda d: d["meta"].update(chunk_rows="abc"), r"meta: chunk_rows is str 'abc'; expected a positive integer"),
+    (lambda d: d["meta"].update(compression="zstd"), r"compression is str 'zstd'; expected one of none, lzf, gzip"),
+    (lambda d: d["shards"][0].update(rows=str(d["shards"][0]["rows"])),
+     r"'train-00000.h5': rows is str '1000'; expected an integer"),
+    (lambda d: d["shards"][0].update(rows=999), r"class_counts add up to 1000 rows, rows is 999"),
+    (lambda d: d["shards"][0]["class_counts"].update({"1": "5"}), r"class_counts\['1'\] is str '5'"),
+    (lambda d: d.update(shard=d["shards"]), r"unknown key 'shard' \(did you mean 'shards'\?\)"),
+    (lambda d: d.update(bogus_key=1), r"unknown key 'bogus_key'; format version 1 has only format, version"),
+    (lambda d: d["shards"][0].update(extra="x"), r"'train-00000.h5': unknown key 'extra'"),
+    (lambda d: d["schema"].update(clases=[0]), r"unknown key 'clases' \(did you mean 'classes'\?\)"),
+    (lambda d: d["schema"].update(sample_shape=["8"]), r"sample_shape is list \['8'\]"),
+    (lambda d: d.update(version=True), r"version True; expected a positive integer"),
+])
+def test_manifest_fields_are_type_checked(shard_dir, change, want):
+    # each of these once loaded (coerced or ignored) and failed later, or never
+    _edit_manifest(shard_dir, change)
+    with pytest.raises(ShardError, match=want):
+        Manifest.load(shard_dir)
+
+
+def test_manifest_meta_keeps_free_form_provenance(shard_dir):
+    _edit_manifest(shard_dir, lambda d: d["meta"].update(note={"any": ["thing"]}))
+    assert Manifest.load(shard_dir).meta["note"] == {"any": ["thing"]}
+
+
+def test_labels_outside_schema_classes_refused_and_verified(shard_dir):
+    # labels 0..2 in the shards, but the schema declares two classes: training would index past them
+    _edit_manifest(shard_dir, lambda d: d["schema"].update(classes=[0, 1]))
+    with pytest.raises(ShardError, match=r"labels \[2\] \(\d+ rows, first in 'train-00000.h5'\) that are not in "
+                                         r"schema.classes \[0, 1\].*--force"):
+        Manifest.load(shard_dir, check_files=False)
+    with pytest.raises(ShardError, match="not in schema.classes"):
+        verify(shard_dir)
+
+    # the manifest hides label 2 (counted as 1), so only reading the labels can find it
+    def hide(d):
+        for s in d["shards"]:
+            cc = s["class_counts"]
+            cc["1"] = cc.get("1", 0) + cc.pop("2", 0)
+    _edit_manifest(shard_dir, hide)
+    Manifest.load(shard_dir)
+    probs = verify(shard_dir)
+    assert len([p for p in probs if "labels [2] are not in the manifest's schema.classes [0, 1]" in p]) == 3
+    assert verify(shard_dir, deep=False) == []

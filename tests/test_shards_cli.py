@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -259,3 +260,136 @@ def test_csv_header_quirks(tmp_path):
     with pytest.raises(ShardError, match="uses another delimiter"):
         write_shards(str(tmp_path / "semi.csv"), tmp_path / "o3")
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_manifest_with_wrong_fields_or_undeclared_labels(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["shard", "synthetic:classification?rows=600&features=3&classes=5", "--out", str(out),
+                 "--shards", "2"]) == 0
+    good = (out / "manifest.json").read_text()
+
+    def edit(change):
+        d = json.loads(good)
+        change(d)
+        (out / "manifest.json").write_text(json.dumps(d))
+
+    edit(lambda d: d.update(meta="abc"))  # was a ValueError traceback in 'shard info'
+    assert main(["shard", "info", str(out)]) == 2
+    assert "meta is str 'abc'; expected a JSON object" in _one_line_error(capsys)
+    edit(lambda d: d["meta"].update(chunk_rows="abc"))
+    assert main(["shard", "info", str(out)]) == 2
+    assert "chunk_rows is str 'abc'" in _one_line_error(capsys)
+    # labels 0-4 in the shards, three declared: info and verify passed, then train hit a torch IndexError
+    edit(lambda d: d["schema"].update(classes=[0, 1, 2]))
+    for sub in ("info", "verify"):
+        capsys.readouterr()
+        assert main(["shard", sub, str(out)]) == 2
+        err = _one_line_error(capsys)
+        assert "labels [3, 4]" in err and "not in schema.classes [0, 1, 2]" in err and "--force" in err
+
+
+def test_cli_seed_out_of_range(tmp_path, capsys):
+    for opts in (["--seed", "-1"], ["--seed", str(2**32)]):
+        assert main(["shard", "sklearn:iris", "--out", str(tmp_path / "o"), *opts]) == 2
+        assert f"--seed {opts[1]}: expected an integer from 0 to 4294967295" in _one_line_error(capsys)
+    assert main(["shard", "sklearn:iris?missing=0.1&seed=-5", "--out", str(tmp_path / "o")]) == 2
+    assert "seed -5: expected an integer from 0" in _one_line_error(capsys)
+    assert main(["shard", "synthetic:classification?imbalance=nan", "--out", str(tmp_path / "o")]) == 2
+    assert "imbalance=nan must be a finite number" in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+    assert main(["shard", "sklearn:iris", "--out", str(tmp_path / "o"), "--seed", str(2**32 - 1)]) == 0
+
+
+def _shard_guarded(tmp_path, *argv):
+    """``hpctrain shard ARGV`` in a child that may not write a file over 1 MiB: if the size check
+    ever breaks, the child dies at its first 4 MB shard (SIGXFSZ) instead of filling the disk."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); "
+            "from hpctrain.cli import main; sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", code, "shard", "--rows-per-shard", "10", *argv], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stderr
+
+
+def test_cli_refuses_output_larger_than_free_space(tmp_path):
+    out = tmp_path / "big"
+    # 1e9 rows x 1e5 features is about 364 TiB: no test machine has that much free
+    rc, err = _shard_guarded(tmp_path, "synthetic:classification?rows=1000000000&features=100000", "--out", str(out))
+    assert rc == 2 and err.count("\n") == 1, (rc, err)
+    assert re.search(r"need about 363\.8 TiB \(1,000,000,000 rows x 100,000 features x 4 bytes \+ an 8-byte label, "
+                     r"uncompressed; lzf compression may shrink that.*\), but the file system of .* has "
+                     r"[\d.]+ [KMGT]iB free; shard a smaller rows=, or choose an --out", err), err
+    assert not out.exists()
+    # an absurd synthetic size is refused outright (the audit's 25 TB case started writing)
+    rc, err = _shard_guarded(tmp_path, "synthetic:classification?rows=100000000000&features=64", "--out", str(out))
+    assert rc == 2 and "limited to 1,000,000,000 rows" in err, (rc, err)
+    rc, err = _shard_guarded(tmp_path, "synthetic:classification?rows=10&features=2000000", "--out", str(out))
+    assert rc == 2 and "1,000,000 features" in err, (rc, err)
+    assert not out.exists()
+
+
+def test_manifest_write_failure_is_one_line_and_leaves_nothing(tmp_path):
+    # a file the OS will not let grow (EFBIG here; ENOSPC on a full disk takes the same path) was an
+    # OSError traceback: 30 small shards, but a manifest (1000 columns of statistics each) over 1 MiB
+    out = tmp_path / "o"
+    rc, err = _shard_guarded(tmp_path, "synthetic:classification?rows=300&features=1000", "--out", str(out))
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (rc, err)
+    assert "manifest.json' failed ([Errno 27] File too large)" in err and "choose an --out" in err, err
+    assert not out.exists()
+
+
+def test_check_space_compares_with_free_space(tmp_path):
+    from hpctrain.data.sources import check_space, free_bytes, shard_bytes
+
+    out = tmp_path / "s"
+    rows = (free_bytes(tmp_path) + 2**30) // shard_bytes(1, (2,))  # 1 GiB more than is free
+    with pytest.raises(ShardError, match=r"the file system of .* has [\d.]+ [KMGT]?i?B free"):
+        check_space("x.npy", rows, (2,), out, compression="none", overwrite=False)
+    check_space("x.npy", rows // 4, (2,), out, compression="none", overwrite=False)
+    assert not out.exists()
+
+
+def test_junk_and_pickled_numpy_files(tmp_path, capsys):
+    (tmp_path / "junk.npy").write_bytes(b"garbage\x00\x01\x02")
+    assert main(["shard", str(tmp_path / "junk.npy"), "--out", str(tmp_path / "o")]) == 2
+    err = _one_line_error(capsys)
+    assert "is not a valid .npy file" in err and "allow_pickle" not in err
+    np.save(tmp_path / "obj.npy", np.array([[1, "a"], [2, "b"]], dtype=object))
+    np.savez(tmp_path / "obj.npz", x=np.array([[1, "a"]], dtype=object), y=np.array([0]))
+    for name in ("obj.npy", "obj.npz"):  # the npz was a ValueError traceback
+        assert main(["shard", str(tmp_path / name), "--out", str(tmp_path / "o")]) == 2
+        err = _one_line_error(capsys)
+        assert "holds pickled Python objects" in err and "refuses to load" in err and "allow_pickle" not in err
+    (tmp_path / "junk.npz").write_bytes(b"garbage")
+    assert main(["shard", str(tmp_path / "junk.npz"), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a valid .npz file" in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_overflowing_number_refused_written_inf_kept_and_noted(tmp_path, capsys):
+    # 1e400 is inf already in float64; it used to slip past the float32 range check as inf
+    (tmp_path / "big.csv").write_text("a,b,label\n1,2,0\n3,1e400,1\n")
+    assert main(["shard", str(tmp_path / "big.csv"), "--out", str(tmp_path / "o1")]) == 2
+    assert "line 3, column 'b': value '1e400' is outside the float32 range" in _one_line_error(capsys)
+    (tmp_path / "ws.csv").write_text("a,b,label\n1, -1E999 ,0\n")
+    with pytest.raises(ShardError, match=r"line 2, column 'b': value '-1E999'"):
+        write_shards(str(tmp_path / "ws.csv"), tmp_path / "o2")
+    # a written inf is a value, as NaN is: kept, counted apart from missing, and said at once
+    (tmp_path / "inf.csv").write_text("a,b,label\n1,inf,0\n3,4,1\n-Infinity,+INF,0\n")
+    assert main(["shard", str(tmp_path / "inf.csv"), "--out", str(tmp_path / "o3")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 3 infinite feature value(s) kept as +/-inf, in column(s) a, b" in out
+    x, _ = read_all(tmp_path / "o3")
+    assert np.isinf(x).sum() == 3
+    assert main(["shard", "info", str(tmp_path / "o3")]) == 0
+    assert "3 infinite values" in capsys.readouterr().out
+    assert main(["shard", "sklearn:iris", "--out", str(tmp_path / "o4")]) == 0
+    assert "infinite" not in capsys.readouterr().out

@@ -24,13 +24,17 @@ def add_arguments(p):
     p.add_argument("--verify", action="store_true", help="check each shard's sha256 before reading it")
 
 
-def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verify=False):
+def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verify=False, notes=None):
+    """Write the balanced copy; returns the train class counts before and after. ``notes``
+    (a list) receives a line per class where SMOTE had to use fewer than ``k`` neighbours."""
+    from hpctrain.quality import check_seed
     from hpctrain.quality.balance import balance_arrays
     from hpctrain.quality.io import load_manifest, read_all, splits_present, writer_for
 
+    check_seed(seed)
     m = load_manifest(src, "train", what="shard directory (train split)")
     x, y = read_all(m, "train", verify=verify)
-    xb, yb, before, after = balance_arrays(x, y, method, ratio, seed, k)
+    xb, yb, before, after = balance_arrays(x, y, method, ratio, seed, k, notes=notes)
     meta = {"balanced_from": str(m.root), "balance": {"method": method, "ratio": ratio, "seed": seed,
                                                       "before": {str(c): n for c, n in before.items()},
                                                       "after": {str(c): n for c, n in after.items()}}}
@@ -45,16 +49,20 @@ def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verif
 def run(args):
     from hpctrain.quality.dist import run_collective, world_comm
 
-    if args.k < 1:
-        from hpctrain.quality import QualityError
+    from hpctrain.quality import QualityError, check_seed
 
+    if args.k < 1:
         raise QualityError(f"--k {args.k}: SMOTE needs at least 1 neighbour (default 5)")
+    check_seed(args.seed)
     comm = world_comm()
 
     def body() -> int:
         if comm.rank == 0:
+            notes: list[str] = []
             before, after = balance_dir(args.dir, args.out, args.method, ratio=args.ratio, seed=args.seed, k=args.k,
-                                        force=args.force, verify=args.verify)
+                                        force=args.force, verify=args.verify, notes=notes)
+            for line in notes:
+                print(f"note: {line}")
             print(f"train class counts before: {before} ({sum(before.values())} rows)")
             print(f"train class counts after:  {after} ({sum(after.values())} rows)")
             print(f"wrote {args.out} (method {args.method}; the val split, if any, is copied unchanged)")

@@ -23,12 +23,13 @@ def add_arguments(p):
     p.add_argument("--ref-split", choices=["train", "val"], default=None, help="split of REF_DIR (default all)")
     p.add_argument("--cur-split", choices=["train", "val"], default=None, help="split of CUR_DIR (default all)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise KS level before Bonferroni (default 0.05)")
-    p.add_argument("--bins", type=int, default=10, help="PSI bins from reference quantiles (default 10)")
+    p.add_argument("--bins", type=int, default=10, help="PSI bins from reference quantiles, 2 to 1000 (default 10)")
     p.add_argument("--max-share", type=float, default=0.0,
                    help="report drift when the share of drifted features exceeds this (default 0: any feature)")
     p.add_argument("--top", type=int, default=6, help="features to plot (default 6)")
     p.add_argument("--metric", default=None, help="--model: metric name in result.json (default: val accuracy)")
-    p.add_argument("--tolerance", type=float, default=0.02, help="--model: allowed metric drop (default 0.02)")
+    p.add_argument("--tolerance", type=float, default=0.02,
+                   help="--model: allowed metric drop, a finite number >= 0 (default 0.02)")
     p.add_argument("--on-drift", metavar="CMD", default=None,
                    help="run CMD (split like a shell would, but no shell) when drift is found; rank 0 only")
 
@@ -42,7 +43,7 @@ def data_drift(args, comm) -> dict | None:
 
     from hpctrain.fileio import atomic_write_json
     from hpctrain.quality import QualityError
-    from hpctrain.quality.drift import drift_share, feature_drift, most_drifted
+    from hpctrain.quality.drift import check_psi_bins, drift_share, feature_drift, most_drifted
     from hpctrain.quality.io import check_out_dir, check_same_schema, load_manifest, local_chunks, make_out_dir
 
     if len(args.dirs) != 2:
@@ -50,8 +51,7 @@ def data_drift(args, comm) -> dict | None:
                            f"director{'y' if len(args.dirs) == 1 else 'ies'}: {args.dirs}")
     if not 0 < args.alpha < 1:
         raise QualityError(f"--alpha {args.alpha}: expected a level between 0 and 1")
-    if args.bins < 2:
-        raise QualityError(f"--bins {args.bins}: PSI needs at least 2 bins (default 10, the reference deciles)")
+    check_psi_bins(args.bins)
     if args.top < 1:
         raise QualityError(f"--top {args.top}: expected at least 1 feature to plot")
     if not 0 <= args.max_share < 1:

@@ -62,7 +62,24 @@ def _write(args):
     print(f"wrote {m.rows()} rows ({m.rows('train')} train, {m.rows('val')} val) in {len(m.shards)} shards "
           f"to {args.out} in {dt:.1f} s; sample shape {tuple(m.schema.sample_shape)}, "
           f"{len(m.schema.classes)} classes")
+    note = inf_note(m)
+    if note:
+        print(note)
     return 0
+
+
+def inf_note(m) -> str | None:
+    """A written inf or -inf is kept and counted apart from NaN (missing); say so at once, since
+    imputation fills only NaN and most models cannot take an infinite input."""
+    st = m.column_stats()
+    n = int(st.inf_count.sum())
+    if not n:
+        return None
+    cols = [name for name, k in zip(m.schema.feature_names, st.inf_count.tolist()) if k]
+    more = f" and {len(cols) - 5} more" if len(cols) > 5 else ""
+    return (f"note: {n} infinite feature value(s) kept as +/-inf, in column(s) {', '.join(cols[:5])}{more}. They are "
+            "not missing values: imputation fills only NaN, and 'hpctrain profile' flags them. If they mean "
+            "'unknown', leave those cells empty (NaN) instead")
 
 
 def _verify(args):
@@ -121,7 +138,9 @@ def _info(args):
         counts = s["class_counts"]
         lo, hi = min(counts.values()), max(counts.values())
         ratio = f"{hi / lo:.1f}" if lo else "inf"
+        inf = f"; {s['inf_values']} infinite values" if s["inf_values"] else ""
         print(f"  {split:5s} {s['rows']:>10d} rows in {s['shards']:>4d} shards; "
-              f"missing {100 * s['missing_share']:.2f}% ({s['columns_with_missing']} columns); imbalance {ratio}:1")
+              f"missing {100 * s['missing_share']:.2f}% ({s['columns_with_missing']} columns){inf}; "
+              f"imbalance {ratio}:1")
         print(f"        classes {counts}")
     return 0

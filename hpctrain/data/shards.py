@@ -16,6 +16,7 @@ h5py is imported inside functions so ``import hpctrain.data`` stays cheap.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
 import os
@@ -40,10 +41,38 @@ CHUNK_BYTES = 1 << 20
 # that one shard (the writer's memory bound) fits comfortably in RAM.
 DEFAULT_SHARD_BYTES = 32 << 20
 _SHARD_NAME = re.compile(r"^(train|val)-\d{5,}\.h5$")
+# The keys of format version 1. A format that adds keys bumps FORMAT_VERSION (which older
+# hpctrain refuses with "upgrade hpctrain"), so within version 1 an unknown key is a hand edit
+# or a typo and is refused rather than ignored: ignoring "shard" for "shards" hides a mistake.
+MANIFEST_KEYS = ("format", "version", "schema", "meta", "shards")
+SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names")
+SHARD_KEYS = ("file", "rows", "sha256", "split", "class_counts", "stats")
+STATS_KEYS = ("count", "nan_count", "inf_count", "sum", "sumsq", "min", "max")
+COMPRESSIONS = ("none", "lzf", "gzip")
 
 
 class ShardError(HpctrainError):
     """A shard directory, manifest, shard file or shard input is wrong or corrupt."""
+
+
+def _is_int(v: Any) -> bool:
+    # JSON true/false load as bool, a subclass of int; a count of True is a broken manifest
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_keys(d: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """Refuse keys of ``d`` outside ``known``, naming the first one and the closest known key."""
+    for k in d:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ShardError(f"{where}: unknown key {k!r}{hint}; format version {FORMAT_VERSION} has only "
+                             f"{', '.join(known)}: remove or rename the key, or re-create the shard directory")
+
+
+def _bad_field(where: str, name: str, value: Any, expected: str) -> ShardError:
+    return ShardError(f"{where}: {name} is {type(value).__name__} {value!r:.60}; expected {expected}. The manifest "
+                      "was edited or is corrupt: fix the field or re-create the shard directory")
 
 
 # --- HDF5 file locking ----------------------------------------------------------------------
@@ -203,6 +232,7 @@ class ColumnStats:
     def from_json(cls, d: Mapping[str, Any]) -> ColumnStats:
         if not isinstance(d, Mapping) or "count" not in d:
             raise ShardError(f"column stats must be a mapping with count/nan_count/sum/sumsq/min/max, got {d!r:.80}")
+        _check_keys(d, STATS_KEYS, "column stats")
         n = len(d["count"])
         missing = [k for k in ("nan_count", "sum", "sumsq", "min", "max") if k not in d]
         if missing:
@@ -237,13 +267,30 @@ class Schema:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Schema:
-        try:
-            s = cls(dtype=str(d["dtype"]), sample_shape=tuple(int(v) for v in d["sample_shape"]),
-                    feature_names=[str(v) for v in d["feature_names"]], classes=[int(v) for v in d["classes"]],
-                    class_names=list(d["class_names"]) if d.get("class_names") is not None else None)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ShardError(f"manifest schema is malformed ({type(e).__name__}: {e}); expected dtype, "
-                             "sample_shape, feature_names and classes") from None
+        where = "manifest schema"
+        missing = [k for k in ("dtype", "sample_shape", "feature_names", "classes") if k not in d]
+        if missing:
+            raise ShardError(f"{where} lacks {missing}; expected dtype, sample_shape, feature_names and classes")
+        _check_keys(d, SCHEMA_KEYS, where)
+        # Strict types, no coercion: int("8") or str(3) would let a damaged manifest through.
+        if not isinstance(d["dtype"], str):
+            raise _bad_field(where, "dtype", d["dtype"], "a string ('float32')")
+        shape = d["sample_shape"]
+        if not isinstance(shape, list) or not all(_is_int(v) and v >= 1 for v in shape):
+            raise _bad_field(where, "sample_shape", shape, "a list of positive integers, e.g. [64] or [1, 8, 8]")
+        names = d["feature_names"]
+        if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+            raise _bad_field(where, "feature_names", names, "a list of strings")
+        classes = d["classes"]
+        if not isinstance(classes, list) or not all(_is_int(v) for v in classes):
+            raise _bad_field(where, "classes", classes, "a list of integer class ids")
+        if len(set(classes)) != len(classes):
+            raise _bad_field(where, "classes", classes, "each class id once")
+        cn = d.get("class_names")
+        if cn is not None and (not isinstance(cn, list) or not all(isinstance(v, str) for v in cn)):
+            raise _bad_field(where, "class_names", cn, "a list of strings (or absent)")
+        s = cls(dtype=d["dtype"], sample_shape=tuple(shape), feature_names=list(names), classes=list(classes),
+                class_names=list(cn) if cn is not None else None)
         if s.dtype != "float32":
             raise ShardError(f"manifest schema dtype is {s.dtype!r}; this hpctrain reads only 'float32'")
         if len(s.feature_names) != s.n_features:
@@ -268,21 +315,86 @@ class ShardInfo:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], n_features: int) -> ShardInfo:
+        if not isinstance(d, Mapping):
+            raise ShardError(f"manifest shard entry {d!r:.80} is not a mapping; expected file, rows, sha256, split, "
+                             "class_counts and stats")
+        missing = [k for k in SHARD_KEYS if k not in d]
+        if missing:
+            raise ShardError(f"manifest shard entry {str(d)[:120]!r} lacks {missing}; expected file, rows, sha256, "
+                             "split, class_counts and stats")
+        where = f"manifest shard {d['file']!r:.80}"
+        _check_keys(d, SHARD_KEYS, where)
+        for name in ("file", "sha256", "split"):
+            if not isinstance(d[name], str):
+                raise _bad_field(where, name, d[name], "a string")
+        if not _is_int(d["rows"]):
+            raise _bad_field(where, "rows", d["rows"], "an integer (the shard's row count)")
+        cc = d["class_counts"]
+        if not isinstance(cc, Mapping):
+            raise _bad_field(where, "class_counts", cc, 'a mapping of class id to row count, e.g. {"0": 12}')
+        counts: dict[int, int] = {}
+        for k, v in cc.items():
+            try:
+                label = int(k)  # JSON object keys are strings: "3" is class 3
+            except ValueError:
+                raise _bad_field(where, "a class_counts key", k, "an integer class id") from None
+            if not _is_int(v) or v < 0:
+                raise _bad_field(where, f"class_counts[{k!r}]", v, "a non-negative integer")
+            counts[label] = v
         try:
-            info = cls(file=str(d["file"]), rows=int(d["rows"]), sha256=str(d["sha256"]), split=str(d["split"]),
-                       class_counts={int(k): int(v) for k, v in d["class_counts"].items()},
-                       stats=ColumnStats.from_json(d["stats"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ShardError(f"manifest shard entry {str(d)[:120]!r} is malformed ({type(e).__name__}: {e}); "
-                             "expected file, rows, sha256, split, class_counts and stats") from None
+            stats = ColumnStats.from_json(d["stats"])
+        except (TypeError, ValueError) as e:
+            raise ShardError(f"{where}: stats are malformed ({type(e).__name__}: {e}); expected "
+                             f"{', '.join(STATS_KEYS)}, one value per feature") from None
+        info = cls(file=d["file"], rows=d["rows"], sha256=d["sha256"], split=d["split"], class_counts=counts,
+                   stats=stats)
         if info.split not in SPLITS:
             raise ShardError(f"manifest shard {info.file!r} has split {info.split!r}; expected one of {SPLITS}")
         if info.rows < 1:
             raise ShardError(f"manifest shard {info.file!r} has {info.rows} rows; expected at least 1")
+        if sum(counts.values()) != info.rows:
+            raise ShardError(f"manifest shard {info.file!r}: class_counts add up to {sum(counts.values())} rows, "
+                             f"rows is {info.rows}; the manifest was edited or is corrupt: re-create the shard "
+                             "directory")
         if info.stats.n_columns != n_features:
             raise ShardError(f"manifest shard {info.file!r} has stats for {info.stats.n_columns} columns, "
                              f"the schema has {n_features} features")
         return info
+
+
+def _check_meta(meta: Any, mpath: str) -> dict:
+    """``meta`` is free-form provenance (source, seed, what clean/balance did), except the keys
+    hpctrain reads back, whose types are checked here rather than failing later, far away."""
+    if not isinstance(meta, dict):
+        raise ShardError(f"{mpath!r}: meta is {type(meta).__name__} {meta!r:.60}; expected a JSON object "
+                         '(e.g. {"compression": "lzf", "chunk_rows": 4096}): fix it or re-create the shard directory')
+    where = f"{mpath!r} meta"
+    for name in ("chunk_rows", "rows_per_shard"):
+        if name in meta and not (_is_int(meta[name]) and meta[name] >= 1):
+            raise _bad_field(where, name, meta[name], "a positive integer")
+    if "compression" in meta and meta["compression"] not in COMPRESSIONS:
+        raise _bad_field(where, "compression", meta["compression"], f"one of {', '.join(COMPRESSIONS)}")
+    return dict(meta)
+
+
+def _check_labels(schema: Schema, shards: Sequence[ShardInfo], mpath: str) -> None:
+    """Every label a shard counts must be in schema.classes: the trainer maps labels to outputs
+    by their position in that list, and an undeclared label only fails there, deep in torch."""
+    declared = set(schema.classes)
+    undeclared: dict[int, int] = {}
+    first = None
+    for s in shards:
+        for k, v in s.class_counts.items():
+            if v and k not in declared:
+                undeclared[k] = undeclared.get(k, 0) + v
+                first = first or s.file
+    if undeclared:
+        labels = sorted(undeclared)
+        raise ShardError(f"{mpath!r}: the shards hold labels {labels[:10]}{' ...' if len(labels) > 10 else ''} "
+                         f"({sum(undeclared.values())} rows, first in {first!r}) that are not in schema.classes "
+                         f"{schema.classes}; the manifest is inconsistent (edited, or corrupt) and training would "
+                         f"index past its {len(schema.classes)} classes. Re-create the directory with 'hpctrain shard "
+                         "INPUT --out DIR --force', or list every label in schema.classes")
 
 
 def _safe_relative(root: Path, name: str) -> Path:
@@ -367,18 +479,24 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ShardError(f"{str(mpath)!r} is not an hpctrain shard manifest (format {FORMAT!r} missing)")
         version = d.get("version")
-        if not isinstance(version, int) or version < 1:
+        if not _is_int(version) or version < 1:
             raise ShardError(f"{str(mpath)!r} has version {version!r}; expected a positive integer")
         if version > FORMAT_VERSION:
             raise ShardError(f"{str(mpath)!r} has format version {version}, newer than this hpctrain reads "
                              f"({FORMAT_VERSION}); upgrade hpctrain")
+        _check_keys(d, MANIFEST_KEYS, repr(str(mpath)))
         if not isinstance(d.get("schema"), dict) or not isinstance(d.get("shards"), list):
             raise ShardError(f"{str(mpath)!r} lacks a 'schema' mapping or a 'shards' list")
-        schema = Schema.from_json(d["schema"])
-        shards = [ShardInfo.from_json(s, schema.n_features) for s in d["shards"]]
+        try:
+            schema = Schema.from_json(d["schema"])
+            shards = [ShardInfo.from_json(s, schema.n_features) for s in d["shards"]]
+        except ShardError as e:
+            raise ShardError(f"{str(mpath)!r}: {e}") from None
         if not shards:
             raise ShardError(f"{str(mpath)!r} lists no shards; the input was empty")
-        m = cls(version=version, schema=schema, shards=shards, root=root, meta=dict(d.get("meta") or {}))
+        meta = _check_meta(d.get("meta", {}), str(mpath))
+        _check_labels(schema, shards, str(mpath))
+        m = cls(version=version, schema=schema, shards=shards, root=root, meta=meta)
         seen = set()
         for s in shards:
             path = m.path(s)
@@ -470,6 +588,10 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
                         read_rows(path, xd, a, min(a + step, s.rows))
                     y = read_rows(path, yd, 0, s.rows)
                     vals, cnt = np.unique(y, return_counts=True)
+                    undeclared = sorted(set(vals.tolist()) - set(m.schema.classes))
+                    if undeclared:
+                        problems.append(f"{s.file}: labels {undeclared[:10]} are not in the manifest's schema.classes "
+                                        f"{m.schema.classes} (training would index past the class list)")
                     if {int(k): int(v) for k, v in zip(vals, cnt)} != {k: v for k, v in s.class_counts.items() if v}:
                         problems.append(f"{s.file}: class counts differ from the manifest")
         except ShardError as e:
@@ -635,6 +757,21 @@ class ShardWriter:
 
     def _write_file(self, name: str, split: str, x: np.ndarray, y: np.ndarray) -> ShardInfo:
         dest = self.root / name
+        try:
+            digest = self._write_h5(dest, split, x, y)
+        except OSError as e:
+            # h5py reports a full disk, a quota or a file-size limit as a bare OSError from deep inside,
+            # its text spread over lines by HDF5: one line, cut short, is what the CLI can print
+            why = " ".join(str(e).split())[:200]
+            raise ShardError(f"writing shard {str(dest)!r} failed ({why}); the file system may be full or over "
+                             "quota: free space, or choose an --out on a file system with more room") from e
+        vals, cnt = np.unique(y, return_counts=True)
+        return ShardInfo(file=name, rows=len(x), sha256=digest, split=split,
+                         class_counts={int(k): int(v) for k, v in zip(vals, cnt)},
+                         stats=ColumnStats.from_array(x))
+
+    def _write_h5(self, dest: Path, split: str, x: np.ndarray, y: np.ndarray) -> str:
+        """Write one shard file atomically; returns its sha256."""
         chunk = min(self.chunk_rows, len(x))
         with atomic_path(dest) as tmp:
             with h5_open(tmp, "w", locking=self.locking) as f:
@@ -652,11 +789,7 @@ class ShardWriter:
                 f.create_dataset("x", data=x, chunks=(chunk, *self.sample_shape), compression=self.compression,
                                  fletcher32=True)
                 f.create_dataset("y", data=y, chunks=(chunk,), compression=self.compression, fletcher32=True)
-            digest = sha256_file(tmp)
-        vals, cnt = np.unique(y, return_counts=True)
-        return ShardInfo(file=name, rows=len(x), sha256=digest, split=split,
-                         class_counts={int(k): int(v) for k, v in zip(vals, cnt)},
-                         stats=ColumnStats.from_array(x))
+            return sha256_file(tmp)
 
     def close(self) -> Manifest:
         """Flush the partial shards and write the manifest (last, atomically)."""
@@ -678,7 +811,11 @@ class ShardWriter:
                 "rows_per_shard": self.rows_per_shard, **self.meta}
         shards = sorted(self._written, key=lambda s: (SPLITS.index(s.split), s.file))
         m = Manifest(version=FORMAT_VERSION, schema=schema, shards=shards, root=self.root, meta=meta)
-        m.save()
+        try:
+            m.save()
+        except OSError as e:
+            raise ShardError(f"writing {str(self.root / MANIFEST_NAME)!r} failed ({e}); the file system may be full "
+                             "or over quota: free space, or choose an --out on a file system with more room") from e
         return m
 
     def _remove_written(self) -> None:

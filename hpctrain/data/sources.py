@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -92,9 +94,15 @@ def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | Non
     """Parse a 2-D array of strings to float32; missing tokens become NaN; a bad cell is
     reported by line (or row, counted from ``offset``) and column."""
     try:
-        return to_float32(block.astype(np.float64), names, lines, src, offset)
+        out = block.astype(np.float64)
     except ValueError:
-        pass
+        out = _parse_columns(block, names, lines, src, offset)
+    _check_overflow(block, out, names, lines, src, offset)
+    return to_float32(out, names, lines, src, offset)
+
+
+def _parse_columns(block: np.ndarray, names: list[str], lines: list[int] | None, src: str,
+                   offset: int) -> np.ndarray:
     out = np.empty(block.shape, np.float64)
     for j in range(block.shape[1]):
         col = np.char.strip(block[:, j].astype(str))
@@ -114,7 +122,27 @@ def strings_to_float(block: np.ndarray, names: list[str], lines: list[int] | Non
                 except ValueError:
                     raise ShardError(f"{src}: {_where(lines, i, offset)}, column {names[j]!r}: value {str(v)[:40]!r} "
                                      "is not a number; fix the value, or leave it empty for a missing value") from None
-    return to_float32(out, names, lines, src, offset)
+    return out
+
+
+INF_TOKENS = ("inf", "infinity")
+
+
+def _check_overflow(block: np.ndarray, parsed: np.ndarray, names: list[str], lines: list[int] | None, src: str,
+                    offset: int) -> None:
+    """A written ``inf`` is kept (counted and flagged as infinite), but a number like 1e400 is
+    already inf in float64, so to_float32's range check cannot see it: refuse it here, as 1e40 is."""
+    inf = np.isinf(parsed)
+    if not inf.any():
+        return
+    words = np.char.lstrip(np.char.lower(np.char.strip(block[inf].astype(str))), "+-")
+    bad = ~np.isin(words, INF_TOKENS)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(inf)[int(np.flatnonzero(bad)[0])])
+        col = names[j] if j < len(names) else f"feature {j}"
+        raise ShardError(f"{src}: {_where(lines, i, offset)}, column {col!r}: value {str(block[i, j]).strip()[:40]!r} "
+                         "is outside the float32 range (about +-3.4e38); rescale the column before sharding (write "
+                         "inf or -inf for a value that is meant to be infinite)")
 
 
 class LabelParser:
@@ -254,12 +282,35 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
 # --- NumPy ------------------------------------------------------------------------------------
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _numpy_load_error(src: str, kind: str, magic: bytes, e: Exception) -> ShardError:
+    """numpy treats any file without its magic bytes as a pickle and suggests allow_pickle=True,
+    which is the wrong advice for a junk file and unsafe for a hostile one: say what the file is."""
+    try:
+        with open(src, "rb") as f:
+            head = f.read(len(magic))
+    except OSError:
+        head = magic
+    if head != magic:
+        return ShardError(f"{src} is not a valid {kind} file (it does not start with the {kind} signature "
+                          f"{magic!r}); check that it was written with numpy.{'save' if kind == '.npy' else 'savez'}"
+                          ", or pass a CSV/Parquet file")
+    if "pickle" in str(e) or "Python objects" in str(e):
+        return ShardError(f"{src} holds pickled Python objects (an object array), which hpctrain refuses to load: "
+                          "unpickling a file can run arbitrary code. Save numeric arrays instead (a float or int "
+                          "dtype)")
+    return ShardError(f"{src} is not a readable {kind} file ({e}); it is truncated or corrupt: write it again")
+
+
 def npy_source(path: Path, *, label: str | None) -> Source:
     src = str(path)
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise ShardError(f"{src} is not a readable .npy file ({e})") from None
+        raise _numpy_load_error(src, ".npy", NPY_MAGIC, e) from None
     if a.ndim != 2 or a.shape[1] < 2 or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise ShardError(f"{src}: a .npy input must be a numeric 2-D array (rows x columns, one of them the label); "
                          f"got {a.dtype}{a.shape}. Use a .npz with 'x' and 'y' for other shapes")
@@ -301,10 +352,14 @@ def npz_source(path: Path) -> Source:
         z = np.load(path, allow_pickle=False)
         keys = list(z.keys())
     except (ValueError, OSError) as e:
-        raise ShardError(f"{src} is not a readable .npz file ({e})") from None
+        raise _numpy_load_error(src, ".npz", ZIP_MAGIC, e) from None
     if "x" not in keys or "y" not in keys:
         raise ShardError(f"{src}: a .npz input needs arrays 'x' and 'y'; it has {keys}")
-    x, y = z["x"], z["y"]
+    try:
+        x, y = z["x"], z["y"]
+        names_arr = z["feature_names"] if "feature_names" in keys else None
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise _numpy_load_error(src, ".npz", ZIP_MAGIC, e) from None
     if x.ndim < 1 or len(x) != len(y) or y.ndim != 1:
         raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and y (N,)")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
@@ -312,7 +367,7 @@ def npz_source(path: Path) -> Source:
     if x.ndim == 1:
         x = x[:, None]
     n_feat = int(np.prod(x.shape[1:]))
-    names = [str(v) for v in z["feature_names"]] if "feature_names" in keys else [f"f{i}" for i in range(n_feat)]
+    names = [str(v) for v in names_arr] if names_arr is not None else [f"f{i}" for i in range(n_feat)]
     if len(names) != n_feat:
         raise ShardError(f"{src}: {len(names)} feature_names for {n_feat} features")
     yy = _int_labels(y, src)
@@ -396,6 +451,25 @@ SKLEARN_PARAMS = {**COMMON_PARAMS, "flat": int}
 SYNTH_PARAMS = {**COMMON_PARAMS, "rows": int, "features": int, "classes": int, "shape": str, "sep": float}
 
 
+# numpy's Generator takes any non-negative int, but scikit-learn's random_state and numpy's legacy
+# seeding stop at 2**32 - 1; one range for every seed keeps a seed valid wherever it is passed on.
+SEED_LIMIT = 2**32
+# Ceilings far above any real synthetic set, low enough that a typo (an extra three zeros) fails
+# at once instead of filling a disk or allocating the class means (classes x features floats).
+SYNTH_MAX_ROWS = 10**9
+SYNTH_MAX_FEATURES = 10**6
+SYNTH_MAX_CLASSES = 10**4
+SYNTH_MAX_CENTER_VALUES = 2**28  # classes x features: 1 GiB of float32 class means
+
+
+def check_seed(seed: Any, what: str = "--seed") -> int:
+    """``seed`` if it is an integer in [0, 2**32); else a ShardError naming ``what``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise ShardError(f"{what} {seed!r}: expected an integer from 0 to {SEED_LIMIT - 1} (2**32 - 1), the range "
+                         "scikit-learn and numpy accept as a seed")
+    return int(seed)
+
+
 def _params(query: str, allowed: dict[str, type], spec: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
@@ -407,8 +481,13 @@ def _params(query: str, allowed: dict[str, type], spec: str) -> dict[str, Any]:
             raise ShardError(f"{spec!r}: parameter {k}={v!r} is not a {allowed[k].__name__}") from None
     if not 0.0 <= out.get("missing", 0.0) < 1.0:
         raise ShardError(f"{spec!r}: missing={out['missing']} must be in [0, 1)")
-    if out.get("imbalance", 1.0) < 1.0:
-        raise ShardError(f"{spec!r}: imbalance={out['imbalance']} must be >= 1 (the majority/minority ratio)")
+    if not 1.0 <= out.get("imbalance", 1.0) < math.inf:
+        raise ShardError(f"{spec!r}: imbalance={out['imbalance']} must be a finite number >= 1 (the "
+                         "majority/minority ratio)")
+    if not math.isfinite(out.get("sep", 1.0)):
+        raise ShardError(f"{spec!r}: sep={out['sep']} must be a finite number (the scale of the class means)")
+    if "seed" in out:
+        check_seed(out["seed"], f"{spec!r}: seed")
     return out
 
 
@@ -478,7 +557,15 @@ def synthetic_source(kind: str, query: str, spec: str) -> Source:
         shape = (p.get("features", 20),)
     if rows < 1 or n_classes < 2 or any(v < 1 for v in shape):
         raise ShardError(f"{spec!r}: need rows >= 1, classes >= 2 and positive feature counts")
-    d = int(np.prod(shape))
+    d = math.prod(shape)
+    if rows > SYNTH_MAX_ROWS or d > SYNTH_MAX_FEATURES or n_classes > SYNTH_MAX_CLASSES:
+        raise ShardError(f"{spec!r}: rows={rows}, {d} features, classes={n_classes}; a synthetic set is limited to "
+                         f"{SYNTH_MAX_ROWS:,} rows, {SYNTH_MAX_FEATURES:,} features and {SYNTH_MAX_CLASSES:,} classes "
+                         f"({_human(rows * (4 * d + 8))} uncompressed as asked); check for extra zeros")
+    if n_classes * d > SYNTH_MAX_CENTER_VALUES:
+        raise ShardError(f"{spec!r}: classes={n_classes} x {d} features need {_human(4 * n_classes * d)} of "
+                         f"class means in memory (limit {_human(4 * SYNTH_MAX_CENTER_VALUES)}); use fewer classes or "
+                         "features")
     # Class means on a scale where the classes overlap a little: learnable, not trivial.
     centers = (np.random.default_rng([seed, 1]).standard_normal((n_classes, d)) * p.get("sep", 1.0)).astype(np.float32)
     prior = class_keep_probs(n_classes, p.get("imbalance", 1.0))
@@ -566,6 +653,7 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
         raise ShardError("give --shards or --rows-per-shard, not both")
     if shards is not None and shards < 1:
         raise ShardError(f"--shards {shards}: expected at least 1")
+    check_seed(seed)
     src = open_source(spec, label=label)
     if shards is not None:
         total = src.total_rows()
@@ -576,6 +664,10 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
         # Counting an in-memory input is cheap and lets small inputs get several shards.
         total = src.total_rows() if src.rows is not None or src.in_memory else None
         rows_per_shard = default_rows_per_shard(src.sample_shape, total)
+    if src.rows is not None:
+        # CSV rows are unknown until the file is read, and its size bounds nothing: "1," is two
+        # bytes of text and four of float32, "0.123456789," twelve. So only known counts are checked.
+        check_space(spec, src.rows, src.sample_shape, out, compression=compression, overwrite=overwrite)
     split = SplitAssigner(val_fraction, seed)
     meta = {"source": spec, "label": src.label, "seed": seed, "val_fraction": val_fraction, "shuffled": shuffle,
             "params": src.params}
@@ -596,6 +688,49 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
         if src.label_names is not None:
             writer.class_names = sorted(src.label_names, key=src.label_names.__getitem__)
         return writer.close()
+
+
+def shard_bytes(rows: int, sample_shape: tuple[int, ...]) -> int:
+    """Uncompressed size of ``rows`` shard rows: float32 features and an int64 label each."""
+    return rows * (4 * math.prod(sample_shape) + 8)
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the file system that holds ``path`` (or would: its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover  (the loop returns)
+
+
+def check_space(spec: str, rows: int, sample_shape: tuple[int, ...], out: str | os.PathLike, *,
+                compression: str | None, overwrite: bool) -> None:
+    """Refuse before writing when the uncompressed shards cannot fit in the free space of ``out``'s
+    file system. Compression may make them smaller, by an amount no one knows before writing, so
+    the uncompressed size is what is compared: a refusal errs on the side of not filling the disk."""
+    need = shard_bytes(rows, sample_shape)
+    free = free_bytes(out)
+    root = Path(out)
+    if overwrite and root.is_dir():
+        # --force replaces the shards there: their space comes back before the new ones need it
+        free += sum(p.stat().st_size for p in root.iterdir() if p.is_file() and p.name.endswith((".h5", ".json")))
+    if need <= free:
+        return
+    n_feat = math.prod(sample_shape)
+    packed = "" if compression in (None, "none") else (
+        f"; {compression} compression may shrink that, by an amount only known after writing")
+    fix = "a smaller rows=" if spec.startswith("synthetic:") else "a subset of the input"
+    raise ShardError(f"{spec!r}: the shards need about {_human(need)} ({rows:,} rows x {n_feat:,} features x 4 bytes "
+                     f"+ an 8-byte label, uncompressed{packed}), but the file system of {str(out)!r} has "
+                     f"{_human(free)} free; shard {fix}, or choose an --out on a file system with more space")
 
 
 def _shuffled(chunks: Iterator[Chunk], seed: int) -> Iterator[Chunk]:

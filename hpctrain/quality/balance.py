@@ -74,6 +74,7 @@ class SmoteSamples:
     base: np.ndarray    # index (within the class rows) of the row each new point starts from
     other: np.ndarray   # index of the neighbour it moves towards
     gap: np.ndarray     # position along the segment, in [0, 1)
+    k: int = 0          # neighbours used: the k asked for, or fewer in a class of k rows or less
 
 
 def smote_class(x: np.ndarray, n_new: int, k: int, rng: np.random.Generator) -> SmoteSamples:
@@ -106,14 +107,19 @@ def smote_class(x: np.ndarray, n_new: int, k: int, rng: np.random.Generator) -> 
     other = neigh[base, rng.integers(0, k, size=n_new)]
     gap = rng.random(n_new)
     new = x[base] + gap[:, None] * (x[other] - x[base])
-    return SmoteSamples(x=new, base=base, other=other, gap=gap)
+    return SmoteSamples(x=new, base=base, other=other, gap=gap, k=k)
 
 
 def balance_arrays(x: np.ndarray, y: np.ndarray, method: str, ratio: float | None = None, seed: int = 0,
-                   k: int = 5) -> tuple[np.ndarray, np.ndarray, dict[int, int], dict[int, int]]:
-    """Balanced (x, y) with x in its input shape; also the class counts before and after."""
+                   k: int = 5, notes: list[str] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, dict[int, int], dict[int, int]]:
+    """Balanced (x, y) with x in its input shape; also the class counts before and after.
+    ``notes``, if given, receives a line for each class where SMOTE used fewer than ``k``
+    neighbours because the class is too small (imbalanced-learn raises there instead)."""
+    from hpctrain.quality import check_seed
     from hpctrain.quality.stats import class_counts
 
+    check_seed(seed)
     y = np.asarray(y).astype(np.int64)
     before = class_counts(y)
     targets = target_counts(before, method, ratio)
@@ -131,6 +137,9 @@ def balance_arrays(x: np.ndarray, y: np.ndarray, method: str, ratio: float | Non
             s = smote_class(flat[y == c], extra, k, rng)
         except QualityError as e:
             raise QualityError(f"class {c}: {e}") from None
+        if s.k < k and notes is not None:
+            notes.append(f"class {c} has {before.get(c, 0)} rows, so SMOTE used k={s.k} neighbours instead of "
+                         f"--k {k}")
         xs.append(s.x.astype(x.dtype).reshape((extra,) + x.shape[1:]))
         ys.append(np.full(extra, c, dtype=np.int64))
     xo, yo = np.concatenate(xs), np.concatenate(ys)

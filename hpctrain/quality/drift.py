@@ -25,6 +25,10 @@ import numpy as np
 PSI_MODERATE = 0.1
 PSI_MAJOR = 0.25
 PSI_EPS = 1e-4
+# Every bin gets PSI_EPS added to its share; with B equal-mass bins a bin's share is 1/B, so at
+# 1000 bins the smoothing is already a tenth of each bin's share (at 10,000 it equals it) and PSI
+# measures the smoothing more than the data. Practice uses 10 to 20 bins.
+MAX_PSI_BINS = 1000
 
 
 @dataclass(kw_only=True, slots=True)
@@ -46,11 +50,21 @@ class FeatureDrift:
 
 def psi_edges(ref: np.ndarray, bins: int = 10) -> np.ndarray:
     """Inner bin edges: the reference's quantiles at 1/bins .. (bins-1)/bins, deduplicated."""
+    check_psi_bins(bins)
     ref = np.asarray(ref, dtype=np.float64)
     ref = ref[np.isfinite(ref)]
     if ref.size == 0:
         return np.zeros(0)
     return np.unique(np.quantile(ref, np.arange(1, bins) / bins))
+
+
+def check_psi_bins(bins: int) -> None:
+    from hpctrain.quality import QualityError
+
+    if not 2 <= bins <= MAX_PSI_BINS:
+        raise QualityError(f"--bins {bins}: PSI takes 2 to {MAX_PSI_BINS} bins of the reference quantiles (default "
+                           f"10, the deciles); each bin's share gets {PSI_EPS:g} added so empty bins stay finite, "
+                           f"and beyond {MAX_PSI_BINS} bins that smoothing outweighs a tenth of a bin's data")
 
 
 def bin_shares(values: np.ndarray, edges: np.ndarray, eps: float = PSI_EPS) -> np.ndarray:

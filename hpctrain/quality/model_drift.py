@@ -10,6 +10,7 @@ run's own validation split reproduces ``result.json``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,9 @@ def model_drift(args) -> dict:
 
     if len(args.dirs) != 1:
         raise QualityError(f"drift --model RUN takes one CUR_DIR of labelled shards; got {args.dirs}")
-    if args.tolerance < 0:
-        raise QualityError(f"--tolerance {args.tolerance}: expected a non-negative metric difference")
+    if not 0 <= args.tolerance < math.inf:  # NaN fails too: it would never compare, and JSON has no NaN
+        raise QualityError(f"--tolerance {args.tolerance}: expected a finite, non-negative metric difference "
+                           "(default 0.02)")
     metric = args.metric or "val_accuracy"
     if metric not in METRICS:
         raise QualityError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")

@@ -21,12 +21,16 @@ from typing import Iterable
 
 import numpy as np
 
-from hpctrain.quality import QualityError
+from hpctrain.quality import QualityError, check_seed
 from hpctrain.quality.outliers import anomaly_scores, count_outliers, iqr_fences, knn_majority, zscore_fences
 from hpctrain.quality.stats import CoMoments, Moments, class_counts, exact_mad, exact_quantiles, hist_edges, \
     histograms, imbalance_ratio, local_sorted_columns, merge_all, row_hashes
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+# Every rank holds a features x bins count table, report.json stores it and each histogram is
+# drawn a few hundred pixels wide: past about a thousand bins nothing more can be seen, only
+# memory spent (a billion bins asked for 477 GiB).
+MAX_BINS = 1000
 
 
 @dataclass(kw_only=True, slots=True)
@@ -46,6 +50,11 @@ class ProfileConfig:
         if self.bins < 1 or self.sample_size < 1 or self.knn_k < 1:
             raise QualityError(f"profile settings: bins={self.bins}, sample_size={self.sample_size}, "
                                f"knn_k={self.knn_k}; each must be at least 1")
+        if self.bins > MAX_BINS:
+            raise QualityError(f"--bins {self.bins}: at most {MAX_BINS} histogram bins per column (default 30); "
+                               "more cannot be told apart in the report's plots and cost features x bins counts "
+                               "on every rank")
+        check_seed(self.seed)
 
 
 def _num(v) -> float | None:
