@@ -75,12 +75,15 @@ def test_missing_mpirun_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.launcher
-def test_launch_runs_two_ranks(mpi_env):
-    code = "import os; print('rank', os.environ['OMPI_COMM_WORLD_RANK'], 'of', os.environ['OMPI_COMM_WORLD_SIZE'])"
-    p = subprocess.run([sys.executable, "-m", "hpctrain", "launch", "-n", "2", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=120)
+def test_launch_runs_two_ranks(mpi_env, tmp_path):
+    # each rank writes its own file: mpirun forwards the ranks' stdout in chunks that can
+    # interleave mid-line on a busy machine
+    code = ("import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; "
+            "open(os.path.join(sys.argv[1], 'rank' + r), 'w').write(r + ' of ' + os.environ['OMPI_COMM_WORLD_SIZE'])")
+    p = subprocess.run([sys.executable, "-m", "hpctrain", "launch", "-n", "2", "--", sys.executable, "-c", code,
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert sorted(line for line in p.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]
+    assert sorted(f.read_text() for f in tmp_path.glob("rank*")) == ["0 of 2", "1 of 2"]
 
 
 @pytest.mark.launcher

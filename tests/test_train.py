@@ -228,6 +228,21 @@ def test_nan_input_without_imputer_is_a_clear_error(tmp_path):
     assert ok.status == "completed"
 
 
+def test_infinite_input_is_a_clear_error_even_with_on_nan_zero(tmp_path):
+    from hpctrain.data.shards import ShardWriter
+    from hpctrain.errors import HpctrainError
+    from hpctrain.train.trainer import train
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    x[3, 1], x[5, 2] = np.nan, np.inf  # on_nan=zero fills the NaN; the inf is not missing data
+    with ShardWriter(tmp_path / "d", feature_names=list("abcd"), sample_shape=(4,), classes=[0, 1]) as w:
+        w.add(x, (np.arange(64) % 2).astype(np.int64), split="train")
+    cfg = make_cfg(tmp_path / "d", tmp_path / "r", data={"val_split": None, "shuffle": False},
+                   imputation={"on_nan": "zero"})
+    with pytest.raises(HpctrainError, match=r"holds 1 infinite value\(s\) in this batch.*hpctrain profile"):
+        train(cfg)
+
+
 def test_resume_after_world_size_change_is_not_silent(tmp_path, data3, capfd):
     """A checkpoint's RNG list has one entry per rank; a different world gets a warning."""
     from hpctrain.train import checkpoint as C

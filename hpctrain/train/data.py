@@ -111,11 +111,17 @@ class Preprocess:
             x = torch.from_numpy(np.ascontiguousarray(self.imputer.transform(flat), dtype=np.float32)).reshape(shape)
         elif torch.isnan(x).any():
             if self.on_nan == "zero":
-                x = torch.nan_to_num(x, nan=0.0)
+                x = torch.where(torch.isnan(x), torch.zeros((), dtype=x.dtype), x)  # NaN only: inf is not missing
             else:
                 raise HpctrainError("the training data holds NaN values and no imputer is configured; fit one "
                                     "('hpctrain impute fit') and set imputation.imputer, or set "
                                     "imputation.on_nan=zero")
+        if torch.isinf(x).any():
+            # an inf is a value, not a missing one: neither imputation nor on_nan touches it, and
+            # one makes the loss NaN. 'hpctrain shard' and 'hpctrain profile' name the columns.
+            raise HpctrainError(f"the training data holds {int(torch.isinf(x).sum())} infinite value(s) in this "
+                                "batch; see which features with 'hpctrain profile DIR', then fix the source data "
+                                "(or replace them with NaN and impute) and re-shard")
         return x
 
     def augment(self, x, y):
