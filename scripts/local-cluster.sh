@@ -15,10 +15,10 @@
 # --nodes N (2 to 8): N nodes n1..nN, each slurmd in a network namespace of its own
 # (hpctrain-nI, address 10.213.0.(10+I) on the bridge hpctrain-br, 10.213.0.1) and a UTS
 # namespace of its own, so `hostname` says nI in its jobs. Each node gets all of the machine's
-# CPUs and 1/N of its memory, its name in /etc/hosts (removed by stop), and a /tmp of its own (<dir>/tmp/nI; the rest of the file system
-# is shared, like a cluster's shared file system). It runs beside a one-node cluster: its own directory
-# (default .cluster-Nnode), its own ports (6827/6828), and a config that is never installed in
-# /etc: clients need `export SLURM_CONF=<dir>/slurm.conf` (start prints it).
+# CPUs and 1/N of its memory, its name in /etc/hosts (removed by stop), and a TmpFS of its own
+# (<dir>/tmp/nI); the file system is shared, like a cluster's. It runs beside a one-node cluster:
+# its own directory (default .cluster-Nnode), its own ports (6827/6828), and a config that is
+# never installed in /etc: clients need `export SLURM_CONF=<dir>/slurm.conf` (start prints it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}
@@ -64,7 +64,11 @@ render() {
     mem=$(( mem * 95 / 100 / nodes ))  # leave slack: slurmd drains a node that reports less than configured
     if [ "$nodes" -gt 1 ]; then
         ctld_host="$host($subnet.1)"
-        node_lines=""
+        # Slurm's PMIx plugin makes <TmpFS>/spmix_appdir_<uid>_<job>.<step> on every node of a
+        # step; with one shared /tmp the second node failed the launch with "File exists".
+        # TmpFS takes %n: a directory per node.
+        node_lines="TmpFS=$run/tmp/%n"$'\n'
+
         for i in $(seq "$nodes"); do
             node_lines+="NodeName=n$i NodeAddr=$subnet.$((10 + i)) NodeHostname=n$i CPUs=$cpus RealMemory=$mem State=UNKNOWN"$'\n'
         done
@@ -133,13 +137,9 @@ start_slurmd() {  # node name
     if [ "$nodes" -gt 1 ]; then
         # nsenter, not 'ip netns exec': that remounts /sys and slurmd then finds no cgroup fs.
         # A UTS namespace of its own gives the node (and every job step on it) its hostname.
-        # A mount namespace of its own gives it a node-local /tmp ($run/tmp/NODE), as on a real
-        # cluster: Slurm's PMIx plugin makes /tmp/spmix_appdir_<uid>_<job>.<step> on every node
-        # of a step, and on one shared /tmp the second node fails with "File exists".
         mkdir -p "$run/tmp/$1" "$run/spool/$1"
-        chmod 1777 "$run/tmp/$1"
-        nsenter --net="/var/run/netns/hpctrain-$1" unshare --uts --mount --propagation private \
-            sh -c "mount --bind '$run/tmp/$1' /tmp && hostname '$1' && exec slurmd -f '$conf' -N '$1'"
+        nsenter --net="/var/run/netns/hpctrain-$1" unshare --uts \
+            sh -c "hostname '$1' && exec slurmd -f '$conf' -N '$1'"
     else
         slurmd -f "$conf"
     fi

@@ -1,9 +1,9 @@
 """Jobs across two Slurm nodes (scripts/local-cluster.sh start --nodes 2): each slurmd in a
-network, UTS and mount namespace of its own, so each node has its own address, hostname and
-/tmp, and the processes of a job really are split between two "machines" that talk over TCP.
+network and UTS namespace of its own, so each node has its own address and hostname, and the
+processes of a job really are split between two "machines" that talk over TCP.
 
 Everything a job reads or writes lives under the cluster's directory (the shared file
-system), never in /tmp, which is node-local here as on a real cluster.
+system), as it would on a real cluster, where /tmp is node-local.
 """
 
 from __future__ import annotations
@@ -63,19 +63,18 @@ def submit(cfg: Path, name: str, *args: str) -> Path:
     return Path.cwd() / "runs" / name  # a training config's run.dir defaults to runs/<run name>
 
 
-def test_steps_land_on_two_nodes_with_their_own_names_and_tmp(runs):
+def test_steps_land_on_two_nodes_with_their_own_names_and_addresses(runs):
     script = runs / "where.sbatch"
     script.write_text("#!/bin/bash\n#SBATCH -N 2\n#SBATCH --ntasks-per-node=1\n"
                       f"#SBATCH -o {runs}/where.out\n"
-                      "srun bash -c 'touch /tmp/mark-$SLURM_JOB_ID-$SLURMD_NODENAME; "
-                      "echo $SLURM_PROCID $SLURMD_NODENAME $(hostname) $(ls /tmp | grep -c mark-$SLURM_JOB_ID-)'\n")
+                      "srun bash -c 'echo $SLURM_PROCID $SLURMD_NODENAME $(hostname) $(hostname -I)'\n")
     p = subprocess.run(["sbatch", "--wait", "-p", PARTITION, "-t", "2", str(script)], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = sorted((runs / "where.out").read_text().split("\n"))
     rows = [ln.split() for ln in lines if ln.strip()]
-    # rank r on node n(r+1), whose hostname is its node name, and whose /tmp holds only its own mark
-    assert rows == [["0", "n1", "n1", "1"], ["1", "n2", "n2", "1"]], lines
+    # rank r on node n(r+1), whose hostname is its node name and whose only address is its own
+    assert rows == [["0", "n1", "n1", "10.213.0.11"], ["1", "n2", "n2", "10.213.0.12"]], lines
 
 
 @pytest.mark.parametrize("backend", ["horovod", "torch"])
