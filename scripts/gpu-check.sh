@@ -11,10 +11,11 @@
 #      a skipped test counts as a failure here;
 #   2. the CUDA kernel benchmarks (bench_kernels.py --gpu-only), then the CPU rows
 #      (set GPU_CHECK_CPU=0 to skip those);
-#   3. one table: GB/s per CUDA kernel and as a fraction of the device's measured
+#   3. a short training run with run.device=cuda (digits CNN, 1 rank);
+#   4. one table: GB/s per CUDA kernel and as a fraction of the device's measured
 #      device-to-device copy bandwidth (numba.cuda copy of 1 GiB; read + write bytes).
 # Usage: scripts/gpu-check.sh [--simulate] [OUTDIR]   (OUTDIR, default $OUT or /tmp/hpctrain-gpu-check,
-#        gets gpu-tests.log, bench-gpu.log, bench-gpu.json, bench-cpu.log, bench-cpu.json)
+#        gets gpu-tests.log, bench-gpu.log, bench-gpu.json, bench-cpu.log, bench-cpu.json, train.log)
 #   --simulate  a rehearsal on the numba CUDA simulator, with tiny sizes and no CPU rows: every
 #               step and the table run (the figures mean nothing), so the one call on a lent
 #               device is not this script's first run. CI runs it (tests/test_gpu_check_script.py).
@@ -87,7 +88,7 @@ then
     exit 2
 fi
 
-echo "== 1/3 gpu-marked tests"
+echo "== 1/4 gpu-marked tests"
 timeout 180 "$PY" -m pytest -m gpu "$REPO/tests/test_kernels_gpu.py" -q -rs -p no:cacheprovider \
     2>&1 | tee "$OUTDIR/gpu-tests.log"
 rc_tests=${PIPESTATUS[0]}
@@ -100,19 +101,44 @@ if [ "$rc_tests" -eq 0 ] && tail -n 3 "$OUTDIR/gpu-tests.log" | grep -q "skipped
     fi
 fi
 
-echo "== 2/3 CUDA kernel benchmarks (--gpu-only)"
+echo "== 2/4 CUDA kernel benchmarks (--gpu-only)"
 timeout 150 "$PY" "$REPO/scripts/bench_kernels.py" --gpu-only "${BENCH_ARGS[@]}" --json "$OUTDIR/bench-gpu.json" \
     2>&1 | tee "$OUTDIR/bench-gpu.log"
 rc_bench=${PIPESTATUS[0]}
 if [ "${GPU_CHECK_CPU:-1}" = 1 ]; then
-    echo "== 2b/3 CPU kernel benchmarks (side by side with scikit-learn, numpy, torch)"
+    echo "== 2b/4 CPU kernel benchmarks (side by side with scikit-learn, numpy, torch)"
     timeout 150 "$PY" "$REPO/scripts/bench_kernels.py" --json "$OUTDIR/bench-cpu.json" \
         2>&1 | tee "$OUTDIR/bench-cpu.log"
     rc_cpu=${PIPESTATUS[0]}
     [ "$rc_cpu" -eq 0 ] || echo "gpu-check: the CPU benchmark failed (rc=$rc_cpu); it does not change the result"
 fi
 
-echo "== 3/3 CUDA kernels: achieved bandwidth vs device-to-device copy"
+echo "== 3/4 training on the device: digits CNN (imputation and augmentation on the host), 1 rank"
+# The trainer's CUDA path (device placement, pinned-memory host-to-device batches, the
+# placement record) is otherwise untested without a GPU. Rehearsal: on the CPU.
+train_dev=cuda
+[ "$SIMULATE" = 1 ] && train_dev=cpu
+T=$WORK/train
+{
+    timeout 60 "$PY" -m hpctrain shard sklearn:digits --out "$T/digits" --val-fraction 0.2 &&
+    timeout 60 "$PY" -m hpctrain impute fit "$T/digits" &&
+    timeout 240 "$PY" -m hpctrain train "$REPO/docs/examples/digits_cnn.yaml" --set "data.dir=$T/digits" \
+        --set "imputation.imputer=$T/digits/imputer.json" --set "run.dir=$T/run" --set "run.device=$train_dev" \
+        --set comm.backend=torch --set run.epochs=3 --set logging.plots=false &&
+    "$PY" - "$T/run" "$train_dev" <<'EOF'
+import json, sys
+run, dev = sys.argv[1], sys.argv[2]
+res = json.load(open(f"{run}/result.json"))
+ranks = json.load(open(f"{run}/config.resolved.json"))["cluster"]["ranks"]
+f1 = res["metrics"].get("val_macro_f1", float("nan"))
+print(f"training: {res['status']} at step {res['step']}, val macro F1 {f1:.3f}, rank 0 on {ranks[0]['device']}")
+ok = res["status"] == "completed" and ranks[0]["device"].startswith(dev)
+sys.exit(0 if ok else f"gpu-check: training did not complete on {dev}")
+EOF
+} 2>&1 | tee "$OUTDIR/train.log"
+rc_train=${PIPESTATUS[0]}
+
+echo "== 4/4 CUDA kernels: achieved bandwidth vs device-to-device copy"
 if [ -s "$OUTDIR/bench-gpu.json" ]; then
     "$PY" - "$OUTDIR/bench-gpu.json" <<'EOF' || rc_bench=1
 import json, sys
@@ -133,6 +159,6 @@ else
     echo "no benchmark figures (the benchmark failed; see $OUTDIR/bench-gpu.log)"
     rc_bench=1
 fi
-echo "gpu-check: tests rc=$rc_tests, gpu bench rc=$rc_bench (logs in $OUTDIR)"
-[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && exit 0
+echo "gpu-check: tests rc=$rc_tests, gpu bench rc=$rc_bench, training rc=$rc_train (logs in $OUTDIR)"
+[ "$rc_tests" -eq 0 ] && [ "$rc_bench" -eq 0 ] && [ "$rc_train" -eq 0 ] && exit 0
 exit 1

@@ -1,5 +1,6 @@
 """scripts/gpu-check.sh, the one prepared call for a lent GPU, rehearsed here so that call is
-not its first run: ``--simulate`` runs every step (gpu tests, CUDA benchmark, table) on the
+not its first run: ``--simulate`` runs every step (gpu tests, CUDA benchmark, a short training
+run (on the CPU), table) on the
 numba CUDA simulator; without a device and without ``--simulate`` it must refuse with exit 2."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def test_simulated_rehearsal_runs_every_step(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
     assert "staged hpctrain" in out
-    for step in ("== 1/3", "== 2/3", "== 3/3"):
+    for step in ("== 1/4", "== 2/4", "== 3/4", "== 4/4"):
         assert step in out
     log = (tmp_path / "gpu-tests.log").read_text()
     assert " passed" in log and " failed" not in log
@@ -38,7 +39,8 @@ def test_simulated_rehearsal_runs_every_step(tmp_path):
             "reference: numba-random noise"} <= set(names)
     assert all(k["equal_to_cpu"] for k in gpu["kernels"] if "equal_to_cpu" in k)
     assert "simulator" in gpu["device"]
-    assert "tests rc=0, gpu bench rc=0" in out
+    assert "training: completed at step" in (tmp_path / "train.log").read_text()  # on the CPU in a rehearsal
+    assert "tests rc=0, gpu bench rc=0, training rc=0" in out
 
 
 def test_refuses_without_a_device(tmp_path):

@@ -80,6 +80,7 @@ def test_two_ranks_through_horovod(tmp_path, digits, clean_env):
     ranks = resolved["cluster"]["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and sorted(r["local_rank"] for r in ranks) == [0, 1]
     assert len({r["pid"] for r in ranks}) == 2 and resolved["cluster"]["nodes"] == [ranks[0]["node"]]
+    assert [r["device"] for r in ranks] == ["cpu", "cpu"]
     assert f"2 ranks on 1 node: {ranks[0]['node']} (ranks 0-1)" in p.stderr
     assert resolved["plan"]["peak_lr"] == pytest.approx(0.006)
     assert (tmp_path / "run" / "plots" / "confusion.png").is_file()

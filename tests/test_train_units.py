@@ -199,3 +199,7 @@ def test_placement_line_groups_ranks_by_node():
         "4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)"
     assert placement_line([{"node": "n1"}, {"node": "n2"}, {"node": "n1"}]) == \
         "3 ranks on 2 nodes: n1 (ranks 0,2), n2 (rank 1)"
+    assert placement_line([{"node": "n1", "device": "cpu"}, {"node": "n1", "device": "cpu"}]) == \
+        "2 ranks on 1 node: n1 (ranks 0-1)"
+    assert placement_line([{"node": "n1", "device": "cuda:0"}, {"node": "n1", "device": "cuda:0"}]) == \
+        "2 ranks on 1 node: n1 (ranks 0-1 on cuda:0,cuda:0)"

@@ -140,7 +140,8 @@ def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
 
 
 def placement_line(placement: list[dict]) -> str:
-    """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)'. Pure."""
+    """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)', with the devices when a rank
+    is on a GPU: 'n1 (ranks 0-1 on cuda:0,cuda:1)'. Pure."""
     by_node: dict[str, list[int]] = {}
     for r, p in enumerate(placement):
         by_node.setdefault(p["node"], []).append(r)
@@ -150,9 +151,13 @@ def placement_line(placement: list[dict]) -> str:
             return f"ranks {rs[0]}-{rs[-1]}"
         return ("rank " if len(rs) == 1 else "ranks ") + ",".join(map(str, rs))
 
+    def devices(rs: list[int]) -> str:  # GPUs are worth naming: two ranks on one GPU is a classic mistake
+        ds = [str(placement[r].get("device", "cpu")) for r in rs]
+        return "" if all(d == "cpu" for d in ds) else " on " + ",".join(ds)
+
     n = len(placement)
     return (f"{n} rank{'s' if n != 1 else ''} on {len(by_node)} node{'s' if len(by_node) != 1 else ''}: "
-            + ", ".join(f"{node} ({span(rs)})" for node, rs in by_node.items()))
+            + ", ".join(f"{node} ({span(rs)}{devices(rs)})" for node, rs in by_node.items()))
 
 
 def _make_optimizer(cfg: TrainConfig, model, transfer: bool):
@@ -590,7 +595,8 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
                               "or set logging.tensorboard=false") from None
     trainer = Trainer(cfg, info, plan, stop_requested)
     # Which rank ran where: the first thing to know about a hung or slow multi-node job.
-    placement = trainer.comm.gather_object({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid()})
+    placement = trainer.comm.gather_object({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
+                                            "device": str(trainer.device)})
     if trainer.root:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(cfg, info, plan, placement)
