@@ -291,6 +291,28 @@ def test_bayes_sweep_drives_optuna_waves(runs, capsys):
     assert f"loss={study.best_value:.6g}" in out
 
 
+def test_cancelled_bayes_sweep_submits_no_further_waves(runs):
+    pytest.importorskip("optuna")
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "hpctrain", "sweep", "--counter", "400", "--counter-step-s", "0.05",
+                          "--bayes", "scale=uniform(1,3)", "--trials", "4", "--parallel", "1", "--name", "bc",
+                          "--partition", PARTITION, "--time", "5", "--wait-timeout", "120"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sweep = runs / "bc"
+        wait_for(lambda: (sweep / "sweep.json").is_file() and json.loads((sweep / "sweep.json").read_text())["job_ids"],
+                 60, "the first wave")
+        assert cli(["cancel", str(sweep)]) == 0
+        out, _ = p.communicate(timeout=90)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    assert "was cancelled ('hpctrain cancel'): no further waves after 1 of 4 trials" in out
+    meta = json.loads((sweep / "sweep.json").read_text())
+    assert len(meta["job_ids"]) == 1 and len(meta["trials"]) == 1
+
+
 def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     pytest.importorskip("hpctrain.train.trainer")
     import sys

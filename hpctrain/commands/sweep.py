@@ -248,6 +248,12 @@ def run(args):
     return 0
 
 
+def _cancelled(sweep_dir) -> bool:
+    from hpctrain.slurm import journal
+
+    return any(e.get("event") == "cancelled" for e in journal.read_events(sweep_dir))
+
+
 def _bayes(args, sub, sweep_dir, meta, space, make_task, say):
     import optuna
 
@@ -274,6 +280,10 @@ def _bayes(args, sub, sweep_dir, meta, space, make_task, say):
                 t["told"] = True
             save_sweep(sweep_dir, meta)
         if len(meta["trials"]) >= args.trials:
+            return
+        if _cancelled(sweep_dir):  # 'hpctrain cancel' stopped this wave's jobs: no further waves
+            say(f"sweep {meta['name']!r} was cancelled ('hpctrain cancel'): no further waves after "
+                f"{len(meta['trials'])} of {args.trials} trials; start a new sweep (--name) to go on")
             return
         k = min(wave, args.trials - len(meta["trials"]))
         asked = [study.ask(dists) for _ in range(k)]
