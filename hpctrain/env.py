@@ -99,3 +99,24 @@ def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> int | None:
 def in_slurm_job(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return "SLURM_JOB_ID" in env
+
+
+def placement_line(placement: list[dict]) -> str:
+    """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)', with the devices when a rank
+    is on a GPU: 'n1 (ranks 0-1 on cuda:0,cuda:1)'. Pure."""
+    by_node: dict[str, list[int]] = {}
+    for r, p in enumerate(placement):
+        by_node.setdefault(p["node"], []).append(r)
+
+    def span(rs: list[int]) -> str:
+        if len(rs) > 1 and rs == list(range(rs[0], rs[-1] + 1)):
+            return f"ranks {rs[0]}-{rs[-1]}"
+        return ("rank " if len(rs) == 1 else "ranks ") + ",".join(map(str, rs))
+
+    def devices(rs: list[int]) -> str:  # GPUs are worth naming: two ranks on one GPU is a classic mistake
+        ds = [str(placement[r].get("device", "cpu")) for r in rs]
+        return "" if all(d == "cpu" for d in ds) else " on " + ",".join(ds)
+
+    n = len(placement)
+    return (f"{n} rank{'s' if n != 1 else ''} on {len(by_node)} node{'s' if len(by_node) != 1 else ''}: "
+            + ", ".join(f"{node} ({span(rs)}{devices(rs)})" for node, rs in by_node.items()))

@@ -78,7 +78,7 @@ def test_steps_land_on_two_nodes_with_their_own_names_and_addresses(runs):
 
 
 @pytest.mark.parametrize("backend", ["horovod", "torch"])
-def test_two_node_training_completes_and_records_where_each_rank_ran(runs, blobs, backend):
+def test_two_node_training_completes_and_records_where_each_rank_ran(runs, blobs, backend, capsys):
     # horovod: srun --mpi=pmix (chosen by submit), MPI over TCP between the nodes;
     # torch: gloo, rendezvous at the first node of the allocation (n1), found by name
     pytest.importorskip("hpctrain.train.trainer")
@@ -91,6 +91,8 @@ def test_two_node_training_completes_and_records_where_each_rank_ran(runs, blobs
     assert cluster["world_size"] == 2 and cluster["nodes"] == ["n1", "n2"]
     assert [(r["rank"], r["node"], r["local_rank"]) for r in cluster["ranks"]] == [(0, "n1", 0), (1, "n2", 0)]
     assert [e["ntasks"] for e in events(run_dir, "started")] == [2]
+    assert cli(["status", str(run_dir)]) == 0
+    assert "placement  2 ranks on 2 nodes: n1 (rank 0), n2 (rank 1)" in capsys.readouterr().out
 
 
 def test_two_node_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs):

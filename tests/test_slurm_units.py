@@ -866,3 +866,22 @@ def test_status_of_a_stopped_job_slurm_forgot_is_failed_not_interrupted_forever(
     with use_runner(FakeSlurm([(["scontrol"], (1, "", "slurm_load_jobs error: Invalid job id specified"))])):
         s = run_status(d)
     assert s.state == "FAILED" and s.reason.startswith("SIGTERM from Slurm; then job 42 is gone from slurmctld")
+
+
+def test_status_shows_where_the_ranks_ran(tmp_path):
+    import json as _json
+
+    from hpctrain.slurm.status import format_status, placement_of, run_status
+
+    run = tmp_path / "r"
+    run.mkdir()
+    assert placement_of(run) == ""  # no training run yet
+    (run / "config.resolved.json").write_text(_json.dumps({"cluster": {"ranks": [
+        {"rank": 0, "node": "n1", "device": "cuda:0"}, {"rank": 1, "node": "n1", "device": "cuda:1"},
+        {"rank": 2, "node": "n2", "device": "cuda:0"}]}}))
+    want = "3 ranks on 2 nodes: n1 (ranks 0-1 on cuda:0,cuda:1), n2 (rank 2 on cuda:0)"
+    assert placement_of(run) == want
+    s = run_status(run, live=False, tail=0)
+    assert f"placement  {want}" in format_status(s) and s.as_dict()["placement"] == want
+    (run / "config.resolved.json").write_text("{not json")
+    assert placement_of(run) == ""  # a damaged record hides the line, it does not fail status

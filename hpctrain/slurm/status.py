@@ -50,6 +50,7 @@ class RunStatus:
     slurm: str = ""
     log_tail: list[str] = field(default_factory=list)
     failing_rank: int | None = None
+    placement: str = ""    # where the ranks of the latest attempt ran (config.resolved.json)
     recorded: str = ""     # the run dir's own state, before slurmctld's view is laid over it
     slurm_state: str = ""  # slurmctld's JobState, when it answered
 
@@ -58,7 +59,7 @@ class RunStatus:
                 "requeues": self.requeues, "retries": self.retries, "timeouts": self.timeouts,
                 "preemptions": self.preemptions, "last_step": self.last_step, "last_metrics": self.last_metrics,
                 "reason": self.reason, "slurm": self.slurm, "failing_rank": self.failing_rank,
-                "log_tail": self.log_tail}
+                "placement": self.placement, "log_tail": self.log_tail}
 
 
 def default_base() -> Path:
@@ -140,6 +141,18 @@ def last_progress(run_dir: Path) -> tuple[int | None, dict]:
     return None, {}
 
 
+def placement_of(run_dir: Path) -> str:
+    """'2 ranks on 2 nodes: n1 (rank 0), n2 (rank 1)' from the run's config.resolved.json, or ''
+    (no training run, or one written before placements were recorded)."""
+    from hpctrain.env import placement_line
+
+    try:
+        ranks = json.loads((run_dir / "config.resolved.json").read_text(encoding="utf-8"))["cluster"]["ranks"]
+        return placement_line(ranks) if ranks and all(isinstance(r, dict) and "node" in r for r in ranks) else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def rank_log(run_dir: Path, rank: int) -> Path:
     return run_dir / "logs" / f"rank-{rank}.log"
 
@@ -163,7 +176,8 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
     step, metrics = last_progress(run_dir)
     out = RunStatus(run=run_dir.name, run_dir=run_dir, state=st.state, job_id=st.job_id, requeues=st.requeues,
                     retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
-                    last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state)
+                    last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state,
+                    placement=placement_of(run_dir))
     if live and st.job_id and not st.job_id.startswith("local"):
         rec, note = _live(st.job_id)
         if rec is None:
@@ -270,6 +284,8 @@ def format_status(s: RunStatus) -> str:
              f"job        {s.job_id or '-'}" + (f"  [slurm: {s.slurm}]" if s.slurm else ""),
              f"requeues   {s.requeues} (timeouts {s.timeouts}, preemptions {s.preemptions}); retries {s.retries}",
              f"last step  {s.last_step if s.last_step is not None else '-'}" + (f"  {metric}" if metric else "")]
+    if s.placement:
+        lines.append(f"placement  {s.placement}")
     if s.log_tail:
         lines.append(f"--- last {len(s.log_tail)} lines of {rank_log(s.run_dir, s.failing_rank or 0)} ---")
         lines += s.log_tail

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hpctrain.env import RankInfo, rank_info
+from hpctrain.env import RankInfo, placement_line, rank_info
 from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from hpctrain.train.config import Plan, TrainConfig, check_runtime
@@ -137,27 +137,6 @@ def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
             more = f" and {len(items) - most} more" if len(items) > most else ""
             parts.append(f"{what}: " + "; ".join(items[:most]) + more)
     return " | ".join(parts)
-
-
-def placement_line(placement: list[dict]) -> str:
-    """'4 ranks on 2 nodes: n1 (ranks 0-1), n2 (ranks 2-3)', with the devices when a rank
-    is on a GPU: 'n1 (ranks 0-1 on cuda:0,cuda:1)'. Pure."""
-    by_node: dict[str, list[int]] = {}
-    for r, p in enumerate(placement):
-        by_node.setdefault(p["node"], []).append(r)
-
-    def span(rs: list[int]) -> str:
-        if len(rs) > 1 and rs == list(range(rs[0], rs[-1] + 1)):
-            return f"ranks {rs[0]}-{rs[-1]}"
-        return ("rank " if len(rs) == 1 else "ranks ") + ",".join(map(str, rs))
-
-    def devices(rs: list[int]) -> str:  # GPUs are worth naming: two ranks on one GPU is a classic mistake
-        ds = [str(placement[r].get("device", "cpu")) for r in rs]
-        return "" if all(d == "cpu" for d in ds) else " on " + ",".join(ds)
-
-    n = len(placement)
-    return (f"{n} rank{'s' if n != 1 else ''} on {len(by_node)} node{'s' if len(by_node) != 1 else ''}: "
-            + ", ".join(f"{node} ({span(rs)}{devices(rs)})" for node, rs in by_node.items()))
 
 
 def _make_optimizer(cfg: TrainConfig, model, transfer: bool):
