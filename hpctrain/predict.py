@@ -40,10 +40,20 @@ class TrainedRun:
         """Raw scores, shape (N, classes), for float32 samples of ``sample_shape`` (or flat)."""
         import torch
 
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 1 or x.shape[1:] != self.sample_shape:
-            if x.size % int(np.prod(self.sample_shape)) != 0:
-                raise PredictError(f"input of shape {x.shape} does not hold samples of shape {self.sample_shape}")
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiub":
+            raise PredictError(f"input of dtype {a.dtype}; expected float32 samples of shape {self.sample_shape}")
+        with np.errstate(over="ignore"):
+            x = a.astype(np.float32, copy=False)
+        if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and np.any(np.isinf(x) & np.isfinite(a)):
+            raise PredictError(f"input of dtype {a.dtype} holds values beyond the float32 range (|x| > 3.4e38); "
+                               "rescale it as the training data was")
+        per = int(np.prod(self.sample_shape))
+        # (N, *other) with the same per-sample size is reshaped; anything else would merge or split samples
+        if x.ndim == 0 or (x.ndim == 1 and x.size % per) or (x.ndim > 1 and int(np.prod(x.shape[1:])) != per):
+            raise PredictError(f"input of shape {x.shape} does not hold samples of shape {self.sample_shape}; "
+                               f"pass (N, *{self.sample_shape}) or (N, {per})")
+        if x.shape[1:] != self.sample_shape:
             x = x.reshape((-1,) + self.sample_shape)
         out = np.empty((len(x), len(self.classes)), dtype=np.float32)
         with torch.no_grad():
@@ -73,7 +83,8 @@ def load_run(run_dir: str | Path) -> TrainedRun:
 
     run = Path(run_dir)
     if not run.is_dir():
-        raise PredictError(f"run directory {str(run)!r} does not exist; pass the run.dir of a finished "
+        what = "is a file, not a directory" if run.exists() else "does not exist"
+        raise PredictError(f"run directory {str(run)!r} {what}; pass the run.dir of a finished "
                            "'hpctrain train' run")
     res_path = run / "result.json"
     try:
@@ -81,8 +92,11 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     except FileNotFoundError:
         raise PredictError(f"{str(run)!r} has no result.json: the run has not completed "
                            "(check it with 'hpctrain status', or resume it)") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PredictError(f"{str(res_path)!r} is unreadable ({e}); re-run or repair the training run") from None
+    if not isinstance(result, dict):
+        raise PredictError(f"{str(res_path)!r} holds a {type(result).__name__}, not the JSON object "
+                           "'hpctrain train' writes; re-run or repair the training run")
     if result.get("status") != "completed":
         raise PredictError(f"{str(res_path)!r}: status {result.get('status')!r}, expected 'completed'")
     ckpt_dir = run / "checkpoints"

@@ -16,6 +16,7 @@ Image operations take (N, C, H, W) float32 batches; tabular ones (N, D).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -30,6 +31,13 @@ class AugmentError(HpctrainError):
 def _check_p(p: float, where: str) -> None:
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"p is {p}; expected a probability in [0, 1] (in {where})")
+
+
+def _check_finite(where: str, **values: float) -> None:
+    # a NaN passes every 'x < 0' test and turns the whole batch into NaN without a word
+    for k, v in values.items():
+        if not math.isfinite(v):
+            raise ConfigError(f"{k} is {v}; expected a finite number (in {where})")
 
 
 # --- configs ------------------------------------------------------------------------------
@@ -64,6 +72,7 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "noise")
+        _check_finite("noise", std=self.std, mean=self.mean)
         if self.std < 0:
             raise ConfigError(f"std is {self.std}; expected >= 0")
 
@@ -77,6 +86,7 @@ class SaltPepperConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "salt_pepper")
+        _check_finite("salt_pepper", salt=self.salt, pepper=self.pepper)
         if not 0.0 <= self.amount <= 1.0:
             raise ConfigError(f"amount is {self.amount}; expected a share in [0, 1]")
 
@@ -89,6 +99,7 @@ class CutoutConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "cutout")
+        _check_finite("cutout", value=self.value)
         if self.size < 1:
             raise ConfigError(f"size is {self.size}; expected >= 1")
 
@@ -101,6 +112,7 @@ class JitterConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "jitter")
+        _check_finite("jitter", brightness=self.brightness, contrast=self.contrast)
         if self.brightness < 0 or not 0 <= self.contrast <= 1:
             raise ConfigError(f"brightness {self.brightness} must be >= 0 and contrast {self.contrast} "
                               "in [0, 1]")
@@ -114,6 +126,7 @@ class MixupConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "mixup")
+        _check_finite("mixup", alpha=self.alpha)
         if self.alpha <= 0:
             raise ConfigError(f"alpha is {self.alpha}; expected > 0")
         if self.num_classes < 2:
@@ -127,6 +140,7 @@ class TabularNoiseConfig:
 
     def __post_init__(self) -> None:
         _check_p(self.p, "tabular_noise")
+        _check_finite("tabular_noise", scale=self.scale)
         if self.scale < 0:
             raise ConfigError(f"scale is {self.scale}; expected >= 0")
 
@@ -204,6 +218,14 @@ class Flip(Op):
 
 class Crop(Op):
     name, config_cls, kind = "crop", CropConfig, "image"
+
+    def check(self, shape, y):
+        super().check(shape, y)
+        pad = self.cfg.padding
+        if pad >= min(shape[2:]):
+            # a window may then lie wholly in the padding: an all-zero sample
+            raise AugmentError(f"augment op 'crop': padding {pad} is not smaller than the image ({shape[2]} x "
+                               f"{shape[3]}); use a padding below {min(shape[2:])} (the usual one is H/8)")
 
     def draw(self, rng, shape, y):
         n, pad = shape[0], self.cfg.padding
@@ -324,13 +346,31 @@ class Jitter(Op):
                                                               ctx.up(prm["contrast"]))
 
 
+def class_ids(y: np.ndarray, op: str) -> np.ndarray:
+    """``y`` as int64 class ids; float labels must hold whole numbers (one cheap pass over N labels)."""
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64, copy=False)
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size == 0:
+            return y.astype(np.int64)
+        raise AugmentError(f"augment op {op!r}: label {y[bad[0]].item()!r} (sample {int(bad[0])}) is not a class id; "
+                           "expected (N,) integer labels: pass the integer class ids (torch.long / np.int64)")
+    raise AugmentError(f"augment op {op!r}: labels of dtype {y.dtype}; expected (N,) integer class ids")
+
+
 def soft_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
     """(N,) integer labels -> (N, K) one-hot float32; (N, K) soft labels pass through."""
     y = np.asarray(y)
     if y.ndim == 2:
         if y.shape[1] != num_classes:
             raise AugmentError(f"soft labels have {y.shape[1]} columns; mixup.num_classes is {num_classes}")
+        if y.dtype.kind not in "fiub":
+            raise AugmentError(f"soft labels of dtype {y.dtype}; expected (N, {num_classes}) float weights")
         return y.astype(np.float32)
+    if y.ndim == 1:
+        y = class_ids(y, "mixup")
     if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= num_classes)):
         raise AugmentError(f"labels must be (N,) class ids in [0, {num_classes}) or (N, {num_classes}) soft labels; "
                            f"got shape {y.shape}" + (f", range {y.min()}..{y.max()}" if y.size else ""))
@@ -407,6 +447,7 @@ class Smote(Op):
         if np.ndim(y) != 1:
             raise AugmentError(f"augment op 'smote' needs (N,) integer labels; got shape {np.shape(y)} "
                                "(put smote before mixup)")
+        class_ids(np.asarray(y), "smote")
 
     def draw(self, rng, shape, y):
         n = shape[0]
@@ -419,7 +460,7 @@ class Smote(Op):
             minority = np.isin(y, rare)
         sel = (minority & (rng.random(n) < self.cfg.p)).astype(np.uint8)
         return {"select": sel, "u": rng.random(n).astype(np.float32),
-                "r": rng.integers(0, 2**31, n).astype(np.int64), "y": y.astype(np.int64)}
+                "r": rng.integers(0, 2**31, n).astype(np.int64), "y": class_ids(y, "smote")}
 
     def cpu(self, x, out, prm, y):
         from hpctrain.kernels import _augment_cpu as K

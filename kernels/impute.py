@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from hpctrain.errors import HpctrainError
+from hpctrain.kernels._arrays import as_float32
 
 STRATEGIES = ("mean", "median", "most_frequent", "constant")
 STATS_NAME = "imputer.json"
@@ -93,9 +94,8 @@ def as_2d_float32(x: Any, what: str = "X") -> np.ndarray:
         raise ImputeError(f"{what} has shape {a.shape}; expected (rows, features) or (rows, *sample_shape); "
                           "reshape a single sample with x[None, :] or a single feature with x[:, None]")
     a = a.reshape(a.shape[0], math.prod(a.shape[1:]))  # not -1: that fails for zero rows
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(a, dtype=np.float32)
-    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size and np.any(np.isinf(out) & np.isfinite(a)):
+    out, overflow = as_float32(a)
+    if overflow:
         raise ImputeError(f"{what} has {a.dtype} values beyond the float32 range (|x| > 3.4e38), which the float32 "
                           "output cannot hold: rescale the data first")
     return out
@@ -264,6 +264,12 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
 # --- the imputer --------------------------------------------------------------------------
 
 
+def _flag(v: Any, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise ImputeError(f"{name} is {v!r} ({type(v).__name__}); expected True or False")
+    return bool(v)
+
+
 class Imputer:
     """sklearn-compatible imputer; see the module docstring for the distributed methods.
 
@@ -282,8 +288,9 @@ class Imputer:
             raise ImputeError(f"fill_value {fill_value!r} must be a finite number (or None for 0)")
         self.strategy = strategy
         self.fill_value = fill_value
-        self.keep_empty_features = bool(keep_empty_features)
-        self.add_indicator = bool(add_indicator)
+        # bool("no") is True: a string or number here would silently switch the option on
+        self.keep_empty_features = _flag(keep_empty_features, "keep_empty_features")
+        self.add_indicator = _flag(add_indicator, "add_indicator")
         self.statistics_: np.ndarray | None = None
         self.n_features_in_: int | None = None
         self.indicator_features_: np.ndarray | None = None
@@ -306,6 +313,9 @@ class Imputer:
         if x.shape[0] == 0:
             raise ImputeError(f"X has shape {np.shape(data)}: no rows to fit on; fit needs at least one sample "
                               "(scikit-learn refuses too)")
+        if x.shape[1] == 0:
+            raise ImputeError(f"X has shape {np.shape(data)}: no features to fit on; fit needs at least one "
+                              "feature per sample (scikit-learn refuses too)")
         res = fit_statistics(lambda: [x], x.shape[1], self.strategy, self._fill(), comm, in_memory=x)
         self._set(res, source={"kind": "array", "rows": res.rows})
         return self
@@ -385,9 +395,11 @@ class Imputer:
 
     def transform(self, X: Any, *, copy: bool = False) -> Any:
         """Fill the NaNs of ``X``. numpy/CPU torch: float32 output, filled in place when
-        ``X`` is C-contiguous float32, no feature is dropped and no indicator is added
-        (and ``copy`` is False). CUDA arrays/tensors are handled on the device."""
+        ``X`` is C-contiguous, writeable float32, no feature is dropped and no indicator is
+        added (and ``copy`` is False); otherwise a filled copy is returned and ``X`` is left
+        as it was. CUDA arrays/tensors are handled on the device."""
         self._check_fitted()
+        copy = _flag(copy, "copy")
         if is_device_array(X):
             from hpctrain.kernels import _cuda_impute
 
@@ -396,13 +408,16 @@ class Imputer:
 
         is_torch = hasattr(X, "detach") and hasattr(X, "numpy")
         x = as_2d_float32(X)
+        in_shape = tuple(X.shape) if is_torch or isinstance(X, np.ndarray) else np.shape(X)  # lists have no .shape
         if x.shape[1] != self.n_features_in_:
             raise ImputeError(f"X has {x.shape[1]} features per sample; this imputer was fitted on "
                               f"{self.n_features_in_}: use the statistics of the same dataset")
         keep, values, ind, identity = self.plan()
         if identity:
             shared = np.shares_memory(x, X.detach().numpy() if is_torch else np.asarray(X))
-            if copy and shared:
+            # a read-only X (np.ndarray with write=False, a memory-mapped file opened 'r') cannot be
+            # filled in place: the filled copy is returned instead
+            if (copy or not x.flags.writeable) and shared:
                 out = np.empty_like(x)
                 K.fill_copy(x, out, values)
             else:
@@ -410,7 +425,7 @@ class Imputer:
                 if shared and (is_torch or isinstance(X, np.ndarray)):
                     return X  # filled in place
                 out = x
-            out = out.reshape(tuple(X.shape))
+            out = out.reshape(in_shape)
         else:
             out = np.empty((x.shape[0], len(keep) + len(ind)), dtype=np.float32)
             K.fill_select(x, out, keep, values, ind)

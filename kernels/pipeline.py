@@ -34,6 +34,7 @@ import numpy as np
 from hpctrain.config import from_mapping
 from hpctrain.errors import ConfigError
 from hpctrain.kernels.augment import OPS, AugmentError, Op
+from hpctrain.kernels._arrays import as_float32
 
 _FUSED_SLOTS = {"flip": 0, "crop": 1, "noise": 2, "cutout": 3}
 
@@ -153,6 +154,10 @@ class Pipeline:
     def draw(self, shape: tuple[int, ...], y: Any) -> list[dict]:
         """The parameters of every op for one batch (advances the Generator)."""
         y_np = None if y is None else _labels_np(y)
+        if y_np is not None and (y_np.ndim == 0 or len(y_np) != shape[0]):
+            # wrong-length labels would otherwise go through unchanged (or fail deep in numpy)
+            raise AugmentError(f"augment: labels of shape {y_np.shape} for a batch of {shape[0]} samples; "
+                               f"expected one label per sample, shape ({shape[0]},) (or ({shape[0]}, classes))")
         params = []
         for op in self.ops:
             op.check(shape, y_np)
@@ -175,7 +180,7 @@ class Pipeline:
         is_torch = hasattr(x, "detach") and hasattr(x, "numpy")
         if is_torch and x.requires_grad:
             x = x.detach()
-        xa = np.ascontiguousarray(x.numpy() if is_torch else np.asarray(x), dtype=np.float32)
+        xa = _as_float32(x.numpy() if is_torch else x)
         if xa.ndim < 2 or xa.shape[0] == 0:
             raise AugmentError(f"augment: batch of shape {xa.shape}; expected (N, ...) with N >= 1")
         params = self.draw(tuple(xa.shape), y)
@@ -227,6 +232,24 @@ class Pipeline:
             cur = out
         self.calls += 1
         return cur, (_labels_like(y_cur, y) if self._mixes else y)
+
+
+def _as_float32(x: Any) -> np.ndarray:
+    """A C-contiguous float32 batch (a view when ``x`` already is one); other numeric dtypes
+    are cast, refusing values the cast would turn into inf."""
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise AugmentError(f"augment: the batch cannot be read as a numeric array ({e})") from None
+    if a.dtype.kind not in "fiub":
+        # np.asarray(..., float32) turns None into NaN and fails on strings deep inside numpy
+        raise AugmentError(f"augment: batch of dtype {a.dtype}; expected a float32 (N, ...) array: "
+                           "convert it with x.astype(np.float32)")
+    out, overflow = as_float32(a)
+    if overflow:
+        raise AugmentError(f"augment: batch of dtype {a.dtype} holds values beyond the float32 range (|x| > 3.4e38), "
+                           "which the float32 output cannot hold: rescale the data first")
+    return out
 
 
 def _labels_np(y: Any) -> np.ndarray:

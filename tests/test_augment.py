@@ -216,3 +216,45 @@ def test_build_pipeline_public_from_augment_too(img):
     np.testing.assert_array_equal(build_pipeline([{"op": "flip", "p": 1.0}], 0)(img)[0], img[..., ::-1])
     with pytest.raises(AttributeError):
         augment.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"op": "noise", "std": float("nan")}, "std is nan; expected a finite"),
+    ({"op": "noise", "mean": float("inf")}, "mean is inf"),
+    ({"op": "jitter", "brightness": float("nan")}, "brightness is nan"),
+    ({"op": "mixup", "num_classes": 3, "alpha": float("nan")}, "alpha is nan"),
+    ({"op": "tabular_noise", "scale": float("nan")}, "scale is nan"),
+    ({"op": "cutout", "value": float("nan")}, "value is nan"),
+    ({"op": "salt_pepper", "salt": float("inf")}, "salt is inf"),
+])
+def test_non_finite_parameters_are_refused(entry, match):
+    with pytest.raises(ConfigError, match=match):
+        build_pipeline([entry], 0)
+
+
+def test_bad_batches_and_labels(img):
+    y4 = np.arange(len(img)) % 3
+    with pytest.raises(AugmentError, match="padding 6 is not smaller than the image"):
+        build_pipeline([{"op": "crop", "padding": 6}], 0)(img)
+    with pytest.raises(AugmentError, match="dtype object"):
+        build_pipeline([{"op": "noise"}], 0)(np.array([[1.0, None]], dtype=object))
+    with pytest.raises(AugmentError, match="dtype <U3"):
+        build_pipeline([{"op": "noise"}], 0)(np.array([["abc"]]))
+    with pytest.raises(AugmentError, match="beyond the float32 range"):
+        build_pipeline([{"op": "noise"}], 0)(np.full((2, 3), 1e300))
+    with pytest.raises(AugmentError, match=r"labels of shape \(2,\) for a batch of 32"):
+        build_pipeline([{"op": "flip"}], 0)(img, y4[:2])  # used to pass the wrong labels through
+    with pytest.raises(AugmentError, match=r"labels of shape \(2, 3\) for a batch of 32"):
+        build_pipeline([{"op": "mixup", "num_classes": 3}], 0)(img, np.ones((2, 3), np.float32))
+    with pytest.raises(AugmentError, match="label 0.5 .*not a class id"):
+        build_pipeline([{"op": "mixup", "num_classes": 3}], 0)(img, np.r_[0.5, y4[1:]])  # was truncated to 0
+    with pytest.raises(AugmentError, match="label nan"):
+        build_pipeline([{"op": "mixup", "num_classes": 3}], 0)(img, np.r_[np.nan, y4[1:]])
+    with pytest.raises(AugmentError, match="dtype <U1"):
+        build_pipeline([{"op": "mixup", "num_classes": 3}], 0)(img, np.array(list("abc" * 11))[:32])
+    tab = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    with pytest.raises(AugmentError, match="smote.*label 0.5"):
+        build_pipeline([{"op": "smote"}], 0)(tab, np.array([0.5, 1, 1, 1, 1, 1]))
+    # whole-number float labels are class ids
+    _, y = build_pipeline([{"op": "mixup", "num_classes": 3, "p": 0.0}], 0)(img, y4.astype(np.float64))
+    np.testing.assert_array_equal(y, np.eye(3, dtype=np.float32)[y4])

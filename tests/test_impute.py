@@ -359,3 +359,29 @@ def test_no_cuda_import_on_cpu_path():
     with warnings.catch_warnings():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_read_only_input_gets_a_filled_copy_not_a_numba_error():
+    x = np.array([[1, np.nan], [3, 4], [np.nan, 6]], dtype=np.float32)
+    ro = x.copy()
+    ro.setflags(write=False)
+    out = Imputer().fit(x).transform(ro)
+    np.testing.assert_array_equal(out, [[1, 5], [3, 4], [2, 6]])
+    assert np.isnan(ro[0, 1])  # untouched, and the caller gets the filled copy
+
+
+def test_transform_of_a_list_keeps_its_shape():
+    x = np.array([[1, np.nan], [3, 4]], dtype=np.float32)
+    np.testing.assert_array_equal(Imputer().fit(x).transform([[np.nan, 1.0]]), [[2, 1]])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: Imputer(keep_empty_features="no"), "keep_empty_features is 'no'.*True or False"),
+    (lambda: Imputer(add_indicator=1), "add_indicator is 1.*True or False"),
+    (lambda: Imputer().fit(np.ones((2, 2), np.float32)).transform(np.ones((2, 2), np.float32), copy="no"),
+     "copy is 'no'"),
+    (lambda: Imputer().fit(np.ones((3, 0), np.float32)), r"shape \(3, 0\): no features"),
+])
+def test_bad_python_arguments(call, match):
+    with pytest.raises(ImputeError, match=match):
+        call()

@@ -319,3 +319,26 @@ def test_pinning_follows_cuda(tmp_path):
     if not torch.cuda.is_available():  # asking for pinning without CUDA: a clear error, not torch's
         with pytest.raises(ShardError, match="pin_memory=True needs a CUDA device"):
             next(iter(ShardLoader(root, 0, 1, 8, pin_memory=True)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"shuffle": "no"}, "shuffle is 'no'.*True or False"),
+    ({"drop_last": 0}, "drop_last is 0"),
+    ({"batch_size": True}, "batch_size True must be a positive integer"),
+    ({"prefetch": "2"}, "prefetch '2' must be an integer"),
+    ({"prefetch": float("nan")}, "prefetch nan"),
+    ({"seed": "x"}, "seed 'x' must be an integer"),
+    ({"buffer_rows": 0}, "buffer_rows 0 must be a positive integer"),
+    ({"slab_chunks": "2"}, "slab_chunks '2'"),
+    ({"pin_memory": "yes"}, "pin_memory is 'yes'"),
+])
+def test_bad_python_arguments(tmp_path, kw, match):
+    root = make_shards(tmp_path / "s", [8, 8])
+    with pytest.raises(ShardError, match=match):
+        ShardLoader(root, **{"batch_size": 2, **kw})
+
+
+def test_numpy_integer_sizes_are_accepted(tmp_path):
+    root = make_shards(tmp_path / "s", [8, 8])
+    ld = ShardLoader(root, rank=np.int64(1), world_size=np.int64(2), batch_size=np.int32(2), shuffle=np.bool_(False))
+    assert (ld.rank, ld.world_size, ld.batch_size) == (1, 2, 2) and type(ld.batch_size) is int

@@ -82,3 +82,23 @@ def test_bad_inputs(trained, tmp_path, capsys):
     assert rc == 2 and ".npz" in capsys.readouterr().err
     with pytest.raises(PredictError, match="does not hold samples"):
         load_run(trained / "run").predict(np.zeros((2, 3), np.float32))
+
+
+def test_bad_python_inputs(trained, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(PredictError, match="is a file, not a directory"):
+        load_run(tmp_path / "f")
+    for name, body in (("list", b"[1, 2]"), ("binary", b"\xff\xfe")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_bytes(body)
+        with pytest.raises(PredictError, match="not the JSON object|unreadable"):
+            load_run(tmp_path / name)
+    run = load_run(trained / "run")
+    per = int(np.prod(run.sample_shape))
+    with pytest.raises(PredictError, match="does not hold samples"):
+        run.predict(np.zeros((2, per // 2), np.float32))  # used to be merged into one sample
+    with pytest.raises(PredictError, match="dtype object"):
+        run.predict(np.zeros((1, per), dtype=object))
+    with pytest.raises(PredictError, match="beyond the float32 range"):
+        run.predict(np.full((1, per), 1e300))
+    assert run.predict(np.zeros((3, per))).shape == (3,)

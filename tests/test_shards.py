@@ -271,3 +271,17 @@ def test_labels_outside_schema_classes_refused_and_verified(shard_dir):
     probs = verify(shard_dir)
     assert len([p for p in probs if "labels [2] are not in the manifest's schema.classes [0, 1]" in p]) == 3
     assert verify(shard_dir, deep=False) == []
+
+
+def test_writer_bad_python_arguments(tmp_path):
+    with pytest.raises(ShardError, match="sample_shape '12' must be a sequence of integers"):
+        ShardWriter(tmp_path / "a", feature_names=None, sample_shape="12")  # was read as (1, 2)
+    with pytest.raises(ShardError, match="classes \\['a'\\] must be a sequence of integer class ids"):
+        ShardWriter(tmp_path / "b", feature_names=None, sample_shape=(3,), classes=["a"])
+    w = ShardWriter(tmp_path / "c", feature_names=None, sample_shape=(3,), compression="none")
+    with pytest.raises(ShardError, match="beyond the float32 range"):
+        w.add(np.full((2, 3), 1e300), np.arange(2))  # was stored as inf
+    with pytest.raises(ShardError, match="does not fit the int64 labels"):
+        w.add(np.ones((1, 3)), np.array([2**63], dtype=np.uint64))  # was wrapped to -2**63
+    w.add(np.array([[np.inf, 0, 1]]), np.array([0]))  # inf itself is data ('hpctrain clean' handles it)
+    w.close()

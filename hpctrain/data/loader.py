@@ -48,6 +48,10 @@ SLAB_CHUNKS = 4
 MAX_OPEN_FILES = 64
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 class UnderShardedWarning(UserWarning):
     """There are fewer shards than ranks, so ranks share shards by row ranges."""
 
@@ -205,14 +209,30 @@ class ShardLoader:
         if file_locking is None or file_locking is False:
             default_file_locking()  # before any h5py open in this process
         self.manifest = Manifest.load(manifest_or_dir)
-        if not isinstance(world_size, int) or world_size < 1:
+        if not _is_int(world_size) or world_size < 1:
             raise ShardError(f"world_size {world_size!r} must be a positive integer")
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
+        if not _is_int(rank) or not 0 <= rank < world_size:
             raise ShardError(f"rank {rank!r} must satisfy 0 <= rank < world_size ({world_size})")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_int(batch_size) or batch_size < 1:
             raise ShardError(f"batch_size {batch_size!r} must be a positive integer")
-        if prefetch < 0:
-            raise ShardError(f"prefetch {prefetch} must be >= 0")
+        if not _is_int(prefetch) or prefetch < 0:
+            raise ShardError(f"prefetch {prefetch!r} must be an integer >= 0 (0: no background thread)")
+        if not _is_int(seed):
+            raise ShardError(f"seed {seed!r} must be an integer")
+        if buffer_rows is not None and (not _is_int(buffer_rows) or buffer_rows < 1):
+            raise ShardError(f"buffer_rows {buffer_rows!r} must be a positive integer, or None for the default")
+        if not _is_int(slab_chunks) or slab_chunks < 1:
+            raise ShardError(f"slab_chunks {slab_chunks!r} must be an integer >= 1")
+        # bool("no") is True: a string here would silently switch the option on
+        for name, v in (("shuffle", shuffle), ("drop_last", drop_last), ("verify", verify)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ShardError(f"{name} is {v!r} ({type(v).__name__}); expected True or False")
+        for name, v in (("pin_memory", pin_memory), ("file_locking", file_locking)):
+            if v is not None and not isinstance(v, (bool, np.bool_)):
+                raise ShardError(f"{name} is {v!r} ({type(v).__name__}); expected True, False or None")
+        rank, world_size, batch_size = int(rank), int(world_size), int(batch_size)
+        prefetch, seed = int(prefetch), int(seed)
+        shuffle, drop_last, verify = bool(shuffle), bool(drop_last), bool(verify)
         self.shards = self.manifest.shards_for(split)
         if not self.shards:
             raise ShardError(f"{str(self.manifest.root)!r} has no {split!r} shards; "
@@ -223,12 +243,11 @@ class ShardLoader:
         self.sample_shape = tuple(self.manifest.schema.sample_shape)
         self.chunk_rows = self.manifest.chunk_rows
         row_bytes = 4 * max(1, int(np.prod(self.sample_shape)))
-        self.buffer_rows = int(buffer_rows) if buffer_rows else max(2 * batch_size, DEFAULT_BUFFER_BYTES // row_bytes)
+        self.buffer_rows = int(buffer_rows) if buffer_rows is not None else max(2 * batch_size,
+                                                                                DEFAULT_BUFFER_BYTES // row_bytes)
         if self.buffer_rows < batch_size:
             raise ShardError(f"buffer_rows {self.buffer_rows} is smaller than batch_size {batch_size}")
         self.pin_memory = pin_memory
-        if slab_chunks < 1:
-            raise ShardError(f"slab_chunks {slab_chunks} must be >= 1")
         self.slab_chunks = int(slab_chunks)
         if sampling not in ("none", "oversample"):
             raise ShardError(f"sampling {sampling!r} is not one of 'none', 'oversample'")

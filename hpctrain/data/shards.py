@@ -637,6 +637,10 @@ class ShardWriter:
                  meta: Mapping[str, Any] | None = None, shuffle_seed: int | None = None,
                  overwrite: bool = False, locking: bool | None = None) -> None:
         self.root = Path(out_dir)
+        # a string is iterable: "12" would become the shape (1, 2)
+        if isinstance(sample_shape, (str, bytes)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sample_shape):
+            raise ShardError(f"sample_shape {sample_shape!r} must be a sequence of integers, e.g. (3,) or (1, 28, 28)")
         self.sample_shape = tuple(int(v) for v in sample_shape)
         if any(v < 1 for v in self.sample_shape):
             raise ShardError(f"sample shape {self.sample_shape} has a zero or negative dimension")
@@ -653,6 +657,10 @@ class ShardWriter:
         if comp not in (None, "lzf", "gzip"):
             raise ShardError(f"compression {compression!r} is not one of none, lzf, gzip")
         self.compression = comp
+        if classes is not None and (isinstance(classes, (str, bytes)) or not all(
+                isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes)):
+            raise ShardError(f"classes {classes!r} must be a sequence of integer class ids; give the names "
+                             "as class_names")
         self.classes = sorted(int(c) for c in classes) if classes is not None else None
         self.class_names = list(class_names) if class_names is not None else None
         self.meta = dict(meta or {})
@@ -720,6 +728,16 @@ class ShardWriter:
                                  "labels must be integer class ids")
         elif not np.issubdtype(y.dtype, np.integer) and y.dtype != np.bool_:
             raise ShardError(f"labels of dtype {y.dtype} are not integers")
+        if y.dtype == np.uint64 and y.max() > np.iinfo(np.int64).max:
+            raise ShardError(f"label {int(y.max())} does not fit the int64 labels of a shard; use class ids "
+                             "below 2**63")
+        if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+            with np.errstate(invalid="ignore"):
+                big = np.isfinite(x) & (np.abs(x) > np.finfo(np.float32).max)
+            if big.any():
+                raise ShardError(f"features of dtype {x.dtype} hold {x.flat[np.flatnonzero(big)[0]]:g}, beyond the "
+                                 "float32 range (|x| > 3.4e38) of a shard, where it would become inf: rescale "
+                                 "the data first")
         y = y.astype(np.int64, copy=False)
         if self.classes is not None:
             unknown = np.setdiff1d(np.unique(y), self.classes)
