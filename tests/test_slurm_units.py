@@ -885,3 +885,23 @@ def test_status_shows_where_the_ranks_ran(tmp_path):
     assert f"placement  {want}" in format_status(s) and s.as_dict()["placement"] == want
     (run / "config.resolved.json").write_text("{not json")
     assert placement_of(run) == ""  # a damaged record hides the line, it does not fail status
+
+
+def test_damaged_event_log_is_said_not_hidden(tmp_path):
+    from hpctrain.slurm import journal
+    from hpctrain.slurm.status import format_status, run_status
+
+    run = tmp_path / "r"
+    journal.record(run, "submitted", job_id="local-1", attempt=0)
+    path = journal.events_path(run)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"event": "started", "job_id": "local-1"}\n')
+        f.write('{"event": "comp')  # a torn last line (a node died mid-write): expected, not damage
+    assert journal.damaged_lines(run) == 0 and len(journal.read_events(run)) == 2
+    assert run_status(run, live=False, tail=0).warning == ""
+    path.write_bytes(b'[1, 2]\n\xff\xfegarbage\n{"no_event": 1}\n' + path.read_bytes())
+    assert journal.damaged_lines(run) == 3
+    assert [e["event"] for e in journal.read_events(run)] == ["submitted", "started"]
+    s = run_status(run, live=False, tail=0)
+    assert s.state == "RUNNING" and "3 line(s) of" in s.warning and "events.jsonl are not events" in s.warning
+    assert "warning    3 line(s)" in format_status(s)

@@ -34,17 +34,33 @@ def record(run_dir: str | os.PathLike, event: str, **data: Any) -> dict:
     return rec
 
 
-def read_events(run_dir: str | os.PathLike) -> list[dict]:
+def _scan(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
+    """(the readable events, how many non-empty lines were not one, a torn last line excepted)."""
     path = events_path(run_dir)
     if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return [], 0
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out, bad = [], 0
+    for i, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a torn last line after a node crash: the earlier lines still stand
-    return out
+            rec = None
+        if isinstance(rec, dict) and isinstance(rec.get("event"), str):
+            out.append(rec)
+        elif line.strip() and i != len(lines) - 1:  # a torn last line after a node crash is expected
+            bad += 1
+    return out, bad
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict]:
+    """The run's events; unreadable lines are skipped (see :func:`damaged_lines`)."""
+    return _scan(run_dir)[0]
+
+
+def damaged_lines(run_dir: str | os.PathLike) -> int:
+    """Lines of events.jsonl that are not an event, not counting a torn last line."""
+    return _scan(run_dir)[1]
 
 
 @dataclass(slots=True)

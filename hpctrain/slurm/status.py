@@ -51,6 +51,7 @@ class RunStatus:
     log_tail: list[str] = field(default_factory=list)
     failing_rank: int | None = None
     placement: str = ""    # where the ranks of the latest attempt ran (config.resolved.json)
+    warning: str = ""      # the run dir's own records are damaged
     recorded: str = ""     # the run dir's own state, before slurmctld's view is laid over it
     slurm_state: str = ""  # slurmctld's JobState, when it answered
 
@@ -59,7 +60,7 @@ class RunStatus:
                 "requeues": self.requeues, "retries": self.retries, "timeouts": self.timeouts,
                 "preemptions": self.preemptions, "last_step": self.last_step, "last_metrics": self.last_metrics,
                 "reason": self.reason, "slurm": self.slurm, "failing_rank": self.failing_rank,
-                "placement": self.placement, "log_tail": self.log_tail}
+                "placement": self.placement, "warning": self.warning, "log_tail": self.log_tail}
 
 
 def default_base() -> Path:
@@ -178,6 +179,10 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
                     retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
                     last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state,
                     placement=placement_of(run_dir))
+    bad = journal.damaged_lines(run_dir)
+    if bad:
+        out.warning = (f"{bad} line(s) of {journal.events_path(run_dir)} are not events (the file is damaged): "
+                       "the state shown may be incomplete; check the file, or resubmit with 'hpctrain submit'")
     if live and st.job_id and not st.job_id.startswith("local"):
         rec, note = _live(st.job_id)
         if rec is None:
@@ -286,6 +291,8 @@ def format_status(s: RunStatus) -> str:
              f"last step  {s.last_step if s.last_step is not None else '-'}" + (f"  {metric}" if metric else "")]
     if s.placement:
         lines.append(f"placement  {s.placement}")
+    if s.warning:
+        lines.append(f"warning    {s.warning}")
     if s.log_tail:
         lines.append(f"--- last {len(s.log_tail)} lines of {rank_log(s.run_dir, s.failing_rank or 0)} ---")
         lines += s.log_tail
