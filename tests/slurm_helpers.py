@@ -60,15 +60,15 @@ def job_of(run_dir: Path) -> str:
     return journal.fold(journal.read_events(run_dir)).job_id
 
 
-def make_blobs(out: Path) -> Path:
-    """A small 3-class tabular shard set (480 train, 60 val rows of 6 features) at ``out``."""
+def make_blobs(out: Path, *, train: int = 480, val: int = 60, rows_per_shard: int = 64) -> Path:
+    """A small 3-class tabular shard set (``train`` and ``val`` rows of 6 features) at ``out``."""
     from hpctrain.data.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 3, size=(3, 6))
-    with ShardWriter(out, feature_names=[f"f{i}" for i in range(6)], sample_shape=(6,), rows_per_shard=64,
-                     classes=[0, 1, 2]) as w:
-        for split, n in (("train", 480), ("val", 60)):
+    with ShardWriter(out, feature_names=[f"f{i}" for i in range(6)], sample_shape=(6,),
+                     rows_per_shard=rows_per_shard, classes=[0, 1, 2]) as w:
+        for split, n in (("train", train), ("val", val)):
             y = rng.integers(0, 3, n)
             w.add((centers[y] + rng.normal(0, 1.0, size=(n, 6))).astype(np.float32), y.astype(np.int64), split=split)
     return out

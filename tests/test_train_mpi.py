@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.mpi
@@ -21,15 +20,9 @@ def world():
     root = comm.bcast(tempfile.mkdtemp(prefix="hpct-train-mpi-") if comm.rank == 0 else None)
     data = Path(root) / "blobs"
     if comm.rank == 0:
-        from hpctrain.data.shards import ShardWriter
+        from slurm_helpers import make_blobs
 
-        rng = np.random.default_rng(0)
-        centers = rng.normal(0, 3, size=(3, 6))
-        with ShardWriter(data, feature_names=[f"f{i}" for i in range(6)], sample_shape=(6,), rows_per_shard=40,
-                         classes=[0, 1, 2]) as w:
-            for split, n in (("train", 256), ("val", 50)):
-                y = rng.integers(0, 3, n)
-                w.add((centers[y] + rng.normal(size=(n, 6))).astype(np.float32), y.astype(np.int64), split=split)
+        make_blobs(data, train=256, val=50, rows_per_shard=40)
     comm.Barrier()
     return comm, Path(root), data
 

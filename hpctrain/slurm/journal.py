@@ -34,7 +34,7 @@ def record(run_dir: str | os.PathLike, event: str, **data: Any) -> dict:
     return rec
 
 
-def _scan(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
+def scan_events(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
     """(the readable events, how many non-empty lines were not one, a torn last line excepted)."""
     path = events_path(run_dir)
     if not path.is_file():
@@ -55,12 +55,12 @@ def _scan(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
 
 def read_events(run_dir: str | os.PathLike) -> list[dict]:
     """The run's events; unreadable lines are skipped (see :func:`damaged_lines`)."""
-    return _scan(run_dir)[0]
+    return scan_events(run_dir)[0]
 
 
 def damaged_lines(run_dir: str | os.PathLike) -> int:
     """Lines of events.jsonl that are not an event, not counting a torn last line."""
-    return _scan(run_dir)[1]
+    return scan_events(run_dir)[1]
 
 
 @dataclass(slots=True)

@@ -173,13 +173,13 @@ def _live(job_id: str) -> tuple[dict | None, str]:
 
 def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus:
     run_dir = Path(run_dir)
-    st = journal.fold(journal.read_events(run_dir))
+    events, bad = journal.scan_events(run_dir)  # one read: the events and how damaged the log is
+    st = journal.fold(events)
     step, metrics = last_progress(run_dir)
     out = RunStatus(run=run_dir.name, run_dir=run_dir, state=st.state, job_id=st.job_id, requeues=st.requeues,
                     retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
                     last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state,
                     placement=placement_of(run_dir))
-    bad = journal.damaged_lines(run_dir)
     if bad:
         out.warning = (f"{bad} line(s) of {journal.events_path(run_dir)} are not events (the file is damaged): "
                        "the state shown may be incomplete; check the file, or resubmit with 'hpctrain submit'")
