@@ -5,13 +5,15 @@
     python scripts/bench_loader.py --gb 0.2 --naive-samples 5000 --repeat 3
 
 (a)  the limit: the same x and y rows read sequentially in 16-chunk slabs with read_direct into
-     one preallocated buffer, every file opened once (before the clock), chunk cache off.
+     one preallocated buffer, every file opened once (in the first pass) and kept open,
+     chunk cache off.
 (b)  ShardLoader: shuffled torch batches (reader thread + assembler thread).
 (d)  informed torch peer: Dataset item = one batch, a contiguous slice of a shard read with one
      h5py call; DataLoader(batch_size=None, num_workers=2, persistent_workers=True); batches
      in uniform random order.
-(e)  the same with a sampler of contiguous runs (chunks in random order, the batches of a chunk
-     together in random order) and a chunk cache that holds a few chunks.
+(e)  the same with an item of one whole chunk (a contiguous run of 4096 rows here), runs in
+     random order, rows permuted inside the run by the worker, cut into batches by the main
+     process: one DataLoader hand-off per run instead of per batch.
 (c)  naive: one dset[i] per sample, DataLoader(shuffle=True); timed on a subset (about 1000x
      slower), its full-epoch time scaled from that rate.
 
@@ -77,8 +79,8 @@ def write_data(out: Path, gb: float, features: int, shards: int, compression: st
 def phase_raw(d: Path, args) -> dict:
     """The limit: the same x and y rows read sequentially, each shard in slabs of whole chunks
     straight into one preallocated buffer (``read_direct``), no shuffle, no copy. Every file is
-    opened once, before the clock, with the chunk cache off (reads cover whole chunks, so a
-    cache only adds a copy) and kept open for both passes."""
+    opened once, with the chunk cache off (reads cover whole chunks, so a cache only adds a
+    copy), and kept open for the second pass."""
     import numpy as np
 
     from hpctrain.data.shards import Manifest, h5_open
@@ -91,14 +93,16 @@ def phase_raw(d: Path, args) -> dict:
     xbuf = np.empty((slab, *m.schema.sample_shape), np.float32)
     ybuf = np.empty(slab, np.int64)
     cache = {} if args.raw_cache_mb < 0 else {"rdcc_nbytes": int(args.raw_cache_mb * 2**20)}
-    files = [h5_open(m.path(s), **cache) for s in m.shards]
-    dsets = [(f["x"], f["y"], s.rows) for f, s in zip(files, m.shards)]
+    files: list = []  # opened in the first pass (as (b) opens its files), kept open for the second
 
     def one_pass() -> int:
+        if not files:
+            files.extend(h5_open(m.path(s), **cache) for s in m.shards)
         n = 0
-        for x, y, rows in dsets:
-            for a in range(0, rows, slab):
-                b = min(a + slab, rows)
+        for f, s in zip(files, m.shards):
+            x, y = f["x"], f["y"]
+            for a in range(0, s.rows, slab):
+                b = min(a + slab, s.rows)
                 x.read_direct(xbuf, np.s_[a:b], np.s_[0:b - a])
                 y.read_direct(ybuf, np.s_[a:b], np.s_[0:b - a])
                 n += b - a
@@ -172,12 +176,13 @@ def proc_peak_mb(pid: int) -> float:
 
 def phase_informed(d: Path, args, runs: bool) -> dict:
     """What a user who knows HDF5 writes with torch's own tools: a map-style Dataset whose item is
-    one batch, a contiguous slice of one shard read with a single h5py call, fed by
-    ``DataLoader(batch_size=None, num_workers=2, persistent_workers=True)``; each worker opens
-    the files it needs once and keeps them. ``runs=False``: the batches in a uniform random
-    order (every batch reads its whole 1 MiB chunk). ``runs=True``: a sampler of contiguous runs
-    (chunks in random order, the batches inside a chunk in random order, so consecutive reads of a
-    worker hit the chunk cache, sized to hold a few chunks)."""
+    a contiguous slice of one shard, read with one h5py call per dataset, fed by
+    ``DataLoader(batch_size=None, num_workers=2, persistent_workers=True)``; each worker opens the
+    files it needs once and keeps them. ``runs=False``: an item is one batch, the batches in a
+    uniform random order. ``runs=True``: an item is a run of one whole chunk (many batches), the
+    runs in random order; the worker permutes the run's rows and the main process cuts it into
+    batch views. That pays the DataLoader's per-item hand-off (pickling, a queue, shared memory)
+    once per run instead of once per batch, but every batch then comes from a single chunk."""
     import h5py
     import numpy as np
     import torch
@@ -189,13 +194,15 @@ def phase_informed(d: Path, args, runs: bool) -> dict:
     torch.set_num_threads(1)
     m = Manifest.load(d)
     B = args.batch
-    chunk_bytes = m.chunk_rows * 4 * int(np.prod(m.schema.sample_shape))
+    span = m.chunk_rows if runs else B
 
     class Slices(Dataset):
         def __init__(self) -> None:
-            self.index = [(i, a, min(a + B, s.rows)) for i, s in enumerate(m.shards) for a in range(0, s.rows, B)]
+            self.index = [(i, a, min(a + span, s.rows)) for i, s in enumerate(m.shards)
+                          for a in range(0, s.rows, span)]
             self.files: dict = {}
             self.pid = -1
+            self.epoch = 0  # persistent workers keep their own copy: a run's row order repeats per epoch
 
         def __len__(self) -> int:
             return len(self.index)
@@ -205,17 +212,16 @@ def phase_informed(d: Path, args, runs: bool) -> dict:
             if self.pid != os.getpid():  # never reuse handles inherited across fork
                 self.files, self.pid = {}, os.getpid()
             if i not in self.files:
-                f = h5py.File(m.path(m.shards[i]), "r", locking=False, rdcc_nbytes=4 * chunk_bytes + (1 << 20))
+                f = h5py.File(m.path(m.shards[i]), "r", locking=False)
                 self.files[i] = (f["x"], f["y"])
-            x, y = self.files[i]
-            return torch.from_numpy(x[a:b]), torch.from_numpy(y[a:b])
+            xd, yd = self.files[i]
+            x, y = xd[a:b], yd[a:b]
+            if runs:  # rows shuffled inside the run
+                p = np.random.default_rng([k, self.epoch]).permutation(b - a)
+                x, y = np.take(x, p, axis=0), np.take(y, p)
+            return torch.from_numpy(x), torch.from_numpy(y)
 
     ds = Slices()
-    # batches grouped by the chunk they start in (the "runs" of the sampler)
-    groups: dict = {}
-    for k, (i, a, _) in enumerate(ds.index):
-        groups.setdefault((i, a // m.chunk_rows), []).append(k)
-    group_list = list(groups.values())
 
     class Order(Sampler):
         def __init__(self) -> None:
@@ -225,10 +231,7 @@ def phase_informed(d: Path, args, runs: bool) -> dict:
             return len(ds)
 
         def __iter__(self):
-            g = np.random.default_rng([self.epoch, 7])
-            if not runs:
-                return iter(g.permutation(len(ds)).tolist())
-            return iter([k for j in g.permutation(len(group_list)) for k in g.permutation(group_list[j]).tolist()])
+            return iter(np.random.default_rng([self.epoch, 7]).permutation(len(ds)).tolist())
 
     sampler = Order()
     dl = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=2, persistent_workers=True)
@@ -243,16 +246,17 @@ def phase_informed(d: Path, args, runs: bool) -> dict:
         it = iter(dl)
         if not workers:
             workers.extend(w.pid for w in it._workers)
-        for x, _y in it:
-            n += x.shape[0]
+        for x, y in it:
+            for xb, _yb in zip(x.split(B), y.split(B)):
+                n += xb.shape[0]
         sampler.epoch += 1
         return n
 
     # The workers start (fork) inside the first pass, as they do in a training job's first epoch.
     r = timed_passes(one_pass, base, cpu=cpu)
     wpeak = [proc_peak_mb(p) for p in workers]
-    r["note"] = ("sampler of contiguous runs (chunk order and batch order within a chunk random)" if runs
-                 else "batches in uniform random order") + \
+    r["note"] = (f"item = a run of {span} rows (one chunk), rows permuted in the worker" if runs
+                 else f"item = one batch of {span} rows, uniform random order") + \
         "; peak: main process only (workers' peak RSS incl. shared pages: " + \
         ", ".join(f"{w:.0f}" for w in wpeak) + " MiB)"
     return r
