@@ -4,7 +4,7 @@
     python scripts/bench_loader.py                     # ~1 GiB of float32 in /tmp
     python scripts/bench_loader.py --gb 0.2 --naive-samples 5000 --repeat 3
 
-(a)  the limit: the same x and y rows read sequentially in 16-chunk slabs with read_direct into
+(a)  the limit: the same x and y rows read sequentially in 32-chunk slabs with read_direct into
      one preallocated buffer, every file opened once (in the first pass) and kept open,
      chunk cache off.
 (b)  ShardLoader: shuffled torch batches (reader thread + assembler thread).
@@ -381,7 +381,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--buffer-rows", type=int, default=None, help="shuffle buffer (default: ~64 MiB of samples)")
-    ap.add_argument("--raw-slab-chunks", type=int, default=16, help="chunks per read of the limit (a)")
+    ap.add_argument("--raw-slab-chunks", type=int, default=32,
+                    help="chunks per read of the limit (a); 32: a whole default shard per read")
     ap.add_argument("--raw-cache-mb", type=float, default=0.0,
                     help="HDF5 chunk cache of the limit (a) in MiB (default 0: off; -1: HDF5's default)")
     ap.add_argument("--naive-samples", type=int, default=20_000, help="subset size timed for (c)")
