@@ -29,7 +29,7 @@ def main():
 
     import pandas as pd
 
-    from hpctrain.quality.dist import LocalComm
+    from hpctrain.comm.collective import LocalCollective
     from hpctrain.quality.profile import QUANTILES, profile_chunks
     from hpctrain.quality.stats import exact_quantiles, local_sorted_columns
 
@@ -42,7 +42,7 @@ def main():
 
     def bisect():
         cols = local_sorted_columns(x)
-        return exact_quantiles(cols, np.array([c.size for c in cols]), QUANTILES, LocalComm())
+        return exact_quantiles(cols, np.array([c.size for c in cols]), QUANTILES, LocalCollective())
 
     def npq():
         return np.array([np.quantile(c[np.isfinite(c)].astype(np.float64), QUANTILES) for c in x.T])

@@ -175,11 +175,12 @@ def on_drift(cmd: str) -> int:
 
 
 def run(args):
-    from hpctrain.quality.dist import run_collective, world_comm
+    from hpctrain.comm.collective import world
+    from hpctrain.comm.failfast import run_collective
 
     if args.on_drift is not None:
         hook_argv(args.on_drift)
-    comm = world_comm()
+    comm = world()
 
     def body() -> int:
         if args.model is not None:
@@ -222,6 +223,6 @@ def run(args):
                 if args.on_drift:
                     hook = on_drift(args.on_drift)
                     print(f"drift: --on-drift command exited {hook}")
-        return comm.bcast(rc)
+        return comm.broadcast(rc)
 
     return run_collective(comm, body)

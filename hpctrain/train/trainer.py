@@ -302,7 +302,7 @@ class Trainer:
         """Collective: gathers every rank's RNG state; rank 0 writes."""
         from hpctrain.train import checkpoint as C
 
-        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        states = self.comm.gather({**_rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             loader_state = self.loader.state_dict() if mid_epoch else None
             C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep)
@@ -319,7 +319,7 @@ class Trainer:
             for w in caught:
                 print(f"hpctrain train: warning: {w.message}", file=sys.stderr, flush=True)
             name = str(found[0]) if found else None
-        name = self.comm.broadcast_object(name)
+        name = self.comm.broadcast(name)
         if name is None:
             self.comm.broadcast_model(self.model, self.optimizer)
             return
@@ -381,7 +381,7 @@ class Trainer:
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
         self.model.train()
-        tot = self.comm.allreduce_array(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
+        tot = self.comm.allreduce(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
         cm = tot[2:].reshape(k, k)
         rep = report(cm)
         return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
@@ -475,7 +475,7 @@ class Trainer:
                 self.acc["batches"] += 1
                 n_log += accum * self.plan.batch_size * self.world
                 if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
-                    mean_loss = float(self.comm.allreduce_array(np.array([step_loss]))[0]) / self.world
+                    mean_loss = float(self.comm.allreduce(np.array([step_loss]))[0]) / self.world
                     dt = time.perf_counter() - t_log
                     self._log({"kind": "step", "step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
                                "samples_per_s": n_log / dt if dt > 0 else None})
@@ -491,7 +491,7 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> bool:
         cfg = self.cfg
-        train_loss = float(self.comm.allreduce_array(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
+        train_loss = float(self.comm.allreduce(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
                            ) / self.world
         rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": seconds}
@@ -528,7 +528,7 @@ class Trainer:
             confusion = ev.pop("confusion")
             metrics.update(ev)
             metrics["confusion"] = confusion
-        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        states = self.comm.gather({**_rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             payload = self._payload(None, states)
             C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
@@ -574,7 +574,7 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
                               "or set logging.tensorboard=false") from None
     trainer = Trainer(cfg, info, plan, stop_requested)
     # Which rank ran where: the first thing to know about a hung or slow multi-node job.
-    placement = trainer.comm.gather_object({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
+    placement = trainer.comm.gather({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
                                             "device": str(trainer.device)})
     if trainer.root:
         run_dir.mkdir(parents=True, exist_ok=True)
