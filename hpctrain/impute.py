@@ -21,7 +21,7 @@ def fit_dir(src: str | os.PathLike, *, strategy: str = "mean", fill_value: float
     process was started with); rank 0 writes the statistics. Returns (imputer, path).
 
     An error on any rank ends every rank (:func:`hpctrain.comm.failfast.run_collective`)."""
-    from hpctrain.comm.collective import as_collective, world
+    from hpctrain.comm.world import as_collective, world
     from hpctrain.comm.failfast import run_collective
 
     c = world() if comm is None else as_collective(comm)

@@ -48,7 +48,7 @@ FORMAT_VERSION = 1
 def merge_statistics(partial: dict, comm=None) -> dict:
     """Merge the mergeable per-rank partials (``sum``, ``count``, ``rows``) with one
     allreduce each; the single-process call returns them unchanged. Every rank must call it."""
-    from hpctrain.comm.collective import as_collective
+    from hpctrain.comm.world import as_collective
 
     c = as_collective(comm)
     return {"sum": c.allreduce(np.asarray(partial["sum"], dtype=np.float64)),
@@ -186,7 +186,7 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
                    in_memory: np.ndarray | None = None) -> FitResult:
     """Per-column statistics of the data ``chunks()`` yields (2-D float32 arrays), merged
     over ``comm``'s ranks when given. Every rank must call it (it runs collectives)."""
-    from hpctrain.comm.collective import as_collective
+    from hpctrain.comm.world import as_collective
     from hpctrain.kernels import _impute_cpu as K
 
     comm = as_collective(comm)
@@ -297,7 +297,7 @@ class Imputer:
         return self
 
     def _fit_shards(self, where: Any, *, comm, split: str | None, from_manifest: bool) -> Imputer:
-        from hpctrain.comm.collective import as_collective
+        from hpctrain.comm.world import as_collective
         from hpctrain.data.impute_io import shard_fit_input
 
         c = as_collective(comm)
@@ -406,7 +406,7 @@ class Imputer:
     def save(self, path: str | os.PathLike, comm=None) -> Path:
         """Write the statistics as JSON (atomically; only rank 0 of ``comm`` writes).
         ``path`` may be a shard directory: the file goes next to its manifest."""
-        from hpctrain.comm.collective import as_collective
+        from hpctrain.comm.world import as_collective
         from hpctrain.data.impute_io import write_stats
 
         return write_stats(path, self.to_json(), rank=as_collective(comm).rank)

@@ -54,7 +54,7 @@ def radix_select(hist_fn: HistFn, ranks: np.ndarray, nbits: int, comm=None) -> t
     ``comm``: returns (keys uint64 (d, T), valid (d, T)); a rank out of range is not valid.
 
     Every rank must call it with the same ``ranks`` (it runs ``nbits / 8`` allreduces)."""
-    from hpctrain.comm.collective import as_collective
+    from hpctrain.comm.world import as_collective
 
     c = as_collective(comm)
     ranks = np.asarray(ranks, dtype=np.int64)

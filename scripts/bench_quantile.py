@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
 
-    from hpctrain.comm.collective import world
+    from hpctrain.comm.world import world
     from hpctrain.kernels.impute import radix_select as impute_radix
     from hpctrain.kernels.order_stats import float_keys, order_statistics
 

@@ -8,9 +8,9 @@ Four operations and their conveniences, on numpy arrays and picklable objects:
 * ``abort(code)``: end every rank of the job (:func:`hpctrain.comm.failfast.abort`).
 
 Training gets an implementation from its gradient-exchange backend (:class:`Comm` extends
-this class); quality, imputation and the farm use :func:`world`, which is the ``mpi``
-backend's control plane over COMM_WORLD when a launcher started several ranks and
-:class:`LocalCollective` otherwise. Code written against this class runs unchanged on one
+this class); quality, imputation and the farm use :func:`hpctrain.comm.world.world`, which
+is the ``mpi`` backend's control plane over COMM_WORLD when a launcher started several ranks
+and :class:`LocalCollective` otherwise. Code written against this class runs unchanged on one
 rank or many and is unit-tested without MPI.
 """
 
@@ -70,31 +70,3 @@ class LocalCollective(Collective):
 
     def barrier(self) -> None:
         pass
-
-
-def world() -> Collective:
-    """COMM_WORLD's collectives when this process is one of several ranks, else a local one."""
-    from hpctrain.env import rank_info
-
-    if rank_info().world_size > 1:
-        from hpctrain.comm.mpi import MpiComm
-
-        return MpiComm()
-    return LocalCollective()
-
-
-def as_collective(comm: Any) -> Collective:
-    """A :class:`Collective` for what a Python API caller passed as ``comm``: None (one rank),
-    a Collective, or an mpi4py communicator (wrapped)."""
-    if comm is None:
-        return LocalCollective()
-    if isinstance(comm, Collective):
-        return comm
-    if callable(getattr(comm, "Get_rank", None)) and callable(getattr(comm, "Allreduce", None)):
-        from hpctrain.comm.mpi import MpiComm
-
-        return MpiComm(comm)
-    from hpctrain.errors import HpctrainError
-
-    raise HpctrainError(f"comm: got {type(comm).__name__}, expected None, an hpctrain.comm.Collective or an "
-                        "mpi4py communicator (e.g. MPI.COMM_WORLD)")

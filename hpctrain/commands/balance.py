@@ -47,7 +47,7 @@ def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verif
 
 
 def run(args):
-    from hpctrain.comm.collective import world
+    from hpctrain.comm.world import world
     from hpctrain.comm.failfast import run_collective
 
     from hpctrain.quality import QualityError, check_seed

@@ -58,7 +58,7 @@ def clean_dir(src, out, plan, *, force=False, verify=False):
 def run(args):
     from hpctrain.quality import QualityError
     from hpctrain.quality.clean import CleanPlan
-    from hpctrain.comm.collective import world
+    from hpctrain.comm.world import world
     from hpctrain.comm.failfast import run_collective
 
     if args.method is not None and args.outliers is None:

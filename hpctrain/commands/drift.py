@@ -175,7 +175,7 @@ def on_drift(cmd: str) -> int:
 
 
 def run(args):
-    from hpctrain.comm.collective import world
+    from hpctrain.comm.world import world
     from hpctrain.comm.failfast import run_collective
 
     if args.on_drift is not None:

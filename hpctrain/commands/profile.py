@@ -25,7 +25,7 @@ def add_arguments(p):
 def run(args):
     from pathlib import Path
 
-    from hpctrain.comm.collective import world
+    from hpctrain.comm.world import world
     from hpctrain.comm.failfast import run_collective
     from hpctrain.quality.io import check_out_dir, load_manifest, local_chunks
     from hpctrain.quality.profile import ProfileConfig, profile_chunks, summary_lines

@@ -7,7 +7,7 @@ The collectives are :mod:`hpctrain.comm.collective`'s and the abort path is
 from __future__ import annotations
 
 from hpctrain.comm.collective import LocalCollective as LocalComm
-from hpctrain.comm.collective import world as world_comm
+from hpctrain.comm.world import world as world_comm
 from hpctrain.comm.failfast import run_collective
 from hpctrain.comm.mpi import MpiComm
 
