@@ -2,7 +2,7 @@
 
   .venv/bin/python scripts/bench_quality.py [--rows 200000] [--cols 32]
 
-- exact quantiles by bisection (what distributed profiling uses) vs np.quantile on the
+- exact quantiles by radix selection (what distributed profiling uses) vs np.quantile on the
   concatenated data (possible only when one process holds everything);
 - the whole profile (moments, quantiles, MAD, histograms, outliers, hashes, IsolationForest
   and kNN on a 5000-row sample) vs pandas describe() + quantiles on the same data, which
@@ -36,7 +36,7 @@ def main():
 
     import pandas as pd
 
-    from hpctrain.quality.dist import LocalComm
+    from hpctrain.comm.collective import LocalCollective
     from hpctrain.quality.profile import QUANTILES, profile_chunks
     from hpctrain.quality.stats import exact_quantiles, local_sorted_columns
 
@@ -47,9 +47,9 @@ def main():
     bounds = np.linspace(0, a.rows, a.shards + 1).astype(int)
     chunks = [(i, x[bounds[i]:bounds[i + 1]], y[bounds[i]:bounds[i + 1]]) for i in range(a.shards)]
 
-    def bisect():
+    def radix():
         cols = local_sorted_columns(x)
-        return exact_quantiles(cols, np.array([c.size for c in cols]), QUANTILES, LocalComm())
+        return exact_quantiles(cols, np.array([c.size for c in cols]), QUANTILES, LocalCollective())
 
     def npq():
         return np.array([np.quantile(c[np.isfinite(c)].astype(np.float64), QUANTILES) for c in x.T])
@@ -57,14 +57,14 @@ def main():
     names = [f"c{j}" for j in range(a.cols)]
     df = pd.DataFrame(x)
     contenders = {
-        "bisect": bisect,
+        "radix": radix,
         "np.quantile": npq,
         "profile": lambda: profile_chunks(chunks, feature_names=names, total_rows=a.rows),
         "pandas": lambda: (df.describe(), df.quantile(list(QUANTILES))),
     }
-    qb, qn = bisect(), npq()  # warm-up of every contender, and the equality check
+    qb, qn = radix(), npq()  # warm-up of every contender, and the equality check
     if not np.array_equal(qb, qn):
-        raise SystemExit("bench: the bisection quantiles differ from np.quantile")
+        raise SystemExit("bench: the radix-selection quantiles differ from np.quantile")
     for fn in contenders.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -79,10 +79,10 @@ def main():
     def row(label: str, k: str) -> str:
         return f"{label:45s} {best[k]:8.3f} s ({med[k]:.3f})"
 
-    print(row("exact quantiles (bisection, 32 rounds)", "bisect") + "   identical values to np.quantile")
+    print(row("exact quantiles (radix, 4 rounds)", "radix") + "   identical values to np.quantile")
     print(row("np.quantile per column (same values)", "np.quantile"))
-    r = best["bisect"] / best["np.quantile"]
-    print(f"  bisection / np.quantile: {r:.2f}x the time ({'faster' if r < 1 else 'slower'})")
+    r = best["radix"] / best["np.quantile"]
+    print(f"  radix selection / np.quantile: {r:.2f}x the time ({'faster' if r < 1 else 'slower'})")
     print(row("full profile_chunks", "profile") + f"   {a.rows / best['profile'] / 1e3:8.1f} k rows/s")
     print(row("pandas describe + quantile", "pandas"))
     r = best["profile"] / best["pandas"]
