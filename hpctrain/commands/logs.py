@@ -19,14 +19,15 @@ def run(args):
     import time
 
     from hpctrain.errors import ConfigError
+    from hpctrain.rundir import RunDir
     from hpctrain.slurm.status import RunNotFound, rank_log, resolve_run, run_status, runs_base
 
     if args.lines < 0:
         raise ConfigError(f"-n/--lines must be >= 0 (the last N lines; 0 shows the whole log), got {args.lines}")
     run_dir = resolve_run(args.run, runs_base(args.runs_dir))
-    path = run_dir / "logs" / "batch.log" if args.batch else rank_log(run_dir, args.rank)
+    path = RunDir(run_dir).batch_log if args.batch else rank_log(run_dir, args.rank)
     if not path.is_file():
-        have = sorted(p.name for p in (run_dir / "logs").glob("*.log"))
+        have = sorted(p.name for p in RunDir(run_dir).logs.glob("*.log"))
         raise RunNotFound(f"{str(path)!r} does not exist (yet); logs in this run: {', '.join(have) or 'none'}. "
                           "A pending job has no log until it starts")
     with open(path, "rb") as f:

@@ -76,6 +76,7 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
     from pathlib import Path
 
     from hpctrain.errors import ConfigError
+    from hpctrain.rundir import RunDir
     from hpctrain.slurm.counter import CounterTask
     from hpctrain.slurm.job import RunJob, TrainTask
     from hpctrain.slurm.requeue import RequeuePolicy
@@ -112,7 +113,7 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
             cfg = load_config(args.config, overrides)  # a bad config fails here, before any queue wait
             name = name or cfg.run.name
             run_dir = run_dir or Path(cfg.run.dir)
-            task = TrainTask(config=str(Path(run_dir).resolve() / "slurm" / "config.yaml"), overrides=overrides)
+            task = TrainTask(config=str(RunDir(Path(run_dir).resolve()).config_snapshot), overrides=overrides)
     run_dir = Path(run_dir).resolve()
     mpi = args.mpi
     ranks = (args.nodes or 1) * (args.ntasks_per_node or 1)
@@ -137,9 +138,11 @@ def run(args):
     import shutil
 
     from hpctrain.errors import ClusterError, ConfigError
-    from hpctrain.slurm.job import TrainTask, result_completed
+    from hpctrain.rundir import RunDir
+    from hpctrain.slurm.job import TrainTask
+    from hpctrain.slurm.local import run_local
     from hpctrain.slurm.sbatch import render_sbatch
-    from hpctrain.slurm.submit import active_job, run_local, submit_slurm
+    from hpctrain.slurm.submit import active_job, submit_slurm
     from hpctrain.slurm.wait import check_wait_options
 
     # before anything is submitted: a bad --poll must not leave a job behind unwatched
@@ -154,8 +157,8 @@ def run(args):
     if args.dry_run:
         print(render_sbatch(spec), end="")
         return 0
-    if result_completed(spec.run_dir):
-        print(f"run {spec.name!r} already completed ({spec.run_dir / 'result.json'}); nothing to submit. "
+    if RunDir(spec.run_dir).is_completed():
+        print(f"run {spec.name!r} already completed ({RunDir(spec.run_dir).result}); nothing to submit. "
               "Choose another --name to train again")
         return 0
     if sub.cluster == "slurm":
@@ -167,7 +170,7 @@ def run(args):
     if isinstance(sub.job.task, TrainTask):
         from hpctrain.fileio import atomic_path
 
-        snapshot = spec.run_dir / "slurm" / "config.yaml"
+        snapshot = RunDir(spec.run_dir).config_snapshot
         with atomic_path(snapshot) as tmp:
             shutil.copyfile(args.config, tmp)
     if sub.cluster == "local":

@@ -19,6 +19,7 @@ from typing import Callable
 
 from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_json
+from hpctrain.rundir import RunDir
 
 
 def step_params(params: list[float], step: int) -> list[float]:
@@ -51,9 +52,9 @@ class CounterTask:
         if self.permanent_error:
             raise ConfigError("counter: permanent_error is set (a stand-in for a bad config key); "
                               "fix the config and submit again")
-        run_dir = Path(run_dir)
+        run = RunDir(run_dir)
         rank = int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")))
-        ckpt = run_dir / "checkpoints" / "counter.json"
+        ckpt = run.checkpoints / "counter.json"
         step, params = 0, [0.0] * self.dim
         if ckpt.is_file():
             state = json.loads(ckpt.read_text())
@@ -68,14 +69,13 @@ class CounterTask:
             step += 1
             if rank == 0:
                 atomic_write_json(ckpt, {"step": step, "params": params})
-                append_jsonl(run_dir / "metrics.jsonl", {"step": step, "loss": loss(params)}, fsync=False)
-            marker = run_dir / "checkpoints" / "crashed-once"
+                append_jsonl(run.metrics, {"step": step, "loss": loss(params)}, fsync=False)
+            marker = run.checkpoints / "crashed-once"
             if self.crash_once_at is not None and step == self.crash_once_at and not marker.exists():
                 marker.write_text("1")
                 print(f"counter: killing myself at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
         if rank == 0:
-            atomic_write_json(run_dir / "result.json", {"status": "completed", "step": step, "epoch": 0,
-                                                        "metrics": {"loss": loss(params) * self.scale},
-                                                        "params": params})
+            run.write_result({"status": "completed", "step": step, "epoch": 0,
+                              "metrics": {"loss": loss(params) * self.scale}, "params": params})
         return "completed"

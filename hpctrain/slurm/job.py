@@ -16,7 +16,6 @@ submits, starts one process per rank and, locally, restarts tasks that exit with
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from hpctrain.errors import ClusterError, HpctrainError
+from hpctrain.rundir import RunDir
 from hpctrain.slurm import journal
 from hpctrain.slurm.environment import JobFacts, job_facts, seconds_left, show_job
 from hpctrain.slurm.requeue import PreemptionFlag, RequeuePolicy, classify_interrupt, decide_requeue
@@ -52,14 +52,6 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, (HpctrainError, ImportError, SyntaxError, FileNotFoundError, NotADirectoryError))
 
 
-def result_completed(run_dir: Path) -> bool:
-    path = Path(run_dir) / "result.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 @dataclass(kw_only=True)
 class TrainTask:
     """The real trainer as a task: the config snapshot in the run dir plus overrides."""
@@ -79,7 +71,7 @@ class TrainTask:
 def _redirect_local_logs(run_dir: Path, rank: int) -> None:
     # srun writes rank logs on Slurm; the local executor logs into submitit's folder, so
     # point this process's stdout/stderr at the same per-rank file Slurm would use.
-    log = run_dir / "logs" / f"rank-{rank}.log"
+    log = RunDir(run_dir).rank_log(rank)
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -102,7 +94,7 @@ class RunJob:
             _redirect_local_logs(run_dir, facts.rank)
         flag = PreemptionFlag(self.policy.signal).install()
         started = time.monotonic()
-        if result_completed(run_dir):
+        if RunDir(run_dir).is_completed():
             # the double-requeue case: the work is done, touch nothing and leave at once
             flag.uninstall()
             if facts.is_root:
@@ -112,9 +104,9 @@ class RunJob:
         if facts.is_root:
             journal.record(run_dir, "started", job_id=facts.job_id, restart_count=facts.restart_count,
                            ntasks=facts.ntasks)
-        pid_dir = run_dir / "slurm" / "pids"
-        pid_dir.mkdir(parents=True, exist_ok=True)
-        (pid_dir / f"rank-{facts.rank}.pid").write_text(f"{os.getpid()}\n")
+        pid_file = RunDir(run_dir).pid_file(facts.rank)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
         try:
             outcome = self.task(run_dir, flag.is_set)
         except BaseException as e:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpctrain.errors import ConfigError
+from hpctrain.rundir import LOGS, RunDir, trial_name
 from hpctrain.slurm.environment import parse_time_limit
 from hpctrain.slurm.requeue import DEFAULT_SIGNAL, DEFAULT_SIGNAL_DELAY_S, signal_number
 
@@ -129,14 +130,14 @@ def pattern_path(path: Path | str) -> str:
 
 def rank_log_pattern(spec: JobSpec) -> str:
     if spec.array_size is not None:
-        return pattern_path(spec.run_dir / "trials") + "/trial-%a/logs/rank-%t.log"
-    return pattern_path(spec.run_dir / "logs") + "/rank-%t.log"
+        return pattern_path(RunDir(spec.run_dir).trials) + f"/{trial_name('%a')}/{LOGS}/rank-%t.log"
+    return pattern_path(RunDir(spec.run_dir).logs) + "/rank-%t.log"
 
 
 def batch_log_pattern(spec: JobSpec) -> str:
     if spec.array_size is not None:
-        return pattern_path(spec.run_dir / "logs") + "/batch-%A_%a.log"
-    return pattern_path(spec.run_dir / "logs") + "/batch.log"
+        return pattern_path(RunDir(spec.run_dir).logs) + "/batch-%A_%a.log"
+    return pattern_path(RunDir(spec.run_dir).batch_log)
 
 
 def render_sbatch(spec: JobSpec) -> str:
@@ -168,7 +169,8 @@ def render_sbatch(spec: JobSpec) -> str:
         lines.append("")
     py = shlex.quote(spec.python)
     if spec.array_size is not None:
-        lines.append(f"run_dir={shlex.quote(str(spec.run_dir / 'trials'))}/trial-\"$SLURM_ARRAY_TASK_ID\"")
+        trial = trial_name('"$SLURM_ARRAY_TASK_ID"')
+        lines.append(f"run_dir={shlex.quote(str(RunDir(spec.run_dir).trials))}/{trial}")
     else:
         lines.append(f"run_dir={shlex.quote(str(spec.run_dir))}")
     lines += [
@@ -186,7 +188,7 @@ def render_sbatch(spec: JobSpec) -> str:
         "rc=$?",
         "",
         "# completed, requeued, retried (with backoff) or failed: decided from the run dir, not from rc alone",
-        f"{py} -m hpctrain.slurm.retry --run-dir \"$run_dir\" --exit-code \"$rc\"",
+        f"{py} -m hpctrain.slurm.after_step --run-dir \"$run_dir\" --exit-code \"$rc\"",
         "",
     ]
     return "\n".join(lines)

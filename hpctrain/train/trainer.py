@@ -27,12 +27,9 @@ import numpy as np
 
 from hpctrain.env import RankInfo, placement_line, rank_info
 from hpctrain.errors import ConfigError
-from hpctrain.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from hpctrain.fileio import append_jsonl, atomic_write_text
+from hpctrain.rundir import METRICS, RunDir
 from hpctrain.train.config import Plan, TrainConfig, check_runtime
-
-RESULT = "result.json"
-METRICS = "metrics.jsonl"
-RESOLVED = "config.resolved.json"
 
 
 @dataclass(slots=True)
@@ -52,12 +49,7 @@ def _get_comm(cfg: TrainConfig, info: RankInfo):
 
 
 def read_result(run_dir: Path) -> dict | None:
-    p = Path(run_dir) / RESULT
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
+    return RunDir(run_dir).read_result()
 
 
 def _seed_all(seed: int) -> None:
@@ -197,7 +189,7 @@ class Trainer:
 
         self.cfg, self.info, self.plan, self.stop_requested = cfg, info, plan, stop_requested
         self.run_dir = Path(cfg.run.dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = RunDir(self.run_dir).checkpoints
         self.torch = torch
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -532,9 +524,9 @@ class Trainer:
         if self.root:
             payload = self._payload(None, states)
             C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
-            C.save_file(self.ckpt_dir / "final.pt", payload)
-            atomic_write_json(self.run_dir / RESULT, {"status": "completed", "step": self.step, "epoch": self.epoch,
-                                                      "metrics": metrics})
+            C.save_file(RunDir(self.run_dir).final_checkpoint, payload)
+            RunDir(self.run_dir).write_result({"status": "completed", "step": self.step, "epoch": self.epoch,
+                                               "metrics": metrics})
             if cfg.logging.plots:
                 from hpctrain.train.plots import write_plots
 
@@ -550,7 +542,7 @@ class Trainer:
 def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan, placement: list[dict] | None = None) -> None:
     from hpctrain.config import to_dict
 
-    atomic_write_json(Path(cfg.run.dir) / RESOLVED, {
+    RunDir(cfg.run.dir).write_resolved({
         "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
             "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
             "global_batch": plan.global_batch, "peak_lr": plan.lr},
