@@ -48,7 +48,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+        nullable = " (or null)" if type(None) in args else ""
+        if len(errors) == 1:  # the one real alternative says precisely what was wrong
+            raise ConfigError(errors[0] + nullable)
+        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}: " + "; ".join(errors))
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -106,6 +109,13 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
+    missing = [f.name for f in fields.values()
+               if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        # said here, so that a TypeError from the class itself stays what it is: a bug
+        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {', '.join(repr(m) for m in missing)}; "
+                          "add them")
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
@@ -120,8 +130,6 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         if where and not str(e).startswith(where):
             raise ConfigError(f"{where}.{e}") from None
         raise
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -97,3 +97,38 @@ def test_load_yaml_errors(tmp_path):
 def test_field_docs():
     rows = {r[0]: r for r in field_docs(Opt)}
     assert rows["lr"][3] == "learning rate" and rows["lr"][2] == 0.1
+
+
+@dataclass(kw_only=True, slots=True)
+class Needs:
+    name: str
+    when: int | Literal["auto"] = "auto"
+
+
+@dataclass(kw_only=True, slots=True)
+class Buggy:
+    n: int = 1
+
+    def __post_init__(self):
+        len(self.n)  # a bug in a config class: TypeError, not a user error
+
+
+def test_missing_required_key_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"Needs: missing required key\(s\) 'name'"):
+        from_mapping(Needs, {})
+
+
+def test_type_error_inside_a_config_class_is_not_hidden():
+    with pytest.raises(TypeError, match="has no len"):
+        from_mapping(Buggy, {"n": 2})
+
+
+def test_union_error_keeps_what_each_alternative_said():
+    with pytest.raises(ConfigError) as e:
+        from_mapping(Top, {"seed": "x"})
+    assert str(e.value) == "seed: got 'x' (str), expected an integer (or null)"
+    with pytest.raises(ConfigError) as e:
+        from_mapping(Needs, {"name": "a", "when": "soon"})
+    msg = str(e.value)
+    assert "when: got 'soon' (str), expected an integer" in msg
+    assert "when: got 'soon', expected one of ['auto']" in msg
