@@ -17,6 +17,7 @@ prediction. Nothing else spells a file name of it::
       slurm/spec.json         the same, readable
       slurm/events.jsonl      the run's event journal (hpctrain.slurm.journal)
       slurm/pids/             the pid of each rank of the current attempt
+      slurm/held              a --test-hold-at job is waiting for its signal (once per run)
     SWEEP/
       sweep.json              the sweep's record of trials and jobs
       results.csv             its table
@@ -153,6 +154,11 @@ class RunDir:
 
     def pid_file(self, rank: int) -> Path:
         return self.pids / f"rank-{rank}.pid"
+
+    @property
+    def hold_marker(self) -> Path:
+        """Written when a job submitted with ``--test-hold-at`` starts waiting for its signal."""
+        return self.path / "slurm" / "held"
 
     # ---------------------------------------------------------------- sweeps
     @property

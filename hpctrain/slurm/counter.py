@@ -10,6 +10,7 @@ like the trainer does. Use it to smoke-test requeue on a new cluster:
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -47,6 +48,11 @@ class CounterTask:
     crash_once_at: int | None = None  # SIGKILL itself once at this step (stands in for node loss)
     permanent_error: bool = False  # raise a ConfigError at start (stands in for a bad config)
     scale: float = 1.0  # a "hyperparameter" for sweeps: the final metric is loss * scale
+
+    def __post_init__(self) -> None:
+        # NaN and inf pass a '< 0' test; a NaN sleep raises deep inside time.sleep on the node
+        if not (math.isfinite(self.step_s) and self.step_s >= 0):
+            raise ConfigError(f"--counter-step-s must be a finite number of seconds >= 0, got {self.step_s}")
 
     def __call__(self, run_dir: Path, stop_requested: Callable[[], bool]) -> str:
         if self.permanent_error:

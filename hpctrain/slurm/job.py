@@ -81,11 +81,37 @@ def _redirect_local_logs(run_dir: Path, rank: int) -> None:
     os.close(fd)
 
 
+class HoldForSignal:
+    """A stop poll whose ``at``-th call waits until the signal has arrived, then says stop.
+
+    A testing aid (``--test-hold-at``): the task stops at a known step boundary on any machine
+    speed, instead of racing the signal against the end of the run. It holds once per run:
+    the marker rank 0 writes when it starts waiting turns it off for every later attempt.
+    """
+
+    def __init__(self, is_set: Callable[[], bool], at: int, marker: Path, *, is_root: bool, wait_s: float = 0.05):
+        self.is_set, self.at, self.marker, self.is_root, self.wait_s = is_set, at, marker, is_root, wait_s
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if self.calls == self.at:
+            if self.is_root:
+                from hpctrain.fileio import atomic_write_text
+
+                atomic_write_text(self.marker, f"{os.getpid()}\n")
+            print(f"hpctrain: --test-hold-at {self.at}: waiting for the signal", flush=True)
+            while not self.is_set():
+                time.sleep(self.wait_s)
+        return self.is_set()
+
+
 @dataclass(kw_only=True)
 class RunJob:
     run_dir: str
     task: Task
     policy: RequeuePolicy = field(default_factory=RequeuePolicy)
+    hold_at: int | None = None  # testing aid: see HoldForSignal
 
     def __call__(self) -> str:
         run_dir = Path(self.run_dir)
@@ -107,8 +133,12 @@ class RunJob:
         pid_file = RunDir(run_dir).pid_file(facts.rank)
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
+        stop: Callable[[], bool] = flag.is_set
+        marker = RunDir(run_dir).hold_marker
+        if self.hold_at is not None and not marker.exists():
+            stop = HoldForSignal(flag.is_set, self.hold_at, marker, is_root=facts.is_root)
         try:
-            outcome = self.task(run_dir, flag.is_set)
+            outcome = self.task(run_dir, stop)
         except BaseException as e:
             flag.uninstall()
             if not isinstance(e, (SystemExit, KeyboardInterrupt)):
@@ -177,3 +207,32 @@ def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> flo
     from datetime import datetime
 
     return seconds_left(rec, datetime.now())
+
+
+def train_requeue_aware(cfg, policy: RequeuePolicy):
+    """``hpctrain train --requeue``: train ``cfg`` inside :class:`RunJob` (what 'hpctrain submit' jobs run).
+
+    Returns (exit status, TrainResult): (None, result) when this call trained to completion,
+    (status, None) when there is nothing to report -- 0 for a run already completed (a double
+    requeue), for a non-root rank, or for a requeue under way; 3 when rank 0 gave up.
+    """
+    from hpctrain.env import rank_info
+    from hpctrain.train.trainer import train
+
+    run_dir = Path(cfg.run.dir).resolve()
+    box = []
+
+    def task(_run_dir, stop_requested):
+        box.append(train(cfg, stop_requested=stop_requested))
+        return "completed" if box[-1].status == "completed" else "interrupted"
+
+    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy)()
+    if outcome == "completed":
+        return (None, box[-1]) if box else (0, None)
+    if not rank_info().is_root:
+        # exit 0: with --kill-on-bad-exit a non-zero status would kill rank 0 before it requeues
+        return 0, None
+    # rank 0: 0 when the job is requeued (or Slurm's SIGTERM leaves that to Slurm), 3 when it gave up
+    state = journal.fold(journal.read_events(run_dir)).state
+    return (0 if state in ("REQUEUED", "INTERRUPTED") else 3), None
+

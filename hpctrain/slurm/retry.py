@@ -9,6 +9,7 @@ the foreground supervisor of ``--cluster local``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,15 +19,19 @@ from hpctrain.slurm import journal
 
 @dataclass(kw_only=True, slots=True)
 class RetryPolicy:
+    # --retries and --retry-backoff are generated from these fields (hpctrain.config.add_flags)
     retries: int = field(default=0, metadata={"help": "resubmissions after a crash (not after permanent errors)"})
-    backoff_s: float = field(default=30.0, metadata={"help": "delay before the first retry; doubles each time"})
-    backoff_max_s: float = field(default=600.0, metadata={"help": "cap of the retry delay"})
+    backoff_s: float = field(default=30.0, metadata={"flag": "--retry-backoff",
+                                                     "help": "seconds before the first retry; doubles each time"})
+    backoff_max_s: float = field(default=600.0, metadata={"help": "cap of the retry delay (s)"})
 
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {self.retries}")
-        if self.backoff_s < 0 or self.backoff_max_s < 0:
-            raise ConfigError("--retry-backoff must be >= 0")
+        # NaN and inf pass '< 0' and would become 'sbatch --begin=now+nan'
+        for flag, v in (("--retry-backoff", self.backoff_s), ("retry backoff cap", self.backoff_max_s)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag} must be a finite number of seconds >= 0, got {v}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,28 +30,34 @@ _MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
 class JobSpec:
     """Everything the sbatch script says; built by `hpctrain submit`/`sweep`, rendered by render_sbatch."""
 
+    # The resource and queue flags of hpctrain submit/sweep are generated from these fields
+    # (hpctrain.config.add_flags, CLI_FIELDS): the defaults and help texts below are the only ones.
     name: str = field(metadata={"help": "run name; the job name is a Slurm-safe version of it"})
     run_dir: Path = field(metadata={"help": "absolute run dir, stable across requeues and retries"})
-    nodes: int = 1
-    ntasks_per_node: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str | None = field(default=None, metadata={"help": "memory per node, e.g. 16G"})
-    time: str | None = field(default=None, metadata={"help": "time limit in Slurm syntax (MM, HH:MM:SS, D-HH:MM)"})
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    exclusive: bool = False
+    nodes: int = field(default=1, metadata={"help": "nodes"})
+    ntasks_per_node: int = field(default=1, metadata={"help": "ranks per node (one srun task each)"})
+    gpus_per_node: int = field(default=0, metadata={"help": "GPUs per node"})
+    cpus_per_task: int = field(default=1, metadata={"help": "CPUs per rank"})
+    mem: str | None = field(default=None, metadata={"help": "memory per node, e.g. 32G"})
+    time: str | None = field(default=None, metadata={"help": "time limit (Slurm syntax: MM, HH:MM:SS, D-HH:MM)"})
+    partition: str | None = field(default=None, metadata={"help": "Slurm partition"})
+    account: str | None = field(default=None, metadata={"help": "Slurm account"})
+    qos: str | None = field(default=None, metadata={"help": "Slurm QOS"})
+    constraint: str | None = field(default=None, metadata={"help": "node features (sbatch --constraint)"})
+    exclusive: bool = field(default=False, metadata={"help": "whole nodes (sbatch --exclusive)"})
+    # the same two as RequeuePolicy's, whose flags set both
     signal: str = DEFAULT_SIGNAL
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
     array_size: int | None = field(default=None, metadata={"help": "job array of this many trials (sweeps)"})
     array_parallelism: int | None = field(default=None, metadata={"help": "at most this many trials at once (%P)"})
     array_offset: int = field(default=0, metadata={"help": "index of the first trial (Bayesian waves continue)"})
     begin: str | None = field(default=None, metadata={"help": "sbatch --begin (retry backoff), e.g. now+30"})
-    setup: list[str] = field(default_factory=list, metadata={"help": "shell lines run before srun (module load ...)"})
+    setup: list[str] = field(default_factory=list, metadata={
+        "metavar": "LINE", "help": "shell line run before srun, e.g. 'module load cuda' (repeatable)"})
     mpi: str | None = field(default=None, metadata={
-        "help": "srun --mpi plugin (e.g. pmix) for the mpi/horovod comm backends; None: the site default"})
+        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when several ranks and "
+                "'srun --mpi=list' offers it; with the site default 'none' MPI_Init aborts); comm.backend torch "
+                "needs none"})
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -98,6 +104,11 @@ class JobSpec:
     @property
     def submitit_dir(self) -> Path:
         return self.run_dir / "slurm" / "submitit"
+
+
+# JobSpec fields that are command-line flags ("resources" and "queue"); the rest are derived
+RESOURCE_FIELDS = ("nodes", "ntasks_per_node", "gpus_per_node", "cpus_per_task", "mem")
+QUEUE_FIELDS = ("time", "partition", "account", "qos", "constraint", "exclusive", "mpi", "setup")
 
 
 def check_path(path: Path, what: str) -> None:
