@@ -209,15 +209,18 @@ def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> flo
     return seconds_left(rec, datetime.now())
 
 
-def train_requeue_aware(cfg, policy: RequeuePolicy):
+def train_requeue_aware(cfg, policy: RequeuePolicy, *, train: Callable | None = None):
     """``hpctrain train --requeue``: train ``cfg`` inside :class:`RunJob` (what 'hpctrain submit' jobs run).
 
     Returns (exit status, TrainResult): (None, result) when this call trained to completion,
     (status, None) when there is nothing to report -- 0 for a run already completed (a double
     requeue), for a non-root rank, or for a requeue under way; 3 when rank 0 gave up.
+    ``train`` replaces the trainer (tests).
     """
     from hpctrain.env import rank_info
-    from hpctrain.train.trainer import train
+
+    if train is None:
+        from hpctrain.train.trainer import train
 
     run_dir = Path(cfg.run.dir).resolve()
     box = []

@@ -260,7 +260,8 @@ def submit_array(sub_template, sweep_dir: Path, points: list[dict], first_index:
     for k, point in enumerate(points):
         i = first_index + k
         d = trial_dir(sweep_dir, i)
-        job = RunJob(run_dir=str(d), task=make_task(point, i), policy=sub_template.job.policy)
+        job = RunJob(run_dir=str(d), task=make_task(point, i), policy=sub_template.job.policy,
+                     hold_at=sub_template.job.hold_at)
         spec_i = dataclasses.replace(base, name=f"{base.name}-t{i}", run_dir=d)
         prepare_dirs(spec_i)
         save_submission(Submission(spec=spec_i, job=job, retry=sub_template.retry, cluster="slurm"))
