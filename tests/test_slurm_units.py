@@ -904,3 +904,42 @@ def test_damaged_event_log_is_said_not_hidden(tmp_path):
     s = run_status(run, live=False, tail=0)
     assert s.state == "RUNNING" and "3 line(s) of" in s.warning and "events.jsonl are not events" in s.warning
     assert "warning    3 line(s)" in format_status(s)
+
+
+def test_hold_for_signal_waits_at_its_poll_once_per_run(tmp_path):
+    import threading
+
+    from hpctrain.slurm.job import HoldForSignal
+
+    flag = threading.Event()
+    marker = tmp_path / "slurm" / "held"
+    marker.parent.mkdir()
+    hold = HoldForSignal(flag.is_set, 3, marker, is_root=True, wait_s=0.01)
+    assert [hold(), hold()] == [False, False] and not marker.exists()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(hold()))
+    t.start()
+    # the third poll blocks until the "signal": the marker says it is waiting
+    while not marker.exists():
+        t.join(0.01)
+    assert t.is_alive() and seen == []
+    flag.set()
+    t.join(10)
+    assert seen == [True]
+
+
+def test_run_job_does_not_hold_again_after_the_marker(tmp_path, monkeypatch):
+    from hpctrain.rundir import RunDir
+    from hpctrain.slurm.job import RunJob
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run = RunDir(tmp_path / "run")
+    run.hold_marker.parent.mkdir(parents=True)
+    run.hold_marker.write_text("1\n")  # an earlier attempt held already
+    polls = []
+
+    def task(run_dir, stop_requested):
+        polls.extend(stop_requested() for _ in range(5))
+        return "completed"
+    assert RunJob(run_dir=str(run.path), task=task, hold_at=2)() == "completed"
+    assert polls == [False] * 5
