@@ -10,12 +10,14 @@ prediction. Nothing else spells a file name of it::
       result.json             written last, when the run completed (rank 0)
       checkpoints/            hpctrain.train.checkpoint's files and "latest" pointer; final.pt at the end
       tb/                     TensorBoard events (optional)
+      plots/                  PNG plots of the finished run (optional)
       logs/rank-R.log         per-rank output (srun, or the local executor)
       logs/batch.log          the batch script's own output
       slurm/config.yaml       the config snapshot a submitted run trains from
       slurm/submission.pkl    what a retry resubmits (spec, job callable, retry policy)
       slurm/spec.json         the same, readable
       slurm/events.jsonl      the run's event journal (hpctrain.slurm.journal)
+      slurm/submitit/         submitit's pickles and batch scripts
       slurm/pids/             the pid of each rank of the current attempt
       slurm/held              a --test-hold-at job is waiting for its signal (once per run)
     SWEEP/
@@ -46,6 +48,8 @@ RESOLVED = "config.resolved.json"
 CHECKPOINTS = "checkpoints"
 FINAL_CHECKPOINT = "final.pt"
 TENSORBOARD = "tb"
+PLOTS = "plots"
+SUBMITIT = "slurm/submitit"
 LOGS = "logs"
 CONFIG_SNAPSHOT = "slurm/config.yaml"
 SUBMISSION = "slurm/submission.pkl"
@@ -118,6 +122,10 @@ class RunDir:
     def tensorboard(self) -> Path:
         return self.path / TENSORBOARD
 
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
     # ---------------------------------------------------------------- logs
     @property
     def logs(self) -> Path:
@@ -143,6 +151,11 @@ class RunDir:
     @property
     def spec(self) -> Path:
         return self.path / SPEC
+
+    @property
+    def submitit(self) -> Path:
+        """submitit's folder: the pickled job and the batch script of each submission."""
+        return self.path / SUBMITIT
 
     @property
     def events(self) -> Path:

@@ -103,7 +103,7 @@ class JobSpec:
 
     @property
     def submitit_dir(self) -> Path:
-        return self.run_dir / "slurm" / "submitit"
+        return RunDir(self.run_dir).submitit
 
 
 # JobSpec fields that are command-line flags ("resources" and "queue"); the rest are derived

@@ -424,7 +424,7 @@ class Trainer:
         if self.root and cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            self.tb = SummaryWriter(str(RunDir(self.run_dir).tensorboard))
         progress = _Progress(cfg.logging.progress and self.root, self.total_steps)
         accum = self.plan.accum
         stop_early = self.early.enabled and self.early.bad_epochs >= self.early.patience
