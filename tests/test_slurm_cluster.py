@@ -320,9 +320,8 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
 
     repo = Path(__file__).resolve().parents[1]
     work = runs.parent
-    # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`;
-    # 3600 steps: an idle machine runs ~200 steps/s, so a signal sent a few steps in lands
-    # mid-run with seconds to spare (480 steps once finished before the signal arrived)
+    # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`,
+    # which waits at step boundary 3 for the signal (--test-hold-at), so it lands mid-run
     epochs = 60
     cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": epochs}, data={"batch_size": 4},
                     checkpoint={"every_steps": 1000}, comm={"backend": "mpi"})
@@ -330,13 +329,12 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     out = subprocess.run(["sbatch", "--parsable", f"--partition={PARTITION}", "--time=10", "--cpus-per-task=1",
                           "--ntasks-per-node=2",
                           f"--chdir={work}", f"--output={work}/tmpl-%j.log", str(repo / "slurm" / "train.sbatch"),
-                          str(cfg)],
+                          str(cfg), "--test-hold-at", "3"],
                          capture_output=True, text=True, timeout=60, env=env, check=True).stdout
     job = out.strip().split(";")[0]
     run_dir = work / "runs" / "tmpl"
     try:
-        wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and
-                 len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2, 90, "template run to progress")
+        wait_for(lambda: held(run_dir), 90, "the template run to wait at step boundary 3")
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         assert drive(run_dir, 150) == "COMPLETED"
     finally:

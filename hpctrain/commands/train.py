@@ -32,6 +32,9 @@ def add_arguments(p):
     from hpctrain.slurm.requeue import RequeuePolicy
 
     add_flags(g, RequeuePolicy)
+    g.add_argument("--test-hold-at", type=int, metavar="STEP", dest="hold_at",
+                   help="testing aid (with --requeue): wait at the STEP-th step boundary until the signal arrives "
+                        "(once per run), so a test's signal always lands mid-run")
 
 
 def run(args):
@@ -82,7 +85,8 @@ def run(args):
             from hpctrain.slurm.job import train_requeue_aware
             from hpctrain.slurm.requeue import RequeuePolicy
 
-            outcome, result = train_requeue_aware(cfg, RequeuePolicy(**flag_values(RequeuePolicy, args)))
+            outcome, result = train_requeue_aware(cfg, RequeuePolicy(**flag_values(RequeuePolicy, args)),
+                                                  hold_at=args.hold_at)
         else:
             outcome, result = None, train(cfg)
         shutdown_shared()

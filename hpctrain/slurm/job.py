@@ -209,13 +209,13 @@ def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> flo
     return seconds_left(rec, datetime.now())
 
 
-def train_requeue_aware(cfg, policy: RequeuePolicy, *, train: Callable | None = None):
+def train_requeue_aware(cfg, policy: RequeuePolicy, *, hold_at: int | None = None, train: Callable | None = None):
     """``hpctrain train --requeue``: train ``cfg`` inside :class:`RunJob` (what 'hpctrain submit' jobs run).
 
     Returns (exit status, TrainResult): (None, result) when this call trained to completion,
     (status, None) when there is nothing to report -- 0 for a run already completed (a double
     requeue), for a non-root rank, or for a requeue under way; 3 when rank 0 gave up.
-    ``train`` replaces the trainer (tests).
+    ``hold_at``: see :class:`HoldForSignal`; ``train`` replaces the trainer (tests).
     """
     from hpctrain.env import rank_info
 
@@ -229,7 +229,7 @@ def train_requeue_aware(cfg, policy: RequeuePolicy, *, train: Callable | None = 
         box.append(train(cfg, stop_requested=stop_requested))
         return "completed" if box[-1].status == "completed" else "interrupted"
 
-    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy)()
+    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy, hold_at=hold_at)()
     if outcome == "completed":
         return (None, box[-1]) if box else (0, None)
     if not rank_info().is_root:
