@@ -132,3 +132,46 @@ def test_union_error_keeps_what_each_alternative_said():
     msg = str(e.value)
     assert "when: got 'soon' (str), expected an integer" in msg
     assert "when: got 'soon', expected one of ['auto']" in msg
+
+
+def test_flags_come_from_dataclass_fields():
+    import argparse
+
+    from hpctrain.config import add_flags, flag_values
+    from hpctrain.slurm.requeue import RequeuePolicy
+    from hpctrain.slurm.retry import RetryPolicy
+
+    p = argparse.ArgumentParser()
+    add_flags(p, RequeuePolicy)
+    add_flags(p, RetryPolicy, ("retries", "backoff_s"))
+    args = p.parse_args([])
+    # the defaults are the dataclasses' own: written once
+    assert RequeuePolicy(**flag_values(RequeuePolicy, args)) == RequeuePolicy()
+    assert RetryPolicy(**flag_values(RetryPolicy, args, ("retries", "backoff_s"))) == RetryPolicy()
+    args = p.parse_args(["--max-timeouts", "5", "--signal-delay", "30", "--retry-backoff", "2.5"])
+    assert (args.max_timeouts, args.signal_delay_s, args.backoff_s) == (5, 30, 2.5)
+    text = " ".join(p.format_help().split())  # argparse wraps lines
+    assert "requeues after hitting the time limit (then FAILED) (default 3)" in text
+    assert "requeues after preemption (default unlimited)" in text
+
+
+def test_flags_of_bools_lists_and_choices():
+    import argparse
+
+    from hpctrain.config import add_flags, flag_values
+
+    @dataclass(kw_only=True, slots=True)
+    class Opts:
+        fast: bool = field(default=False, metadata={"help": "go fast"})
+        show: bool = field(default=True, metadata={"help": "show it"})
+        lines: list[str] = field(default_factory=list, metadata={"help": "a line (repeatable)"})
+        kind: Literal["a", "b"] = "a"
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Opts)
+    assert Opts(**flag_values(Opts, p.parse_args([]))) == Opts()
+    got = Opts(**flag_values(Opts, p.parse_args(["--fast", "--no-show", "--lines", "x", "--lines", "y",
+                                                 "--kind", "b"])))
+    assert got == Opts(fast=True, show=False, lines=["x", "y"], kind="b")
+    with pytest.raises(TypeError, match="has no field"):
+        add_flags(argparse.ArgumentParser(), Opts, ["nope"])
