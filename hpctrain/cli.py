@@ -28,6 +28,7 @@ COMMANDS = [
     "impute",
     "train",
     "predict",
+    "export",
     "submit",
     "status",
     "logs",
