@@ -29,6 +29,7 @@ COMMANDS = [
     "train",
     "predict",
     "export",
+    "serve",
     "submit",
     "status",
     "logs",
