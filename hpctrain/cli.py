@@ -29,6 +29,7 @@ COMMANDS = [
     "train",
     "predict",
     "export",
+    "compress",
     "serve",
     "submit",
     "status",
