@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 
-def train_tiny_run(root: Path, *, kind: str = "mlp", epochs: int = 2, seed: int = 1) -> Path:
+def train_tiny_run(root: Path, *, kind: str = "mlp", epochs: int = 2, seed: int = 1, model: dict | None = None) -> Path:
     import torch
 
     from hpctrain.data.shards import ShardWriter
@@ -31,7 +31,7 @@ def train_tiny_run(root: Path, *, kind: str = "mlp", epochs: int = 2, seed: int 
             x[rng.random(x.shape) < 0.05] = np.nan
             w.add(x.reshape((n, *shape)), np.asarray(classes)[idx], split=split)
     Imputer("mean").fit(data).save(data)
-    model = {"kind": "mlp", "hidden": [8]} if kind == "mlp" else {"kind": "cnn", "channels": [4, 8]}
+    model = model or ({"kind": "mlp", "hidden": [8]} if kind == "mlp" else {"kind": "cnn", "channels": [4, 8]})
     cfg = load_config({
         "run": {"name": "t", "dir": str(root / "run"), "epochs": epochs, "seed": seed},
         "data": {"dir": str(data), "batch_size": 16, "prefetch": 0},

@@ -39,7 +39,27 @@ def _has_conv(model) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def _quiet():
+    import warnings
+
+    w = warnings.catch_warnings()
+    w.__enter__()
+    # torch.ao warns on every quantized module it builds (deprecations, reduce_range); the
+    # user can do nothing about them here
+    warnings.simplefilter("ignore", UserWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    return w
+
+
 def prepare(model, method: str, sample_shape):
+    w = _quiet()
+    try:
+        return _prepare(model, method, sample_shape)
+    finally:
+        w.__exit__(None, None, None)
+
+
+def _prepare(model, method: str, sample_shape):
     import torch
 
     if method == "dynamic":
@@ -56,7 +76,39 @@ def finish(prepared, method: str):
         return prepared
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    return convert_fx(prepared)
+    w = _quiet()
+    try:
+        return convert_fx(prepared)
+    finally:
+        w.__exit__(None, None, None)
+
+
+class _Int8:
+    """Callable wrapper of a quantized model. torch's quantized kernels have no deterministic
+    variant, and the trainer turns deterministic algorithms on for the whole process, so a
+    process that trained (a test, an update) could not run them; they are allowed per call."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, x):
+        import torch
+
+        was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        if not was:
+            return self.inner(x)
+        torch.use_deterministic_algorithms(False)
+        try:
+            return self.inner(x)
+        finally:
+            torch.use_deterministic_algorithms(True, warn_only=warn)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def wrap(model, method: str):
+    return model if method in (None, "none") else _Int8(model)
 
 
 # -- storing quantized state dicts in safetensors -----------------------------------------------
@@ -69,8 +121,10 @@ def flatten(state: dict) -> tuple[dict, dict]:
     def put(key: str, v) -> dict:
         if v is None:
             return {"type": "none"}
-        if isinstance(v, torch.dtype):
+        if isinstance(v, (torch.dtype, torch.qscheme)):
             return {"type": "dtype", "value": str(v).removeprefix("torch.")}
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"type": "number", "value": v}
         if isinstance(v, (tuple, list)):
             return {"type": "tuple", "items": [put(f"{key}.{i}", e) for i, e in enumerate(v)]}
         if not isinstance(v, torch.Tensor):
@@ -127,6 +181,8 @@ def unflatten(tensors: dict, specs: dict) -> dict:
             return None
         if kind == "dtype":
             return getattr(torch, spec["value"])
+        if kind == "number":
+            return spec["value"]
         if kind == "tuple":
             return tuple(get(f"{key}.{i}", s) for i, s in enumerate(spec["items"]))
         data = _get_dense_or_sparse(tensors, key, spec["data"])
@@ -150,19 +206,20 @@ def unflatten(tensors: dict, specs: dict) -> dict:
 
 def restore(model, comp: dict, tensors: dict):
     """The compressed model of ``comp`` (from artifact.json), weights loaded from ``tensors``."""
-    import warnings
-
     import torch
 
     method = comp.get("quantize")
     if method in ("static", "dynamic"):
         if comp.get("engine"):
             torch.backends.quantized.engine = comp["engine"]
-        with warnings.catch_warnings():
-            # observers that never saw data warn when converted; their values are overwritten next
-            warnings.simplefilter("ignore")
-            model = finish(prepare(model, method, tuple(comp["sample_shape"])), method)
-    state = unflatten(tensors, comp["entries"])
+        # observers that never saw data: their values are overwritten by load_state_dict next
+        model = finish(prepare(model, method, tuple(comp["sample_shape"])), method)
+    from collections import OrderedDict
+
+    state = OrderedDict(unflatten(tensors, comp["entries"]))
+    # quantized modules read their format version from the state dict's metadata; without it
+    # they take the entries for a legacy layout
+    state._metadata = getattr(model.state_dict(), "_metadata", None)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -170,7 +227,7 @@ def restore(model, comp: dict, tensors: dict):
         raise CompressError(f"the compressed weights do not fit the model ({first}); re-run 'hpctrain compress'") \
             from None
     model.eval()
-    return model
+    return wrap(model, method)
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -289,9 +346,10 @@ def compress_run(src: str | Path, out: str | Path, *, quantize: str = "auto", pr
 
             seen = 0
             with torch.no_grad():
+                calibrate = wrap(prepared, method)
                 for _, xb, _ in iter_arrays(data_dir, cfg.data.train_split):
                     xb = trained.preprocess.features(torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)))
-                    prepared(xb)
+                    calibrate(xb)
                     seen += len(xb)
                     if seen >= calibration_rows:
                         break
@@ -301,7 +359,7 @@ def compress_run(src: str | Path, out: str | Path, *, quantize: str = "auto", pr
         model = finish(prepared, method)
     model.eval()
     small = TrainedRun(trained.run_dir, trained.checkpoint, trained.result, cfg, trained.classes,
-                       trained.sample_shape, model, trained.preprocess)
+                       trained.sample_shape, wrap(model, method), trained.preprocess)
     total, nz = _params(model)
     after = {**_scores(small, x_val, y_val), "bytes": _size(model.state_dict()), "params": total,
              "nonzero_params": nz, "latency_ms_batch1": _latency_ms(small, x_val, 1),
