@@ -12,7 +12,7 @@ the requests in flight and exits 0. Binds 127.0.0.1 unless --host says otherwise
 def add_arguments(p):
     from dataclasses import MISSING, fields
 
-    from hpctrain.serve.server import ServeOptions
+    from hpctrain.serve.options import ServeOptions
 
     p.add_argument("model", help="run directory or model artifact directory")
     for f in fields(ServeOptions):
@@ -30,7 +30,8 @@ def add_arguments(p):
 def run(args):
     from dataclasses import fields
 
-    from hpctrain.serve.server import ServeOptions, serve
+    from hpctrain.serve.options import ServeOptions
+    from hpctrain.serve.server import serve
 
     opts = ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})
     return serve(opts)
