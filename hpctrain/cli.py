@@ -31,6 +31,7 @@ COMMANDS = [
     "export",
     "compress",
     "serve",
+    "update",
     "submit",
     "status",
     "logs",
