@@ -99,3 +99,25 @@ def test_replay_limits_forgetting(base, tmp_path, capsys):
             print(f"\nreplay {replay}: old-split macro F1 {before:.4f} -> {after:.4f}, new data {new_f1:.4f}")
     # the new data contradicts the old (mirrored): without old rows the model forgets them
     assert old_f1["0.5"][1] > old_f1["0"][1]
+
+
+@pytest.mark.launcher
+@pytest.mark.slow
+def test_update_on_two_ranks(base, tmp_path):
+    import os
+    import subprocess
+
+    new = shifted(base, "shifted4")
+    out = tmp_path / "two-ranks"
+    keep = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMPI_MCA_btl_vader_single_copy_mechanism")
+    # this pytest process trained in-process (an MPI singleton): its OMPI_/PMIX_ variables
+    # would make the child mpirun join the wrong job
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("OMPI_", "PMIX_", "PMI_", "OPAL_"))}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "hpctrain", "update", str(base / "run"), str(new), "--out", str(out),
+                        "-n", "2", "--epochs", "3", "--set", "logging.progress=false"], env=env, capture_output=True,
+                       text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert json.loads((out / "result.json").read_text())["status"] == "completed"
+    resolved = json.loads((out / "config.resolved.json").read_text())
+    assert resolved["plan"]["world_size"] == 2
