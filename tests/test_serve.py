@@ -208,7 +208,7 @@ def test_nan_without_an_imputer_is_refused(tmp_path):
 
 def test_sigterm_with_50_in_flight_loses_none(model):
     # a long batching window holds all 50 requests inside the server when SIGTERM arrives
-    s = Server(model / "model", "--max-wait-ms", "4000", "--max-batch", "1000")
+    s = Server(model / "model", "--max-wait-ms", "10000", "--max-batch", "1000")
     results = []
 
     def one():
@@ -248,7 +248,10 @@ def test_hot_reload_under_load_fails_none(model, tmp_path):
     try:
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + TIMEOUT
+        while sum(len(a) for a in answers) < 20:  # under load on the old model first
+            assert time.monotonic() < deadline, "the load threads got no answers"
+            time.sleep(0.05)
         assert main(["export", str(second), "--out", str(model / "model"), "--force"]) == 0
         deadline = time.monotonic() + TIMEOUT
         while request(s.port, "GET", "/ready")[1]["version"] == old:
