@@ -52,6 +52,12 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
     from hpctrain.serve.artifact import is_artifact
     from hpctrain.train.config import load_config
 
+    from hpctrain.env import rank_info
+
+    if rank_info().world_size > 1:
+        # every rank would write the same mixed shards at once
+        raise UpdateError("hpctrain update was started on several ranks (mpirun/srun); start it once and pass "
+                          "-n N, or --prepare-only and then launch/submit NEW_RUN/update.yaml")
     if not 0.0 <= replay < 1.0:
         raise UpdateError(f"--replay {replay}: expected the share of old rows in the mixed training set, in [0, 1)")
     if is_artifact(run_dir):
