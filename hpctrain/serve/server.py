@@ -247,23 +247,30 @@ class _CountCodes:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        code = 500
+        counted = False
 
-        async def send_and_count(msg):
-            nonlocal code
-            if msg["type"] == "http.response.start":
-                code = msg["status"]
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, send_and_count)
-        finally:
+        def count(code: int) -> None:
+            nonlocal counted
+            counted = True
             m = self.service.metrics
             if m is not None:
                 path = scope["path"] if scope["path"] in ROUTES else "other"
                 m.requests.labels(path, str(code)).inc()
                 if code >= 400:
                     m.errors.labels(str(code)).inc()
+
+        async def send_and_count(msg):
+            # counted before the answer goes out, so a client that has its answer (and then
+            # reads /metrics, perhaps from another worker) always finds it counted
+            if msg["type"] == "http.response.start":
+                count(msg["status"])
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            if not counted:
+                count(500)
 
 
 def build_app(opts: ServeOptions, preloaded=None):
