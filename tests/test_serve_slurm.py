@@ -83,3 +83,36 @@ def test_serve_sbatch_example(tmp_path):
 
     wait_for(gone, 120, f"job {job} to end after scancel")
     assert "Traceback" not in log.read_text()
+
+
+def test_update_prepared_then_submitted(tmp_path):
+    """'hpctrain update --prepare-only' + 'hpctrain submit NEW_RUN/update.yaml' + '--report':
+    the update as a Slurm job through the same machinery as any training run."""
+    env = _clean_env()
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests'); "
+            "from serve_helpers import train_tiny_run; from test_update import shifted; "
+            "root = Path(sys.argv[1]); train_tiny_run(root); shifted(root)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, check=True, timeout=300,
+                   capture_output=True)
+    new_run = tmp_path / "updated run"
+    hp = [sys.executable, "-m", "hpctrain"]
+    p = subprocess.run([*hp, "update", str(tmp_path / "run"), str(tmp_path / "shifted"), "--out", str(new_run),
+                        "--prepare-only", "--epochs", "3", "--set", "logging.progress=false"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    try:
+        # the tiny run trains with comm.backend=mpi: MPI_Init under srun needs the PMIx plugin
+        # even for one rank (submit picks it by itself only for several ranks)
+        p = subprocess.run([*hp, "submit", str(new_run / "update.yaml"), "--partition", PARTITION, "--time", "5",
+                            "--mpi", "pmix", "--wait", "--poll", "1", "--wait-timeout", "300"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=400)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    finally:
+        subprocess.run([*hp, "cancel", str(new_run)], env=env, capture_output=True, timeout=60)
+    assert json.loads((new_run / "result.json").read_text())["status"] == "completed"
+    p = subprocess.run([*hp, "update", str(tmp_path / "run"), str(tmp_path / "shifted"), "--out", str(new_run),
+                        "--report"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((new_run / "update.json").read_text())
+    assert rep["parent"]["parent_run"] == str((tmp_path / "run").resolve())
+    assert rep["after"]["new_macro_f1"] > rep["before"]["new_macro_f1"]

@@ -7,7 +7,8 @@ training set; limits forgetting). Writes NEW_RUN as an ordinary run (update.yaml
 checkpoints, result.json) and update.json with macro F1 on the old validation split and on the
 new data, before and after. New shards without a 'train' split are split --val-fraction for
 validation. -n N trains on N MPI ranks through 'hpctrain launch'; --prepare-only writes the data
-and update.yaml for 'hpctrain submit NEW_RUN/update.yaml' (Slurm) instead of training.
+and update.yaml for 'hpctrain submit NEW_RUN/update.yaml' (Slurm) instead of training; --report
+then scores the finished run (update.json).
 
   hpctrain drift shards/digits shards/new --on-drift "hpctrain update runs/cnn shards/new --out runs/cnn-2"
 """
@@ -26,18 +27,23 @@ def add_arguments(p):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the update's training config (repeatable)")
     p.add_argument("--prepare-only", action="store_true", help="write the data and update.yaml, train nothing")
+    p.add_argument("--report", action="store_true",
+                   help="only score an update run trained elsewhere (after --prepare-only and submit)")
 
 
 def run(args):
-    from hpctrain.serve.online import prepare_update, update
+    from hpctrain.serve.online import prepare_update, score_update, update
 
     if args.prepare_only:
         path = prepare_update(args.run, args.new_shards, args.out, replay=args.replay, epochs=args.epochs,
                               val_fraction=args.val_fraction, seed=args.seed, overrides=args.overrides)
         print(f"wrote {path}; train it with 'hpctrain train {path}' (or launch/submit)")
         return 0
-    r = update(args.run, args.new_shards, args.out, replay=args.replay, epochs=args.epochs, ranks=args.ranks,
-               val_fraction=args.val_fraction, seed=args.seed, overrides=args.overrides)
+    if args.report:
+        r = score_update(args.out)
+    else:
+        r = update(args.run, args.new_shards, args.out, replay=args.replay, epochs=args.epochs, ranks=args.ranks,
+                   val_fraction=args.val_fraction, seed=args.seed, overrides=args.overrides)
 
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"

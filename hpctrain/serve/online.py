@@ -138,17 +138,11 @@ def _f1(trained, x, y) -> float | None:
 def update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int | None = None, ranks: int = 1,
            val_fraction: float = 0.2, seed: int = 0, overrides=()) -> dict:
     """Prepare, train (in-process, or ``ranks`` MPI ranks through ``hpctrain launch``), score; the report."""
-    from hpctrain.fileio import atomic_write_json
-    from hpctrain.predict import load_run
     from hpctrain.train.config import load_config
 
     cfg_path = prepare_update(run_dir, new_shards, out, replay=replay, epochs=epochs, val_fraction=val_fraction,
                               seed=seed, overrides=overrides)
     out = Path(out)
-    parent = load_run(run_dir)
-    old_val = _rows(parent.config.data.dir, parent.config.data.val_split or "val")
-    new_val = _rows(out / "data", "val")
-    before = {"old_val_macro_f1": _f1(parent, *old_val), "new_macro_f1": _f1(parent, *new_val)}
     if ranks == 1:
         from hpctrain.train.trainer import train
 
@@ -163,9 +157,29 @@ def update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int | None 
         if rc != 0:
             raise UpdateError(f"the update training exited {rc}; see {str(out)!r} and resume it with "
                               f"'hpctrain launch -n {ranks} -- hpctrain train {cfg_path}'")
-    child = load_run(out)
-    after = {"old_val_macro_f1": _f1(child, *old_val), "new_macro_f1": _f1(child, *new_val)}
-    report = {"parent": json.loads((out / PARENT).read_text()), "before": before, "after": after,
-              "config": str(cfg_path)}
+    return score_update(out)
+
+
+def score_update(out) -> dict:
+    """Macro F1 of the parent and of the finished update run ``out``, on the parent's validation
+    split and on the new validation rows; written to ``out/update.json`` and returned. For an
+    update trained elsewhere (``--prepare-only``, then ``hpctrain submit``)."""
+    from hpctrain.fileio import atomic_write_json
+    from hpctrain.predict import load_run
+
+    out = Path(out)
+    try:
+        parent_info = json.loads((out / PARENT).read_text(encoding="utf-8"))
+        parent_run = parent_info["parent_run"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UpdateError(f"{str(out)!r} has no readable {PARENT} ({e}); it was not prepared by 'hpctrain update'") \
+            from None
+    parent, child = load_run(parent_run), load_run(out)
+    old_val = _rows(parent.config.data.dir, parent.config.data.val_split or "val")
+    new_val = _rows(out / "data", "val")
+    report = {"parent": parent_info,
+              "before": {"old_val_macro_f1": _f1(parent, *old_val), "new_macro_f1": _f1(parent, *new_val)},
+              "after": {"old_val_macro_f1": _f1(child, *old_val), "new_macro_f1": _f1(child, *new_val)},
+              "config": str(out / CONFIG)}
     atomic_write_json(out / REPORT, report)
     return report
