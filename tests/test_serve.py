@@ -284,3 +284,16 @@ def test_workers_share_the_port(model):
         assert sample(text, "hpctrain_requests_total", '{code="200",path="/predict"}') == 20
     finally:
         assert s.stop() == 0
+
+
+def test_bad_server_options_are_one_line_errors(model, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(model / "model"), "--port", str(port)]) == 2
+        assert "Address already in use" in capsys.readouterr().err
+    assert main(["serve", str(model / "model"), "--max-batch", "0"]) == 2
+    assert "--max-batch 0: expected >= 1" in capsys.readouterr().err
+    assert main(["serve", str(model / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

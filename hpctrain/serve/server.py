@@ -322,6 +322,25 @@ def _uvicorn_kwargs(opts: ServeOptions) -> dict:
     return kw
 
 
+def _check_bind(host: str, port: int) -> None:
+    """A taken port or a foreign address as one line now (uvicorn would log it and exit 1)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host!r} does not resolve ({e}); give an address of this machine, e.g. "
+                         "127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or a --host "
+                             "address this machine has") from None
+
+
 def serve(opts: ServeOptions) -> int:
     """Run until SIGTERM or Ctrl-C; 0 after a graceful shutdown."""
     import tempfile
@@ -334,6 +353,7 @@ def serve(opts: ServeOptions) -> int:
 
     # load once here so a bad model fails now, as one line, instead of inside every worker
     trained = load_run(opts.model)
+    _check_bind(opts.host, opts.port)
     kw = _uvicorn_kwargs(opts)
     where = f"http://{opts.host}:{opts.port}"
     print(f"hpctrain serve: {opts.model} on {where} (POST /predict, GET /health /ready /metadata /metrics; "
