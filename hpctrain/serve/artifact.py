@@ -60,10 +60,9 @@ def _versions() -> dict:
 
 def _training_facts(run_dir: Path) -> dict:
     """Versions and git revision recorded by the trainer (config.resolved.json), when present."""
-    try:
-        d = json.loads((run_dir / "config.resolved.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
+    from hpctrain.rundir import RunDir
+
+    d = RunDir(run_dir).read_resolved()
     if not isinstance(d, dict):
         return {}
     return {"versions": d.get("versions"), "git_revision": d.get("git_revision")}

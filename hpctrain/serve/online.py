@@ -49,6 +49,7 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
     from hpctrain.data.shards import Manifest, ShardWriter
     from hpctrain.fileio import atomic_write_json, atomic_write_text
     from hpctrain.predict import load_run
+    from hpctrain.rundir import RunDir
     from hpctrain.serve.artifact import is_artifact
     from hpctrain.train.config import load_config
 
@@ -66,7 +67,7 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
     trained = load_run(run_dir)
     old = trained.config
     out = Path(out)
-    if (out / "result.json").exists() or (out / "checkpoints").exists():
+    if RunDir(out).result.exists() or RunDir(out).checkpoints.exists():
         raise UpdateError(f"--out {str(out)!r} already holds a run; choose a new directory for the updated run")
     mnew = Manifest.load(new_shards)
     if tuple(mnew.schema.sample_shape) != trained.sample_shape:

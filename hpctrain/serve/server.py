@@ -32,9 +32,10 @@ ROUTES = {"/predict": "POST", "/health": "GET", "/ready": "GET", "/metadata": "G
 
 
 def _watch_target(path: Path) -> Path:
+    from hpctrain.rundir import RunDir
     from hpctrain.serve.artifact import MANIFEST, is_artifact
 
-    return path / MANIFEST if is_artifact(path) else path / "checkpoints" / "final.pt"
+    return path / MANIFEST if is_artifact(path) else RunDir(path).final_checkpoint
 
 
 def _fingerprint(path: Path) -> tuple | None:
