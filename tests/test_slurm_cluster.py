@@ -111,7 +111,8 @@ def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeyp
     assert [e["kind"] for e in req] == ["preemption"]
     assert req[0]["seconds_left"] > 300  # Slurm's EndTime said: far from the limit
     starts = events(run_dir, "started")
-    assert [e["restart_count"] for e in starts] == [0, 1]
+    # the default restart is a new job for the same run dir (no Slurm requeue hold)
+    assert len(starts) == 2 and starts[0]["job_id"] == job != starts[1]["job_id"]
 
     # the oracle: the same config, trained in this process without interruption
     ref_cfg = load_config(str(cfg), ["run.dir=" + str(runs.parent / "reference")])
@@ -493,7 +494,8 @@ def test_submit_wait_returns_1_when_the_job_fails(runs, capsys):
 def test_status_wait_waits_through_a_requeue_to_the_end(runs):
     import sys
 
-    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5")
+    # --restart requeue keeps the job id: Slurm's own requeue, with its hold
+    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5", "--restart", "requeue")
     cmd = [sys.executable, "-m", "hpctrain.cli", "status", str(run_dir), "--wait", "--poll", "0.5",
            "--wait-timeout", "150"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
@@ -513,3 +515,30 @@ def test_status_wait_waits_through_a_requeue_to_the_end(runs):
     assert "run 'w-rq' COMPLETED after" in out and "requeues 1, retries 0" in out
     assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
     assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
+
+
+def test_preempted_job_restarts_without_a_hold_and_without_a_manual_release(runs, capsys):
+    # issue 18: a requeued job waits ~121 s (Reason=BeginTime, Slurm's credential lifetime) and
+    # nothing inside the job can lift it; the default restart submits a new job for the run dir
+    # from the batch script's after-step, which Slurm may start at once. Nothing here releases it.
+    run_dir, job = submit_counter(runs, "nohold", 60, 0.1, "--time", "5")
+    wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    wait_for(lambda: events(run_dir, "resubmitted"), 60, "the after-step to submit the next attempt")
+    new = events(run_dir, "resubmitted")[0]["job_id"]
+    assert new != job and job_of(run_dir) == new
+    rec = show_job(new)
+    assert rec is not None and rec["EligibleTime"] == rec["SubmitTime"], rec  # never held
+
+    def finished():
+        s = run_status(run_dir, tail=0)
+        return s.state if s.state in journal.TERMINAL else None
+    assert wait_for(finished, 100, "the run to finish (no release: a held job would still wait)") == "COMPLETED"
+    assert [e["restart"] for e in events(run_dir, "requeue")] == ["resubmit"]
+    assert [e["job_id"] for e in events(run_dir, "started")] == [job, new]
+    st = journal.fold(journal.read_events(run_dir))
+    assert (st.requeues, st.preemptions, st.retries) == (1, 1, 0)  # a restart, not a crash retry
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
+    assert cli(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"job        {new}" in out and "COMPLETED" in out

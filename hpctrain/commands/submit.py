@@ -58,6 +58,9 @@ def add_job_arguments(p):
     f.add_argument("--max-preemptions", type=int, default=None, help="requeues after preemption (default unlimited)")
     f.add_argument("--signal", default="USR2", help="signal sent before the end (default USR2; USR1 is refused)")
     f.add_argument("--signal-delay", type=int, default=90, help="seconds before the end it is sent (default 90)")
+    f.add_argument("--restart", default="resubmit",
+                   help="after the signal: 'resubmit' (a new job for the run dir, starts at once; default) or "
+                        "'requeue' (keeps the job id, Slurm holds it ~121 s unless a --wait releases it)")
     m = p.add_argument_group("submission")
     m.add_argument("--name", help="run name (default: run.name of the config); keys the run dir")
     m.add_argument("--cluster", choices=["slurm", "local"], default="slurm")
@@ -122,7 +125,7 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
 
         mpi = auto_mpi_plugin()  # several MPI ranks under srun need PMIx; --mpi overrides
     policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
-                           signal=args.signal, signal_delay_s=args.signal_delay)
+                           signal=args.signal, signal_delay_s=args.signal_delay, restart=args.restart)
     spec = JobSpec(name=name, run_dir=run_dir, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
                    gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
                    partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,

@@ -107,7 +107,8 @@ def _train_requeue_aware(args, cfg, train):
     from hpctrain.slurm.requeue import RequeuePolicy
 
     policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
-                           signal=args.signal, signal_delay_s=args.signal_delay)
+                           signal=args.signal, signal_delay_s=args.signal_delay,
+                           restart="requeue")  # a plain sbatch script has no after-step to resubmit from
     run_dir = Path(cfg.run.dir).resolve()
     box = []
 

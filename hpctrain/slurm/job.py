@@ -153,8 +153,13 @@ class RunJob:
                                message=decision.reason)
             print(f"hpctrain: not requeued: {decision.reason}", flush=True)
             return "interrupted"
+        resubmit = facts.executor == "slurm" and self.policy.restart == "resubmit"
         journal.record(run_dir, "requeue", job_id=facts.job_id, kind=kind, reason=decision.reason,
-                       seconds_left=left)
+                       seconds_left=left, restart="resubmit" if resubmit else "requeue")
+        if resubmit:
+            # the batch script's after-step submits the next attempt once this job step has ended
+            print(f"hpctrain: checkpoint written; resubmitting ({decision.reason})", flush=True)
+            return "interrupted"
         print(f"hpctrain: checkpoint written; requeueing ({decision.reason})", flush=True)
         if facts.executor == "local":
             sys.exit(LOCAL_REQUEUE_RETURN_CODE)

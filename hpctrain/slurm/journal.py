@@ -77,6 +77,7 @@ class RunState:
     failing_rank: int | None = None
     permanent: bool = False
     crashed: bool = False  # a rank died; the after-step has not yet retried or given up
+    resubmit_due: bool = False  # a 'resubmit' restart was logged; the after-step has not yet submitted it
 
 
 def fold(events: Iterable[dict]) -> RunState:
@@ -90,7 +91,7 @@ def fold(events: Iterable[dict]) -> RunState:
             jid = str(jid)
             if jid not in st.job_ids:
                 st.job_ids.append(jid)
-            if kind in ("submitted", "started", "retry"):
+            if kind in ("submitted", "started", "retry", "resubmitted"):
                 st.job_id = jid
         if kind == "submitted":
             # the job can start (and log it) before the submitter logs the submission
@@ -103,7 +104,7 @@ def fold(events: Iterable[dict]) -> RunState:
             started.add(jid)
             if st.state in ("REQUEUED", "INTERRUPTED") and st.reason and not st.reason.startswith("resumed after"):
                 st.reason = f"resumed after: {st.reason}"  # the old cause, not a current problem
-            st.state, st.crashed = "RUNNING", False
+            st.state, st.crashed, st.resubmit_due = "RUNNING", False, False
             st.restarts_seen = max(st.restarts_seen, int(ev.get("restart_count", 0)))
         elif kind == "requeue":
             st.state = "REQUEUED"
@@ -113,6 +114,10 @@ def fold(events: Iterable[dict]) -> RunState:
             else:
                 st.preemptions += 1
             st.reason = ev.get("reason", "")
+            st.resubmit_due = ev.get("restart") == "resubmit"
+        elif kind == "resubmitted":
+            # the next attempt of a requeue, as a new job: still REQUEUED until it starts; not a retry
+            st.resubmit_due = False
         elif kind == "stopped":
             if st.state != "CANCELLED":  # the SIGTERM of a cancel arrives after the cancel
                 st.state, st.reason = "INTERRUPTED", ev.get("reason", "")

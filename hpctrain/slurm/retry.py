@@ -63,6 +63,9 @@ def after_step(run_dir: Path, exit_code: int, *, job_id: str | None = None) -> R
     sub = load_submission(run_dir)
     decision = decide_retry(st, exit_code=exit_code, completed=result_completed(run_dir), policy=sub.retry)
     if decision.action == "none":
+        if st.state == "REQUEUED" and st.resubmit_due:
+            new = resubmit(run_dir, delay_s=0, reason=st.reason, event="resubmitted")
+            return RetryDecision("none", reason=f"requeued as job {new}")
         return decision
     if not st.crashed and st.state != "FAILED":  # died without a word (SIGKILL, OOM killer, lost node)
         journal.record(run_dir, "failed", job_id=job_id or st.job_id, permanent=False, exit_code=exit_code,

@@ -205,15 +205,16 @@ def submit_slurm(sub: Submission) -> str:
     return job_id
 
 
-def resubmit(run_dir: Path, *, delay_s: float, reason: str) -> str:
-    """A retry: the same run dir and callable, a new job that starts after ``delay_s``."""
+def resubmit(run_dir: Path, *, delay_s: float, reason: str, event: str = "retry") -> str:
+    """A new job for the same run dir and callable that starts after ``delay_s``: a retry
+    (``event="retry"``) or the next attempt after a preemption (``"resubmitted"``)."""
     sub = load_submission(run_dir)
     spec = dataclasses.replace(sub.spec, begin=f"now+{int(round(delay_s))}" if delay_s >= 1 else None)
     if sub.cluster != "slurm":
         raise ClusterError("resubmit() is for Slurm runs; local runs retry in the foreground")
     ex = make_slurm_executor(spec)
     job = ex.submit(sub.job)
-    journal.record(run_dir, "retry", job_id=str(job.job_id), delay_s=delay_s, reason=reason)
+    journal.record(run_dir, event, job_id=str(job.job_id), delay_s=delay_s, reason=reason)
     return str(job.job_id)
 
 
