@@ -255,7 +255,9 @@ def _cancelled(sweep_dir) -> bool:
 
 
 def _bayes(args, sub, sweep_dir, meta, space, make_task, say):
-    import optuna
+    from hpctrain.extras import require
+
+    optuna = require("optuna", "a Bayesian sweep")
 
     from hpctrain.slurm.sweep import journal_storage, optuna_distributions, save_sweep, submit_array, trial_dir
     from hpctrain.slurm.sweep import trial_metric, wait_trials

@@ -389,11 +389,10 @@ def _memory_source(name: str, x: np.ndarray, y: np.ndarray, names: list[str], **
 
 def parquet_source(path: Path, *, label: str | None) -> Source:
     src = str(path)
-    try:
-        import pyarrow.parquet as pq
-        import pyarrow.types as pat
-    except ImportError:
-        raise ShardError("reading Parquet needs pyarrow: pip install pyarrow (or the 'dev' extra)") from None
+    from hpctrain.extras import require
+
+    pq = require("pyarrow.parquet", f"reading Parquet ({src})")
+    pat = require("pyarrow.types", "reading Parquet")
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001  pyarrow raises several unrelated types for bad files
@@ -521,10 +520,9 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
     if name not in SKLEARN:
         raise ShardError(f"{spec!r}: unknown scikit-learn dataset {name!r}; choose one of "
                          f"{', '.join('sklearn:' + s for s in SKLEARN)}")
-    try:
-        from sklearn import datasets
-    except ImportError:
-        raise ShardError(f"{spec!r} needs scikit-learn: pip install scikit-learn") from None
+    from hpctrain.extras import require
+
+    datasets = require("sklearn.datasets", repr(spec))
     b = getattr(datasets, f"load_{name}")()
     x = np.asarray(b.data, dtype=np.float32)
     y = np.asarray(b.target, dtype=np.int64)
