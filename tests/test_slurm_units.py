@@ -905,3 +905,25 @@ def test_damaged_event_log_is_said_not_hidden(tmp_path):
     s = run_status(run, live=False, tail=0)
     assert s.state == "RUNNING" and "3 line(s) of" in s.warning and "events.jsonl are not events" in s.warning
     assert "warning    3 line(s)" in format_status(s)
+
+
+def test_fold_follows_a_resubmitted_restart_without_counting_a_retry():
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5", "restart_count": 0}),
+             ("requeue", {"job_id": "5", "kind": "preemption", "restart": "resubmit"}))
+    assert (st.state, st.resubmit_due, st.job_id) == ("REQUEUED", True, "5")
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5"}),
+             ("requeue", {"job_id": "5", "kind": "preemption", "restart": "resubmit"}),
+             ("resubmitted", {"job_id": "6"}))
+    assert (st.state, st.resubmit_due, st.job_id, st.retries) == ("REQUEUED", False, "6", 0)
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5"}),
+             ("requeue", {"job_id": "5", "kind": "timeout", "restart": "requeue"}))
+    assert not st.resubmit_due  # Slurm's own requeue: nothing for the after-step to submit
+
+
+def test_restart_mode_is_validated():
+    from hpctrain.errors import ConfigError
+    from hpctrain.slurm.requeue import RequeuePolicy
+
+    assert RequeuePolicy().restart == "resubmit"
+    with pytest.raises(ConfigError, match="--restart 'later' is not one of resubmit, requeue"):
+        RequeuePolicy(restart="later")
