@@ -31,21 +31,25 @@ from hpctrain.fileio import atomic_write_json
 class FarmConfig:
     tasks: Path = field(metadata={"help": "the JSONL task file"})
     out: Path = field(metadata={"help": "results directory (journal.jsonl, tasks/<id>/, summary.json)"})
+    # hpctrain farm's flags are generated from these fields (hpctrain.config.add_flags): the
+    # defaults and help texts below are the only ones
     retries: int = field(default=2, metadata={"help": "retries after a failed first attempt"})
-    timeout: float | None = field(default=None, metadata={"help": "per-attempt seconds; kills the process group"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay (s); doubles per attempt"})
-    backoff_max: float = field(default=60.0, metadata={"help": "cap of the retry delay (s)"})
-    workers_per_node: int | None = field(default=None, metadata={"help": "split each node's resources among "
-                                                                         "this many workers"})
-    cpus_per_worker: str | None = field(default=None, metadata={"help": "cpus per worker: N or a list N1,N2,..."})
-    gpus_per_worker: str | None = field(default=None, metadata={"help": "gpus per worker: N or a list"})
-    mem_per_worker: str | None = field(default=None, metadata={"help": "memory (GB) per worker: N or a list"})
-    max_tasks_per_worker: int = field(default=32, metadata={"help": "cap on concurrent tasks of one worker"})
-    heartbeat: float = field(default=60.0, metadata={"help": "silence (s) after which a rank is declared lost"})
-    kill_grace: float = field(default=2.0, metadata={"help": "seconds between SIGTERM and SIGKILL on timeout"})
-    skip_failed: bool = field(default=False, metadata={"help": "on restart, also skip tasks that finally failed"})
-    local_workers: int = field(default=1, metadata={"help": "worker threads when not under mpirun/srun"})
-    progress: bool = field(default=True, metadata={"help": "show the live progress line on rank 0"})
+    timeout: float | None = field(default=None, metadata={
+        "help": "seconds per attempt; the task's process group is killed", "default_text": "none"})
+    backoff: float = field(default=1.0, metadata={"help": "first retry delay in s, doubled per retry"})
+    backoff_max: float = field(default=60.0, metadata={"help": "cap of the retry delay in s"})
+    workers_per_node: int | None = field(default=None, metadata={
+        "help": "split each node's cpus/gpus/memory among K workers", "default_text": "worker ranks on the node"})
+    cpus_per_worker: str | None = field(default=None, metadata={
+        "help": "override: N, or N1,N2,... per worker in rank order"})
+    gpus_per_worker: str | None = field(default=None, metadata={"help": "override: N, or a comma list"})
+    mem_per_worker: str | None = field(default=None, metadata={"help": "override in GB: N, or a comma list"})
+    max_tasks_per_worker: int = field(default=32, metadata={"help": "cap on one worker's concurrent tasks"})
+    heartbeat: float = field(default=60.0, metadata={"help": "seconds of silence before a rank is declared lost"})
+    kill_grace: float = field(default=2.0, metadata={"help": "seconds from SIGTERM to SIGKILL on timeout"})
+    skip_failed: bool = field(default=False, metadata={"help": "on restart, skip tasks that already failed too"})
+    local_workers: int = field(default=1, metadata={"help": "worker threads when not started by mpirun/srun"})
+    progress: bool = field(default=True, metadata={"help": "the live progress line on rank 0 (--no-progress: none)"})
 
     def __post_init__(self):
         for name in ("retries", "max_tasks_per_worker", "local_workers"):
@@ -172,11 +176,13 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
     """The farm on every rank of COMM_WORLD. Rank 0 returns the report, workers None."""
     from mpi4py import MPI
 
+    from hpctrain.comm.failfast import fail
+    from hpctrain.comm.mpi import MpiComm
     from hpctrain.farm.mpi import DISPATCHER_MAX_SLEEP, MpiEndpoint
 
     stream = stream or sys.stderr
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    comm = MpiComm(MPI.COMM_WORLD)  # the collectives; the task messages are point-to-point (MpiEndpoint)
+    rank, size = comm.rank, comm.size
     if size < 2:
         return run_local(cfg, stream)
     tasks = done = None
@@ -189,7 +195,7 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
         except Exception as e:  # noqa: BLE001 - the workers wait in bcast: they must hear of it
             traceback.print_exc()
             err = f"rank 0 failed while reading the task list or journal: {type(e).__name__}: {e}"
-    err = comm.bcast(err, root=0)
+    err = comm.broadcast(err)
     if err is not None:
         if rank == 0:
             raise FarmError(err)
@@ -204,10 +210,10 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
             mine = _resources(cfg, len(same), same.index(rank), rank - 1)
         except Exception as e:  # noqa: BLE001 - reported by rank 0, never a lone hang
             mine = e
-    caps = comm.gather(mine, root=0)
+    caps = comm.gather(mine)
     stop = threading.Event()
     undo = install_stop_handlers(stop)
-    ep = MpiEndpoint(comm, max_sleep=DISPATCHER_MAX_SLEEP if rank == 0 else 2e-3)
+    ep = MpiEndpoint(comm.comm, max_sleep=DISPATCHER_MAX_SLEEP if rank == 0 else 2e-3)
     try:
         if rank == 0:
             bad = [(r, c) for r, c in enumerate(caps) if r > 0 and isinstance(c, Exception)]
@@ -239,12 +245,9 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
         return None
     except HpctrainError:
         raise
-    except Exception:
+    except Exception as e:
         # Abort, never hang: a bug on one rank must take the job down, not leave the others waiting.
-        traceback.print_exc()
-        sys.stderr.flush()
-        comm.Abort(1)
-        raise
+        fail(e, rank)
     finally:
         undo()
 

@@ -29,6 +29,7 @@ Kind = Literal["timeout", "preemption", "terminated"]
 # job id (for other jobs' --dependency on it), but Slurm 22.05 then holds the job until its
 # old launch credential has expired (AuthInfo cred_expire + 1 s, 121 s by default) and sets
 # that hold when the old attempt has ended, so nothing inside the job can lift it.
+Restart = Literal["resubmit", "requeue"]
 RESTART_MODES = ("resubmit", "requeue")
 
 
@@ -100,12 +101,17 @@ def classify_interrupt(*, got_sigterm: bool, seconds_left: float | None, signal_
 
 @dataclass(kw_only=True, slots=True)
 class RequeuePolicy:
+    # The CLI flags (hpctrain submit, sweep, train --requeue) are generated from these fields
+    # (hpctrain.config.add_flags): the defaults and help texts below are the only ones.
     max_timeouts: int = field(default=3, metadata={"help": "requeues after hitting the time limit (then FAILED)"})
-    max_preemptions: int | None = field(default=None, metadata={"help": "requeues after preemption; None = unlimited"})
-    signal: str = field(default=DEFAULT_SIGNAL, metadata={"help": "signal Slurm sends before the end"})
-    signal_delay_s: int = field(default=DEFAULT_SIGNAL_DELAY_S,
-                                metadata={"help": "seconds before the time limit that the signal is sent"})
-    restart: str = field(default="resubmit", metadata={
+    max_preemptions: int | None = field(default=None, metadata={"help": "requeues after preemption",
+                                                                "default_text": "unlimited"})
+    signal: str = field(default=DEFAULT_SIGNAL, metadata={
+        "help": "signal Slurm sends before the end ('#SBATCH --signal'); USR1 is refused (NCCL uses it)"})
+    signal_delay_s: int = field(default=DEFAULT_SIGNAL_DELAY_S, metadata={
+        "flag": "--signal-delay", "metavar": "S",
+        "help": "seconds before the time limit that the signal is sent; tells a time limit from a preemption"})
+    restart: Restart = field(default="resubmit", metadata={
         "help": "after a preemption/time-limit signal: 'resubmit' (a new job for the run dir, starts at once) "
                 "or 'requeue' (same job id, Slurm holds it ~cred_expire, 121 s by default)"})
 

@@ -1,5 +1,5 @@
 """The three model families: MLP for tables, a small CNN for images, and a small attention
-classifier whose attention weights the explain command reads.
+classifier that records its attention weights (``feature_attention``: a per-feature importance).
 
 Every model splits into ``features`` (the body) and ``head`` (the last Linear), so transfer
 learning can replace the head and give the body its own learning rate. No batch norm: its
@@ -72,7 +72,7 @@ class AttentionClassifier(nn.Module):
 
     After every forward, ``last_attention`` holds one (batch, heads, tokens, tokens) tensor
     per layer; :meth:`feature_attention` turns the last layer's [CLS] row into a per-feature
-    importance (what ``hpctrain explain`` reports).
+    importance (there is no explain command yet; this is the hook one would read).
     """
 
     def __init__(self, n_features: int, num_classes: int, embed_dim: int = 32, heads: int = 4, layers: int = 1,
