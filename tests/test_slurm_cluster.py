@@ -91,6 +91,23 @@ def test_submit_trains_and_reads_back(runs, blobs, capsys, monkeypatch):
     assert "Job completed successfully" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("backend", ["horovod", "mpi"])
+def test_one_rank_mpi_backends_complete_under_srun(runs, blobs, monkeypatch, backend):
+    # issue 18: one rank calls MPI_Init too; under srun's site default (--mpi=none) Open MPI
+    # aborts ("OMPI was not built with SLURM's PMI support"), so submit must pick PMIx here as well
+    pytest.importorskip("hpctrain.train.trainer")
+    pytest.importorskip("horovod.torch" if backend == "horovod" else "mpi4py")
+    monkeypatch.chdir(runs.parent)
+    cfg = write_cfg(runs.parent / f"{backend}.yaml", blobs, f"one-{backend}", comm={"backend": backend})
+    assert submit(str(cfg), "--time", "10") == 0
+    run_dir = runs.parent / "runs" / f"one-{backend}"
+    assert json.loads(RunDir(run_dir).spec.read_text())["spec"]["mpi"] == "pmix"
+    assert drive(run_dir, 150) == "COMPLETED"
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "completed" and res["step"] == 2 * 30
+    assert [e["ntasks"] for e in events(run_dir, "started")] == [1]
+
+
 def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeypatch):
     pytest.importorskip("hpctrain.train.trainer")
     import torch

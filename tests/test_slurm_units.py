@@ -631,12 +631,16 @@ def test_mpi_plugin_is_picked_from_srun_list():
     assert pick_mpi_plugin("MPI plugin types are...\n\tnone\n\tpmi2\n") is None
 
 
-@pytest.mark.parametrize("backend,extra,want", [
-    ("horovod", [], "--mpi=pmix"),              # several MPI ranks: PMIx chosen from srun --mpi=list
-    ("mpi", ["--mpi", "pmi2"], "--mpi=pmi2"),    # an explicit --mpi wins
-    ("torch", [], None),                          # torch.distributed needs no MPI plugin
+@pytest.mark.parametrize("backend,ranks,extra,want", [
+    ("horovod", 2, [], "--mpi=pmix"),              # several MPI ranks: PMIx chosen from srun --mpi=list
+    # issue 18: one rank calls MPI_Init too, and under the site default 'none' it aborts
+    ("horovod", 1, [], "--mpi=pmix"),
+    ("mpi", 1, [], "--mpi=pmix"),
+    ("mpi", 2, ["--mpi", "pmi2"], "--mpi=pmi2"),    # an explicit --mpi wins
+    ("torch", 2, [], None),                          # torch.distributed needs no MPI plugin
+    ("torch", 1, [], None),
 ])
-def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra, want):
+def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, ranks, extra, want):
     import yaml
 
     from hpctrain.cli import main
@@ -646,12 +650,36 @@ def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra,
                                    "data": {"dir": str(tmp_path)}, "comm": {"backend": backend}}))
     fake = FakeSlurm([(["srun", "--mpi=list"], (0, "", "MPI plugin types are...\n\tpmix\n\tnone\n"))])
     with use_runner(fake):
-        assert main(["submit", str(cfg), "--ntasks-per-node", "2", "--dry-run", *extra]) == 0
+        assert main(["submit", str(cfg), "--ntasks-per-node", str(ranks), "--dry-run", *extra]) == 0
     srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")][0]
     if want:
         assert want in srun.split()
     else:
         assert "--mpi" not in srun
+
+
+def test_submit_runs_dir_places_a_config_run_or_is_refused(tmp_path, capsys, monkeypatch):
+    # issue 18: --runs-dir applied to --counter runs only; a config run went to run.dir silently
+    import yaml
+
+    from hpctrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"name": "m"}, "data": {"dir": str(tmp_path)},
+                                   "comm": {"backend": "torch"}}))
+    base = tmp_path / "elsewhere"
+    assert main(["submit", str(cfg), "--runs-dir", str(base), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"run_dir={base / 'm'}" in out.splitlines() and "runs/m" not in out
+    assert main(["submit", str(cfg), "--runs-dir", str(base), "--name", "n2", "--dry-run"]) == 0
+    assert f"run_dir={base / 'n2'}" in capsys.readouterr().out.splitlines()
+    for extra, where in ((["--set", "run.dir=/tmp/x"], "--set run.dir"), ([], "run.dir in")):
+        if not extra:
+            cfg.write_text(yaml.safe_dump({"run": {"name": "m", "dir": "/tmp/x"}, "data": {"dir": str(tmp_path)}}))
+        assert main(["submit", str(cfg), "--runs-dir", str(base), "--dry-run", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--runs-dir {str(base)!r} and {where}" in err and "drop --runs-dir" in err
 
 
 # ------------------------------------------------------------------ --wait: deciding when a run has really finished

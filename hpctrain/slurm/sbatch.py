@@ -55,8 +55,8 @@ class JobSpec:
     setup: list[str] = field(default_factory=list, metadata={
         "metavar": "LINE", "help": "shell line run before srun, e.g. 'module load cuda' (repeatable)"})
     mpi: str | None = field(default=None, metadata={
-        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when several ranks and "
-                "'srun --mpi=list' offers it; with the site default 'none' MPI_Init aborts); comm.backend torch "
+        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when 'srun --mpi=list' offers "
+                "it, for one rank too; with the site default 'none' MPI_Init aborts); comm.backend torch "
                 "needs none"})
     python: str = field(default_factory=lambda: sys.executable)
 
