@@ -560,3 +560,29 @@ def test_preempted_job_restarts_without_a_hold_and_without_a_manual_release(runs
     assert cli(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert f"job        {new}" in out and "COMPLETED" in out
+
+
+def test_site_sbatch_options_reach_slurm_reservation_and_dependency(runs):
+    # issue 18: options hpctrain has no flag for pass through --sbatch: the jobs run inside a
+    # reservation created here, and the second waits for the first through --dependency
+    import getpass
+    import uuid
+
+    resv = f"hpctrain-test-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["scontrol", "create", "reservation", f"ReservationName={resv}", "StartTime=now",
+                           "Duration=10", f"Users={getpass.getuser()}", "Nodes=ALL", "Flags=IGNORE_JOBS"],
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    try:
+        first, job1 = submit_counter(runs, "resv-1", 30, 0.1, "--time", "5", "--sbatch", f"reservation={resv}")
+        second, job2 = submit_counter(runs, "resv-2", 10, 0.05, "--time", "5", "--sbatch", f"reservation={resv}",
+                                      "--sbatch", f"dependency=afterok:{job1}")
+        rec = show_job(job2)
+        assert rec["Reservation"] == resv and f"afterok:{job1}" in rec["Dependency"], rec
+        assert drive(first, 120) == "COMPLETED" and drive(second, 120) == "COMPLETED"
+        # the dependency held the second until the first had finished
+        assert events(second, "started")[0]["time"] >= events(first, "completed")[0]["time"]
+        for run_dir in (first, second):
+            assert json.loads(RunDir(run_dir).spec.read_text())["spec"]["sbatch"][0] == f"reservation={resv}"
+    finally:
+        subprocess.run(["scontrol", "delete", f"ReservationName={resv}"], capture_output=True, timeout=30)

@@ -108,6 +108,10 @@ def build_submission(req: SubmitRequest, *, name: str | None = None, run_dir: st
         # Every rank of these backends calls MPI_Init, a single one too: under srun without a
         # PMI plugin (the usual site default 'none') Open MPI aborts. --mpi overrides.
         job["mpi"] = auto_mpi_plugin()
+    if cfg is not None and cfg.slurm.sbatch:
+        from hpctrain.slurm.sbatch_options import merge, parse_cli, parse_mapping
+
+        job["sbatch"] = merge(parse_mapping(cfg.slurm.sbatch), parse_cli(job.get("sbatch") or []))
     spec = JobSpec(name=name, run_dir=run_dir, signal=req.requeue.signal, signal_delay_s=req.requeue.signal_delay_s,
                    **job)
     return Submission(spec=spec, job=RunJob(run_dir=str(run_dir), task=task, policy=req.requeue,
