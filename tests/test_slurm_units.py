@@ -98,7 +98,12 @@ def test_retry_decisions():
     assert decide_retry(once, exit_code=1, completed=False, policy=pol).delay_s == 15  # capped
     permanent = _st(("started", {"job_id": 1}), ("failed", {"job_id": 1, "permanent": True, "message": "bad key"}))
     d = decide_retry(permanent, exit_code=1, completed=False, policy=pol)
-    assert d.action == "fail" and "permanent" in d.reason and "bad key" in d.reason
+    assert d.action == "fail" and d.reason == "not retried (permanent error): bad key"
+    # the state a waiter sees as soon as the failure is recorded says what it says after the
+    # after-step's gave_up (a waiter may return in between: the test_submit_wait flake)
+    after = _st(("started", {"job_id": 1}), ("failed", {"job_id": 1, "permanent": True, "message": "bad key"}),
+                ("gave_up", {"job_id": 1, "reason": d.reason}))
+    assert (permanent.state, permanent.reason) == (after.state, after.reason) == ("FAILED", d.reason)
     requeued = _st(("started", {"job_id": 1}), ("requeue", {"job_id": 1, "kind": "timeout"}))
     assert decide_retry(requeued, exit_code=0, completed=False, policy=pol).action == "none"
     assert decide_retry(crashed, exit_code=0, completed=True, policy=pol).action == "none"
@@ -860,7 +865,7 @@ def test_status_wait_on_finished_runs_through_the_cli(tmp_path, capsys):
     journal.record(bad, "failed", job_id="local-2", rank=1, permanent=True, message="ConfigError: bad key")
     assert main(["status", str(bad), "--wait"]) == 1
     out = capsys.readouterr().out
-    assert "FAILED     job local-2  -- ConfigError: bad key" in out
+    assert "FAILED     job local-2  -- not retried (permanent error): ConfigError: bad key" in out
     assert f"hpctrain logs {bad} --rank 1 " in out
 
 

@@ -82,6 +82,11 @@ class RunState:
     resubmit_due: bool = False  # a 'resubmit' restart was logged; the after-step has not yet submitted it
 
 
+def permanent_reason(message: str) -> str:
+    """Why a run with a permanent error (bad config, missing data) ended without a retry."""
+    return f"not retried (permanent error): {message}"
+
+
 def fold(events: Iterable[dict]) -> RunState:
     """The run's state after ``events`` (pure)."""
     st = RunState()
@@ -132,7 +137,9 @@ def fold(events: Iterable[dict]) -> RunState:
             st.reason = ev.get("message", "")
             st.permanent = bool(ev.get("permanent"))
             if st.permanent:
-                st.state = "FAILED"
+                # final at once: worded as the after-step's 'gave_up' will word it, so a waiter
+                # that returns before that record says the same as 'hpctrain status' after it
+                st.state, st.reason = "FAILED", permanent_reason(st.reason)
             else:  # not final: a retry may follow (see retry.after_step)
                 st.crashed = True
             if ev.get("rank") is not None:
