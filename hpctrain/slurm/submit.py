@@ -209,7 +209,8 @@ def resubmit(run_dir: Path, *, delay_s: float, reason: str, event: str = "retry"
     sub = load_submission(run_dir)
     # the first attempt has started, so its --dependency was met; the job it names may have
     # left slurmctld's memory since, and sbatch would then refuse the new job
-    sbatch = [o for o in sub.spec.sbatch if o.partition("=")[0] != "dependency"]
+    # getattr: a run submitted before JobSpec had site options is resubmitted by this version too
+    sbatch = [o for o in getattr(sub.spec, "sbatch", []) if o.partition("=")[0] != "dependency"]
     spec = dataclasses.replace(sub.spec, begin=f"now+{int(round(delay_s))}" if delay_s >= 1 else None, sbatch=sbatch)
     if sub.cluster != "slurm":
         raise ClusterError("resubmit() is for Slurm runs; local runs retry in the foreground")
