@@ -91,7 +91,8 @@ def test_submit_trains_and_reads_back(runs, blobs, capsys, monkeypatch):
     assert "Job completed successfully" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("backend", ["horovod", "mpi"])
+# ids: pytest-mpi skips any test whose keywords hold "mpi" unless run under --with-mpi
+@pytest.mark.parametrize("backend", ["horovod", "mpi"], ids=["horovod", "mpi4py"])
 def test_one_rank_mpi_backends_complete_under_srun(runs, blobs, monkeypatch, backend):
     # issue 18: one rank calls MPI_Init too; under srun's site default (--mpi=none) Open MPI
     # aborts ("OMPI was not built with SLURM's PMI support"), so submit must pick PMIx here as well
