@@ -25,7 +25,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- system packages ---------------------------------------------------------------------
 # chromium: the data-quality report is checked in a real headless browser by the tests.
-apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2 chromium)
+# wrk: the HTTP load generator of scripts/bench_serve.py; curl: the demo asks the server.
+apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2 chromium wrk curl)
 if [ "${HPCTRAIN_NO_APT:-0}" != 1 ]; then
     missing=()
     for p in "${apt_pkgs[@]}"; do
