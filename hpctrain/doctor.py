@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -31,10 +32,18 @@ def _run(argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
         return 127, f"{argv[0]}: not found"
     except subprocess.TimeoutExpired:
         return 124, f"{argv[0]}: no answer in {timeout:.0f} s"
-    return p.returncode, (p.stdout + p.stderr).strip()
+    return p.returncode, printable(p.stdout + p.stderr).strip()
 
 
 SETUP_FIX = "run scripts/setup.sh (see docs/install.md)"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """Text without NUL and other control bytes: MPI's library version string ends in a NUL,
+    which makes grep call the whole report binary."""
+    return _CONTROL.sub("", text)
 
 
 def check_python() -> Check:
@@ -74,7 +83,7 @@ def check_mpi4py() -> Check:
         return Check("mpi4py", False, f"import failed: {e}", "pip install --no-binary mpi4py mpi4py (needs mpicc)")
     import mpi4py
 
-    lib = MPI.Get_library_version().splitlines()[0].strip()
+    lib = printable(MPI.Get_library_version()).splitlines()[0].strip()
     return Check("mpi4py", True, f"{mpi4py.__version__}; {lib}")
 
 
@@ -148,7 +157,14 @@ def check_slurm_commands() -> Check:
                      "apt-get install slurm-client (or 'module load slurm'); not needed for mpirun runs",
                      required=False)
     rc, out = _run(["sbatch", "--version"])
-    return Check("slurm commands", True, out.splitlines()[0] if out else "present", required=False)
+    version = re.search(r"slurm\S* \d+\.\d+\S*", out)
+    if rc != 0 or not version:
+        # on PATH, but they cannot run: usually no readable slurm.conf (sbatch then retries for a minute)
+        why = out.splitlines()[-1] if out else f"exit {rc}"
+        return Check("slurm commands", False, f"on PATH, but 'sbatch --version' failed: {why[:120]}",
+                     "the Slurm commands need a readable slurm.conf: set SLURM_CONF, or start the local cluster "
+                     "(scripts/local-cluster.sh start)", required=False)
+    return Check("slurm commands", True, version.group(0), required=False)
 
 
 def check_slurm_controller() -> Check:
@@ -193,7 +209,7 @@ def format_table(checks: list[Check]) -> str:
     lines = []
     for c in checks:
         status = "ok" if c.ok else ("MISSING" if c.required else "missing")
-        line = f"{c.name:<{w}}  {status:<7}  {c.detail}"
+        line = f"{c.name:<{w}}  {status:<7}  {printable(c.detail)}"
         if not c.ok and c.fix:
             line += f"\n{'':<{w}}  {'':<7}  fix: {c.fix}"
         lines.append(line)

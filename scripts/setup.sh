@@ -62,8 +62,9 @@ pip=(pip_)
 # torch first, pinned: installing the project with torch absent would pull a CUDA build.
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     log "pip install $torch_spec"
+    # numpy in the same step: torch imported without it warns "Failed to initialize NumPy"
     # shellcheck disable=SC2086
-    "${pip[@]}" install $torch_spec
+    "${pip[@]}" install $torch_spec numpy
 fi
 torch_ver=$("$venv/bin/python" -c "import torch; print(torch.__version__)")
 
@@ -73,8 +74,8 @@ if ! "$venv/bin/python" -c "import mpi4py.MPI" 2>/dev/null; then
     "${pip[@]}" install --no-binary mpi4py "mpi4py>=4,<5"
 fi
 
-log "pip install -e .[dev,serve]"
-"${pip[@]}" install -e ".[dev,serve]" "torch==$torch_ver"
+log "pip install -e .[all,dev]"
+"${pip[@]}" install -e ".[all,dev]" "torch==$torch_ver"
 
 # --- Horovod 0.28.1, patched to C++17 and cached by (python, torch, MPI) ----------------------
 hvd_ok() { "$venv/bin/python" - <<'PY' 2>/dev/null

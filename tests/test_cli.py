@@ -61,6 +61,28 @@ def test_doctor_table_has_fix_for_missing(monkeypatch):
     assert "MISSING" in table and "probe crashed: RuntimeError: boom" in table and "fix:" in table
 
 
+def test_doctor_output_is_text_without_nul_bytes():
+    # MPI's library version string ends in a NUL: grep then called doctor's (and the demo's) output binary
+    p = subprocess.run([sys.executable, "-m", "hpctrain.cli", "doctor"], capture_output=True, timeout=180)
+    assert b"\0" not in p.stdout and p.stdout.count(b"\n") >= 10, p.stdout
+    assert p.returncode == 0, p.stdout
+
+
+def test_doctor_slurm_row_is_not_ok_when_sbatch_cannot_run(monkeypatch):
+    from hpctrain import doctor
+
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(doctor, "_run", lambda argv, timeout=10.0: (
+        1, "sbatch: error: ClusterName needs to be specified\nsbatch: fatal: Unable to process configuration file"))
+    c = doctor.check_slurm_commands()
+    assert not c.ok and "Unable to process configuration file" in c.detail and "SLURM_CONF" in c.fix
+    monkeypatch.setattr(doctor, "_run", lambda argv, timeout=10.0: (0, "slurm-wlm 22.05.8"))
+    c = doctor.check_slurm_commands()
+    assert c.ok and c.detail == "slurm-wlm 22.05.8"
+    table = doctor.format_table([doctor.Check("mpi4py", True, "Open MPI v4.1.4\0\x07")])
+    assert "\0" not in table and "\x07" not in table and "Open MPI v4.1.4" in table
+
+
 # ------------------------------------------------------------------ bad input: exit 2 and a message that says why
 
 def _main(capsys, *argv):

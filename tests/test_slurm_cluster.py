@@ -91,6 +91,24 @@ def test_submit_trains_and_reads_back(runs, blobs, capsys, monkeypatch):
     assert "Job completed successfully" in capsys.readouterr().out
 
 
+# ids: pytest-mpi skips any test whose keywords hold "mpi" unless run under --with-mpi
+@pytest.mark.parametrize("backend", ["horovod", "mpi"], ids=["horovod", "mpi4py"])
+def test_one_rank_mpi_backends_complete_under_srun(runs, blobs, monkeypatch, backend):
+    # issue 18: one rank calls MPI_Init too; under srun's site default (--mpi=none) Open MPI
+    # aborts ("OMPI was not built with SLURM's PMI support"), so submit must pick PMIx here as well
+    pytest.importorskip("hpctrain.train.trainer")
+    pytest.importorskip("horovod.torch" if backend == "horovod" else "mpi4py")
+    monkeypatch.chdir(runs.parent)
+    cfg = write_cfg(runs.parent / f"{backend}.yaml", blobs, f"one-{backend}", comm={"backend": backend})
+    assert submit(str(cfg), "--time", "10") == 0
+    run_dir = runs.parent / "runs" / f"one-{backend}"
+    assert json.loads(RunDir(run_dir).spec.read_text())["spec"]["mpi"] == "pmix"
+    assert drive(run_dir, 150) == "COMPLETED"
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "completed" and res["step"] == 2 * 30
+    assert [e["ntasks"] for e in events(run_dir, "started")] == [1]
+
+
 def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeypatch):
     pytest.importorskip("hpctrain.train.trainer")
     import torch
@@ -112,7 +130,8 @@ def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeyp
     assert [e["kind"] for e in req] == ["preemption"]
     assert req[0]["seconds_left"] > 300  # Slurm's EndTime said: far from the limit
     starts = events(run_dir, "started")
-    assert [e["restart_count"] for e in starts] == [0, 1]
+    # the default restart is a new job for the same run dir (no Slurm requeue hold)
+    assert len(starts) == 2 and starts[0]["job_id"] == job != starts[1]["job_id"]
 
     # the oracle: the same config, trained in this process without interruption
     ref_cfg = load_config(str(cfg), ["run.dir=" + str(runs.parent / "reference")])
@@ -493,7 +512,9 @@ def test_submit_wait_returns_1_when_the_job_fails(runs, capsys):
 def test_status_wait_waits_through_a_requeue_to_the_end(runs):
     import sys
 
-    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5", "--test-hold-at", "5")
+    # --restart requeue keeps the job id: Slurm's own requeue, with its hold
+    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5", "--restart", "requeue",
+                                  "--test-hold-at", "5")
     cmd = [sys.executable, "-m", "hpctrain.cli", "status", str(run_dir), "--wait", "--poll", "0.5",
            "--wait-timeout", "150"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
@@ -513,3 +534,56 @@ def test_status_wait_waits_through_a_requeue_to_the_end(runs):
     assert "run 'w-rq' COMPLETED after" in out and "requeues 1, retries 0" in out
     assert [e["restart_count"] for e in events(run_dir, "started")] == [0, 1]
     assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
+
+
+def test_preempted_job_restarts_without_a_hold_and_without_a_manual_release(runs, capsys):
+    # issue 18: a requeued job waits ~121 s (Reason=BeginTime, Slurm's credential lifetime) and
+    # nothing inside the job can lift it; the default restart submits a new job for the run dir
+    # from the batch script's after-step, which Slurm may start at once. Nothing here releases it.
+    run_dir, job = submit_counter(runs, "nohold", 60, 0.1, "--time", "5", "--test-hold-at", "5")
+    wait_for(lambda: held(run_dir), 60, "the counter to wait at step boundary 5")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    wait_for(lambda: events(run_dir, "resubmitted"), 60, "the after-step to submit the next attempt")
+    new = events(run_dir, "resubmitted")[0]["job_id"]
+    assert new != job and job_of(run_dir) == new
+    rec = show_job(new)
+    assert rec is not None and rec["EligibleTime"] == rec["SubmitTime"], rec  # never held
+
+    def finished():
+        s = run_status(run_dir, tail=0)
+        return s.state if s.state in journal.TERMINAL else None
+    assert wait_for(finished, 100, "the run to finish (no release: a held job would still wait)") == "COMPLETED"
+    assert [e["restart"] for e in events(run_dir, "requeue")] == ["resubmit"]
+    assert [e["job_id"] for e in events(run_dir, "started")] == [job, new]
+    st = journal.fold(journal.read_events(run_dir))
+    assert (st.requeues, st.preemptions, st.retries) == (1, 1, 0)  # a restart, not a crash retry
+    assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
+    assert cli(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"job        {new}" in out and "COMPLETED" in out
+
+
+def test_site_sbatch_options_reach_slurm_reservation_and_dependency(runs):
+    # issue 18: options hpctrain has no flag for pass through --sbatch: the jobs run inside a
+    # reservation created here, and the second waits for the first through --dependency
+    import getpass
+    import uuid
+
+    resv = f"hpctrain-test-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["scontrol", "create", "reservation", f"ReservationName={resv}", "StartTime=now",
+                           "Duration=10", f"Users={getpass.getuser()}", "Nodes=ALL", "Flags=IGNORE_JOBS"],
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    try:
+        first, job1 = submit_counter(runs, "resv-1", 30, 0.1, "--time", "5", "--sbatch", f"reservation={resv}")
+        second, job2 = submit_counter(runs, "resv-2", 10, 0.05, "--time", "5", "--sbatch", f"reservation={resv}",
+                                      "--sbatch", f"dependency=afterok:{job1}")
+        rec = show_job(job2)
+        assert rec["Reservation"] == resv and f"afterok:{job1}" in rec["Dependency"], rec
+        assert drive(first, 120) == "COMPLETED" and drive(second, 120) == "COMPLETED"
+        # the dependency held the second until the first had finished
+        assert events(second, "started")[0]["time"] >= events(first, "completed")[0]["time"]
+        for run_dir in (first, second):
+            assert json.loads(RunDir(run_dir).spec.read_text())["spec"]["sbatch"][0] == f"reservation={resv}"
+    finally:
+        subprocess.run(["scontrol", "delete", f"ReservationName={resv}"], capture_output=True, timeout=30)

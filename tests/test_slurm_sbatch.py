@@ -26,6 +26,10 @@ SPECS = {
                                  run_dir="/scratch/my runs/it's a \"run\" 100%/$HOME `x`", time="10"),
     "slurm_array.sbatch": dict(name="sweep", run_dir="/scratch/runs/sweep 1", time="10", array_size=4,
                                array_parallelism=2, array_offset=4),
+    # issue 18: site options without a typed flag, passed through (a switch, a quoted value)
+    "slurm_site.sbatch": dict(name="site", run_dir="/scratch/runs/site", time="30",
+                              sbatch=["--reservation=maint", "gres=gpu:a100:4", "dependency=afterok:123",
+                                      "mail_type=END,FAIL", "mail-user=a b@example.org", "nice=10", "hold"]),
 }
 
 
@@ -87,6 +91,19 @@ def test_percent_in_run_dir_is_escaped_for_slurm_patterns():
     (dict(partition="a\nb"), "newline"),
     (dict(mpi="pmix; rm"), "srun MPI plugin"),
     (dict(setup=["module load x\nrm -rf /"]), "newline"),
+    # --sbatch: unknown, owned, typed or contradicting options are refused before anything is queued
+    (dict(sbatch=["ntasks=4"]), "--ntasks has a typed flag in hpctrain; use --nodes and --ntasks-per-node"),
+    (dict(sbatch=["time=10"]), "--time has a typed flag in hpctrain; use --time"),
+    (dict(sbatch=["reservaton=x"]), "sbatch has no option --reservaton \\(did you mean 'reservation'\\?\\)"),
+    (dict(sbatch=["N=2"]), "short option"),
+    (dict(sbatch=["output=/tmp/x"]), "--output is not passed through"),
+    (dict(sbatch=["signal=USR1@60"]), "use --signal and --signal-delay"),
+    (dict(sbatch=["reservation"]), "--reservation needs a value"),
+    (dict(sbatch=["hold=yes"]), "--hold is a switch"),
+    (dict(sbatch=["reservation=a", "reservation=b"]), "given twice"),
+    (dict(sbatch=["comment=a\nb"]), "newline"),
+    (dict(sbatch=["gres=gpu:a100:4"], gpus_per_node=2), "both ask for GPUs"),
+    (dict(sbatch=["mem-per-cpu=2G"], mem="8G"), "both set the memory"),
 ])
 def test_bad_specs_are_clear_errors(kwargs, match):
     base = dict(name="r", run_dir="/scratch/r", python=PY)
@@ -134,3 +151,55 @@ def test_sbatch_env_drops_job_facts_but_keeps_the_client_config(monkeypatch):
     assert env["SLURM_CONF"] == "/site/slurm.conf"
     assert not {"SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SBATCH_PARTITION", "SUBMITIT_EXECUTOR"} & set(env)
     assert env["PATH"] == os.environ["PATH"]
+
+
+def test_sbatch_options_are_written_in_one_spelling():
+    spec = JobSpec(name="r", run_dir="/scratch/r", python=PY, sbatch=["--mail_type=END", "hold", "gres=gpu:2"])
+    assert spec.sbatch == ["mail-type=END", "hold", "gres=gpu:2"]  # gres without --gpus-per-node: fine
+
+
+def test_sbatch_options_from_the_config_and_the_command_line(tmp_path, capsys):
+    # issue 18: a slurm: section in the config, --sbatch adds to it and wins on the same key; both
+    # are checked and shown in --dry-run
+    import yaml
+
+    from hpctrain.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    data = {"run": {"name": "s", "dir": str(tmp_path / "run")}, "data": {"dir": str(tmp_path)},
+            "comm": {"backend": "torch"}, "slurm": {"sbatch": {"reservation": "maint", "mail-type": "END"}}}
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["submit", str(cfg), "--dry-run", "--sbatch", "reservation=other", "--sbatch",
+                 "dependency=afterok:7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln for ln in lines if ln.startswith("#SBATCH --") and ln.split("=")[0] in (
+        "#SBATCH --reservation", "#SBATCH --mail-type", "#SBATCH --dependency")] == [
+        "#SBATCH --reservation=other", "#SBATCH --mail-type=END", "#SBATCH --dependency=afterok:7"]
+    assert main(["submit", str(cfg), "--dry-run", "--sbatch", "ntasks=4"]) == 2
+    assert "--ntasks has a typed flag" in capsys.readouterr().err
+    data["slurm"]["sbatch"]["partition"] = "x"
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["train", str(cfg), "--check"]) == 2  # a bad slurm: section fails the config check too
+    assert "slurm.sbatch.partition: --partition has a typed flag in hpctrain; use --partition" in \
+        capsys.readouterr().err
+
+
+def test_a_resubmitted_job_drops_the_met_dependency(tmp_path, monkeypatch):
+    from hpctrain.slurm import submit as submit_mod
+
+    seen = []
+
+    class Exec:
+        def submit(self, job):
+            return type("J", (), {"job_id": "9"})()
+
+    def fake_executor(spec):
+        seen.append(spec)
+        return Exec()
+    sub = submit_mod.Submission(spec=JobSpec(name="r", run_dir=tmp_path, python=PY,
+                                             sbatch=["dependency=afterok:1", "reservation=m"]),
+                                job=None, retry=None, cluster="slurm")
+    monkeypatch.setattr(submit_mod, "load_submission", lambda run_dir: sub)
+    monkeypatch.setattr(submit_mod, "make_slurm_executor", fake_executor)
+    assert submit_mod.resubmit(tmp_path, delay_s=0, reason="x") == "9"
+    assert seen[0].sbatch == ["reservation=m"]

@@ -98,7 +98,12 @@ def test_retry_decisions():
     assert decide_retry(once, exit_code=1, completed=False, policy=pol).delay_s == 15  # capped
     permanent = _st(("started", {"job_id": 1}), ("failed", {"job_id": 1, "permanent": True, "message": "bad key"}))
     d = decide_retry(permanent, exit_code=1, completed=False, policy=pol)
-    assert d.action == "fail" and "permanent" in d.reason and "bad key" in d.reason
+    assert d.action == "fail" and d.reason == "not retried (permanent error): bad key"
+    # the state a waiter sees as soon as the failure is recorded says what it says after the
+    # after-step's gave_up (a waiter may return in between: the test_submit_wait flake)
+    after = _st(("started", {"job_id": 1}), ("failed", {"job_id": 1, "permanent": True, "message": "bad key"}),
+                ("gave_up", {"job_id": 1, "reason": d.reason}))
+    assert (permanent.state, permanent.reason) == (after.state, after.reason) == ("FAILED", d.reason)
     requeued = _st(("started", {"job_id": 1}), ("requeue", {"job_id": 1, "kind": "timeout"}))
     assert decide_retry(requeued, exit_code=0, completed=False, policy=pol).action == "none"
     assert decide_retry(crashed, exit_code=0, completed=True, policy=pol).action == "none"
@@ -631,12 +636,16 @@ def test_mpi_plugin_is_picked_from_srun_list():
     assert pick_mpi_plugin("MPI plugin types are...\n\tnone\n\tpmi2\n") is None
 
 
-@pytest.mark.parametrize("backend,extra,want", [
-    ("horovod", [], "--mpi=pmix"),              # several MPI ranks: PMIx chosen from srun --mpi=list
-    ("mpi", ["--mpi", "pmi2"], "--mpi=pmi2"),    # an explicit --mpi wins
-    ("torch", [], None),                          # torch.distributed needs no MPI plugin
+@pytest.mark.parametrize("backend,ranks,extra,want", [
+    ("horovod", 2, [], "--mpi=pmix"),              # several MPI ranks: PMIx chosen from srun --mpi=list
+    # issue 18: one rank calls MPI_Init too, and under the site default 'none' it aborts
+    ("horovod", 1, [], "--mpi=pmix"),
+    ("mpi", 1, [], "--mpi=pmix"),
+    ("mpi", 2, ["--mpi", "pmi2"], "--mpi=pmi2"),    # an explicit --mpi wins
+    ("torch", 2, [], None),                          # torch.distributed needs no MPI plugin
+    ("torch", 1, [], None),
 ])
-def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra, want):
+def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, ranks, extra, want):
     import yaml
 
     from hpctrain.cli import main
@@ -646,12 +655,36 @@ def test_submit_dry_run_chooses_the_mpi_plugin(tmp_path, capsys, backend, extra,
                                    "data": {"dir": str(tmp_path)}, "comm": {"backend": backend}}))
     fake = FakeSlurm([(["srun", "--mpi=list"], (0, "", "MPI plugin types are...\n\tpmix\n\tnone\n"))])
     with use_runner(fake):
-        assert main(["submit", str(cfg), "--ntasks-per-node", "2", "--dry-run", *extra]) == 0
+        assert main(["submit", str(cfg), "--ntasks-per-node", str(ranks), "--dry-run", *extra]) == 0
     srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")][0]
     if want:
         assert want in srun.split()
     else:
         assert "--mpi" not in srun
+
+
+def test_submit_runs_dir_places_a_config_run_or_is_refused(tmp_path, capsys, monkeypatch):
+    # issue 18: --runs-dir applied to --counter runs only; a config run went to run.dir silently
+    import yaml
+
+    from hpctrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"name": "m"}, "data": {"dir": str(tmp_path)},
+                                   "comm": {"backend": "torch"}}))
+    base = tmp_path / "elsewhere"
+    assert main(["submit", str(cfg), "--runs-dir", str(base), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"run_dir={base / 'm'}" in out.splitlines() and "runs/m" not in out
+    assert main(["submit", str(cfg), "--runs-dir", str(base), "--name", "n2", "--dry-run"]) == 0
+    assert f"run_dir={base / 'n2'}" in capsys.readouterr().out.splitlines()
+    for extra, where in ((["--set", "run.dir=/tmp/x"], "--set run.dir"), ([], "run.dir in")):
+        if not extra:
+            cfg.write_text(yaml.safe_dump({"run": {"name": "m", "dir": "/tmp/x"}, "data": {"dir": str(tmp_path)}}))
+        assert main(["submit", str(cfg), "--runs-dir", str(base), "--dry-run", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--runs-dir {str(base)!r} and {where}" in err and "drop --runs-dir" in err
 
 
 # ------------------------------------------------------------------ --wait: deciding when a run has really finished
@@ -832,7 +865,7 @@ def test_status_wait_on_finished_runs_through_the_cli(tmp_path, capsys):
     journal.record(bad, "failed", job_id="local-2", rank=1, permanent=True, message="ConfigError: bad key")
     assert main(["status", str(bad), "--wait"]) == 1
     out = capsys.readouterr().out
-    assert "FAILED     job local-2  -- ConfigError: bad key" in out
+    assert "FAILED     job local-2  -- not retried (permanent error): ConfigError: bad key" in out
     assert f"hpctrain logs {bad} --rank 1 " in out
 
 
@@ -904,6 +937,28 @@ def test_damaged_event_log_is_said_not_hidden(tmp_path):
     s = run_status(run, live=False, tail=0)
     assert s.state == "RUNNING" and "3 line(s) of" in s.warning and "events.jsonl are not events" in s.warning
     assert "warning    3 line(s)" in format_status(s)
+
+
+def test_fold_follows_a_resubmitted_restart_without_counting_a_retry():
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5", "restart_count": 0}),
+             ("requeue", {"job_id": "5", "kind": "preemption", "restart": "resubmit"}))
+    assert (st.state, st.resubmit_due, st.job_id) == ("REQUEUED", True, "5")
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5"}),
+             ("requeue", {"job_id": "5", "kind": "preemption", "restart": "resubmit"}),
+             ("resubmitted", {"job_id": "6"}))
+    assert (st.state, st.resubmit_due, st.job_id, st.retries) == ("REQUEUED", False, "6", 0)
+    st = _st(("submitted", {"job_id": "5"}), ("started", {"job_id": "5"}),
+             ("requeue", {"job_id": "5", "kind": "timeout", "restart": "requeue"}))
+    assert not st.resubmit_due  # Slurm's own requeue: nothing for the after-step to submit
+
+
+def test_restart_mode_is_validated():
+    from hpctrain.errors import ConfigError
+    from hpctrain.slurm.requeue import RequeuePolicy
+
+    assert RequeuePolicy().restart == "resubmit"
+    with pytest.raises(ConfigError, match="--restart 'later' is not one of resubmit, requeue"):
+        RequeuePolicy(restart="later")
 
 
 def test_hold_for_signal_waits_at_its_poll_once_per_run(tmp_path):

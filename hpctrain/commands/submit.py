@@ -51,7 +51,9 @@ def add_job_arguments(p):
     m.add_argument("--name", help="run name (default: run.name of the config); keys the run dir")
     m.add_argument("--cluster", choices=["slurm", "local"], default="slurm")
     m.add_argument("--dry-run", action="store_true", help="print the exact sbatch script, submit nothing")
-    m.add_argument("--runs-dir", help="where --counter runs live (default: $HPCTRAIN_RUNS or runs)")
+    m.add_argument("--runs-dir", help="the run dir is RUNS_DIR/<name> (default: run.dir of the config, which is "
+                                      "runs/<run.name> unless set; for --counter $HPCTRAIN_RUNS or runs); refused "
+                                      "when run.dir is set in the config or by --set")
     c = p.add_argument_group("built-in smoke-test task (instead of CONFIG)")
     c.add_argument("--counter", type=int, metavar="STEPS", help="run a tiny resumable counter of STEPS steps")
     c.add_argument("--counter-step-s", type=float, default=0.1, help="seconds per counter step")

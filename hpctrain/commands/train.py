@@ -18,6 +18,8 @@ flag; the ranks stop at the next step boundary, write a checkpoint together, and
 This is the same code 'hpctrain submit' runs in its jobs (hpctrain.slurm.job.RunJob); see docs/slurm.md.
 """
 
+TRAIN_REQUEUE_FIELDS = ("max_timeouts", "max_preemptions", "signal", "signal_delay_s")
+
 
 def add_arguments(p):
     p.add_argument("config", help="YAML config file")
@@ -31,7 +33,8 @@ def add_arguments(p):
     from hpctrain.config import add_flags
     from hpctrain.slurm.requeue import RequeuePolicy
 
-    add_flags(g, RequeuePolicy)
+    # no --restart: a plain sbatch script has no after-step to resubmit from, so it requeues
+    add_flags(g, RequeuePolicy, TRAIN_REQUEUE_FIELDS)
     g.add_argument("--test-hold-at", type=int, metavar="STEP", dest="hold_at",
                    help="testing aid (with --requeue): wait at the STEP-th step boundary until the signal arrives "
                         "(once per run), so a test's signal always lands mid-run")
@@ -85,8 +88,8 @@ def run(args):
             from hpctrain.slurm.job import train_requeue_aware
             from hpctrain.slurm.requeue import RequeuePolicy
 
-            outcome, result = train_requeue_aware(cfg, RequeuePolicy(**flag_values(RequeuePolicy, args)),
-                                                  hold_at=args.hold_at)
+            policy = RequeuePolicy(**flag_values(RequeuePolicy, args, TRAIN_REQUEUE_FIELDS))
+            outcome, result = train_requeue_aware(cfg, policy, hold_at=args.hold_at)
         else:
             outcome, result = None, train(cfg)
         shutdown_shared()

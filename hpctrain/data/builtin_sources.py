@@ -94,10 +94,9 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
     if name not in SKLEARN:
         raise ShardError(f"{spec!r}: unknown scikit-learn dataset {name!r}; choose one of "
                          f"{', '.join('sklearn:' + s for s in SKLEARN)}")
-    try:
-        from sklearn import datasets
-    except ImportError:
-        raise ShardError(f"{spec!r} needs scikit-learn: pip install scikit-learn") from None
+    from hpctrain.extras import require
+
+    datasets = require("sklearn.datasets", repr(spec))
     b = getattr(datasets, f"load_{name}")()
     x = np.asarray(b.data, dtype=np.float32)
     y = np.asarray(b.target, dtype=np.int64)

@@ -201,11 +201,10 @@ def _memory_source(name: str, x: np.ndarray, y: np.ndarray, names: list[str], **
 
 def parquet_source(path: Path, *, label: str | None) -> Source:
     src = str(path)
-    try:
-        import pyarrow.parquet as pq
-        import pyarrow.types as pat
-    except ImportError:
-        raise ShardError("reading Parquet needs pyarrow: pip install pyarrow (or the 'dev' extra)") from None
+    from hpctrain.extras import require
+
+    pq = require("pyarrow.parquet", f"reading Parquet ({src})")
+    pat = require("pyarrow.types", "reading Parquet")
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001  pyarrow raises several unrelated types for bad files

@@ -81,7 +81,9 @@ def smote_class(x: np.ndarray, n_new: int, k: int, rng: np.random.Generator) -> 
     """``n_new`` synthetic rows of one class: base + u * (neighbour - base), with the base row
     drawn uniformly, the neighbour uniformly among its k nearest same-class rows and
     u ~ U[0, 1). Missing values must be imputed first: a segment to NaN is undefined."""
-    from sklearn.neighbors import NearestNeighbors
+    from hpctrain.extras import require
+
+    NearestNeighbors = require("sklearn.neighbors", "SMOTE (k nearest neighbours)").NearestNeighbors
 
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     n = x.shape[0]

@@ -79,7 +79,9 @@ def fences_for(x2d: np.ndarray, method: str) -> Fences:
 
 def median3(x: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
     """3x3 median filter over the last two axes of each sample, channels independent."""
-    from scipy.ndimage import median_filter
+    from hpctrain.extras import require
+
+    median_filter = require("scipy.ndimage", "--denoise median3").median_filter
 
     if len(sample_shape) < 2:
         raise QualityError(f"--denoise median3 needs image samples (H,W) or (C,H,W); this data has sample "

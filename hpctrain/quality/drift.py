@@ -92,7 +92,9 @@ def psi_level(v: float) -> str:
 
 def feature_drift(names: list[str], ref_cols, cur_cols, alpha: float = 0.05, bins: int = 10) -> list[FeatureDrift]:
     """``ref_cols[j]`` / ``cur_cols[j]``: all values of feature j (any order; non-finite ignored)."""
-    from scipy.stats import ks_2samp
+    from hpctrain.extras import require
+
+    ks_2samp = require("scipy.stats", "the drift KS test").ks_2samp
 
     m = max(len(names), 1)
     out = []

@@ -88,7 +88,9 @@ def _standardize(x: np.ndarray) -> np.ndarray:
 def anomaly_scores(x: np.ndarray, seed: int = 0, n_estimators: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """IsolationForest anomaly scores (higher = more anomalous) and its outlier flags
     (contamination='auto', i.e. the score threshold of the original paper)."""
-    from sklearn.ensemble import IsolationForest
+    from hpctrain.extras import require
+
+    IsolationForest = require("sklearn.ensemble", "anomaly scores (IsolationForest)").IsolationForest
 
     z = _standardize(x)
     if z.shape[0] < 2:
@@ -100,8 +102,9 @@ def anomaly_scores(x: np.ndarray, seed: int = 0, n_estimators: int = 100) -> tup
 def knn_majority(x: np.ndarray, y: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the majority label among its k nearest other rows (Euclidean distance on
     standardized features) and that label's share. Ties in the vote go to the smallest label."""
-    from sklearn.neighbors import NearestNeighbors
+    from hpctrain.extras import require
 
+    NearestNeighbors = require("sklearn.neighbors", "label-noise suspects (k nearest neighbours)").NearestNeighbors
     z = _standardize(x)
     y = np.asarray(y).astype(np.int64)
     n = z.shape[0]

@@ -49,6 +49,10 @@ def after_step(run_dir: Path, exit_code: int, *, job_id: str | None = None) -> R
                     death=f"job step exited with code {exit_code} (killed, OOM or lost node?); see the rank logs")
     if decision.action == "retry":
         resubmit(run_dir, delay_s=decision.delay_s, reason=decision.reason)
+    elif decision.action == "none" and st.state == "REQUEUED" and st.resubmit_due:
+        # restart: resubmit. A new job may start at once; a requeued one waits out Slurm's hold.
+        new = resubmit(run_dir, delay_s=0, reason=st.reason, event="resubmitted")
+        return RetryDecision("none", reason=f"requeued as job {new}")
     return decision
 
 

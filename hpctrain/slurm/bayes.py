@@ -25,8 +25,9 @@ def run_bayes(sub, sweep_dir: Path, meta: dict, space: dict[str, Dist], make_tas
 
     ``meta`` is the sweep record, saved after every change, so a rerun resumes where this stopped.
     """
-    import optuna
+    from hpctrain.extras import require
 
+    optuna = require("optuna", "a Bayesian sweep (--bayes)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=meta["name"], storage=journal_storage(sweep_dir), load_if_exists=True,
                                 direction="minimize" if mode == "min" else "maximize",

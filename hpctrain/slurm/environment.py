@@ -123,7 +123,7 @@ def pick_mpi_plugin(listing: str) -> str | None:
     """'pmix' when ``srun --mpi=list`` offers it, else None (keep the site default).
 
     OpenMPI 4+ and mpi4py start under srun only through PMIx here; with the usual site
-    default ('none') MPI_Init aborts, so multi-rank MPI/Horovod jobs need it."""
+    default ('none') MPI_Init aborts, so MPI/Horovod jobs need it, on one rank as on many."""
     offered = {line.strip() for line in listing.splitlines()}
     return "pmix" if "pmix" in offered else None
 

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -175,8 +175,13 @@ class RunJob:
                                message=decision.reason)
             print(f"hpctrain: not requeued: {decision.reason}", flush=True)
             return "interrupted"
+        resubmit = facts.executor == "slurm" and self.policy.restart == "resubmit"
         journal.record(run_dir, "requeue", job_id=facts.job_id, kind=kind, reason=decision.reason,
-                       seconds_left=left)
+                       seconds_left=left, restart="resubmit" if resubmit else "requeue")
+        if resubmit:
+            # the batch script's after-step submits the next attempt once this job step has ended
+            print(f"hpctrain: checkpoint written; resubmitting ({decision.reason})", flush=True)
+            return "interrupted"
         print(f"hpctrain: checkpoint written; requeueing ({decision.reason})", flush=True)
         if facts.executor == "local":
             sys.exit(LOCAL_REQUEUE_RETURN_CODE)
@@ -229,6 +234,8 @@ def train_requeue_aware(cfg, policy: RequeuePolicy, *, hold_at: int | None = Non
         box.append(train(cfg, stop_requested=stop_requested))
         return "completed" if box[-1].status == "completed" else "interrupted"
 
+    # a plain sbatch script has no after-step that could resubmit: the job requeues itself
+    policy = replace(policy, restart="requeue")
     outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy, hold_at=hold_at)()
     if outcome == "completed":
         return (None, box[-1]) if box else (0, None)

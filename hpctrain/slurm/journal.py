@@ -79,6 +79,12 @@ class RunState:
     failing_rank: int | None = None
     permanent: bool = False
     crashed: bool = False  # a rank died; the after-step has not yet retried or given up
+    resubmit_due: bool = False  # a 'resubmit' restart was logged; the after-step has not yet submitted it
+
+
+def permanent_reason(message: str) -> str:
+    """Why a run with a permanent error (bad config, missing data) ended without a retry."""
+    return f"not retried (permanent error): {message}"
 
 
 def fold(events: Iterable[dict]) -> RunState:
@@ -92,7 +98,7 @@ def fold(events: Iterable[dict]) -> RunState:
             jid = str(jid)
             if jid not in st.job_ids:
                 st.job_ids.append(jid)
-            if kind in ("submitted", "started", "retry"):
+            if kind in ("submitted", "started", "retry", "resubmitted"):
                 st.job_id = jid
         if kind == "submitted":
             # the job can start (and log it) before the submitter logs the submission
@@ -105,7 +111,7 @@ def fold(events: Iterable[dict]) -> RunState:
             started.add(jid)
             if st.state in ("REQUEUED", "INTERRUPTED") and st.reason and not st.reason.startswith("resumed after"):
                 st.reason = f"resumed after: {st.reason}"  # the old cause, not a current problem
-            st.state, st.crashed = "RUNNING", False
+            st.state, st.crashed, st.resubmit_due = "RUNNING", False, False
             st.restarts_seen = max(st.restarts_seen, int(ev.get("restart_count", 0)))
         elif kind == "requeue":
             st.state = "REQUEUED"
@@ -115,6 +121,10 @@ def fold(events: Iterable[dict]) -> RunState:
             else:
                 st.preemptions += 1
             st.reason = ev.get("reason", "")
+            st.resubmit_due = ev.get("restart") == "resubmit"
+        elif kind == "resubmitted":
+            # the next attempt of a requeue, as a new job: still REQUEUED until it starts; not a retry
+            st.resubmit_due = False
         elif kind == "stopped":
             if st.state != "CANCELLED":  # the SIGTERM of a cancel arrives after the cancel
                 st.state, st.reason = "INTERRUPTED", ev.get("reason", "")
@@ -127,7 +137,9 @@ def fold(events: Iterable[dict]) -> RunState:
             st.reason = ev.get("message", "")
             st.permanent = bool(ev.get("permanent"))
             if st.permanent:
-                st.state = "FAILED"
+                # final at once: worded as the after-step's 'gave_up' will word it, so a waiter
+                # that returns before that record says the same as 'hpctrain status' after it
+                st.state, st.reason = "FAILED", permanent_reason(st.reason)
             else:  # not final: a retry may follow (see retry.after_step)
                 st.crashed = True
             if ev.get("rank") is not None:

@@ -34,7 +34,7 @@ class SubmitRequest:
     config: str | None = None          # the training config (YAML); None with ``counter``
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, in order
     name: str | None = None            # the run name (default: run.name of the config, or "counter")
-    runs_dir: str | None = None        # where --counter runs live (default $HPCTRAIN_RUNS or runs)
+    runs_dir: str | None = None        # the run dir is RUNS_DIR/<name> (see _check_runs_dir for configs)
     cluster: Literal["slurm", "local"] = "slurm"
     job: dict[str, Any] = field(default_factory=dict)  # JobSpec fields (sbatch.RESOURCE_FIELDS + QUEUE_FIELDS)
     requeue: RequeuePolicy = field(default_factory=RequeuePolicy)
@@ -50,6 +50,20 @@ class SubmitRequest:
                               "and array come from the request); leave them out")
         if self.hold_at is not None and self.hold_at < 1:
             raise ConfigError(f"--test-hold-at must be >= 1 (a step boundary), got {self.hold_at}")
+
+
+def _check_runs_dir(req: SubmitRequest, run_dir: Path) -> None:
+    """--runs-dir places a config run at RUNS_DIR/<run.name>; a run.dir set in the config or by
+    --set names another place, and neither may silently win."""
+    from hpctrain.config import load_yaml
+
+    run = load_yaml(req.config).get("run")
+    in_config = isinstance(run, dict) and run.get("dir") is not None
+    in_set = any(o.split("=", 1)[0].strip() == "run.dir" for o in req.overrides)
+    if in_config or in_set:
+        where = "--set run.dir" if in_set else f"run.dir in {req.config}"
+        raise ConfigError(f"--runs-dir {req.runs_dir!r} and {where} ({str(run_dir)!r}) both say where the run "
+                          f"goes; drop --runs-dir, or drop {where} to get {req.runs_dir}/<run.name>")
 
 
 def build_submission(req: SubmitRequest, *, name: str | None = None, run_dir: str | Path | None = None,
@@ -80,16 +94,24 @@ def build_submission(req: SubmitRequest, *, name: str | None = None, run_dir: st
                 overrides.append(f"run.name={req.name}")
             cfg = load_config(req.config, overrides)
             name = name or cfg.run.name
+            if req.runs_dir and run_dir is None:
+                _check_runs_dir(req, cfg.run.dir)
+                run_dir = Path(req.runs_dir) / cfg.run.name
             run_dir = run_dir or Path(cfg.run.dir)
             task = TrainTask(config=str(RunDir(Path(run_dir).resolve()).config_snapshot), overrides=overrides)
     run_dir = Path(run_dir).resolve()
     job = dict(req.job)
-    ranks = job.get("nodes", 1) * job.get("ntasks_per_node", 1)
-    if (job.get("mpi") is None and cfg is not None and ranks > 1 and req.cluster != "local"
+    if (job.get("mpi") is None and cfg is not None and req.cluster != "local"
             and cfg.comm.backend in ("mpi", "horovod")):
         from hpctrain.slurm.environment import auto_mpi_plugin
 
-        job["mpi"] = auto_mpi_plugin()  # several MPI ranks under srun need PMIx; --mpi overrides
+        # Every rank of these backends calls MPI_Init, a single one too: under srun without a
+        # PMI plugin (the usual site default 'none') Open MPI aborts. --mpi overrides.
+        job["mpi"] = auto_mpi_plugin()
+    if cfg is not None and cfg.slurm.sbatch:
+        from hpctrain.slurm.sbatch_options import merge, parse_cli, parse_mapping
+
+        job["sbatch"] = merge(parse_mapping(cfg.slurm.sbatch), parse_cli(job.get("sbatch") or []))
     spec = JobSpec(name=name, run_dir=run_dir, signal=req.requeue.signal, signal_delay_s=req.requeue.signal_delay_s,
                    **job)
     return Submission(spec=spec, job=RunJob(run_dir=str(run_dir), task=task, policy=req.requeue,

@@ -24,6 +24,14 @@ CLOCK_SLACK_S = 30
 
 Kind = Literal["timeout", "preemption", "terminated"]
 
+# How the next attempt is started. "resubmit": the batch script's after-step submits a new
+# job for the same run dir, which may start at once. "requeue": `scontrol requeue` keeps the
+# job id (for other jobs' --dependency on it), but Slurm 22.05 then holds the job until its
+# old launch credential has expired (AuthInfo cred_expire + 1 s, 121 s by default) and sets
+# that hold when the old attempt has ended, so nothing inside the job can lift it.
+Restart = Literal["resubmit", "requeue"]
+RESTART_MODES = ("resubmit", "requeue")
+
 
 def signal_number(name: str) -> int:
     from hpctrain.errors import ConfigError
@@ -103,6 +111,9 @@ class RequeuePolicy:
     signal_delay_s: int = field(default=DEFAULT_SIGNAL_DELAY_S, metadata={
         "flag": "--signal-delay", "metavar": "S",
         "help": "seconds before the time limit that the signal is sent; tells a time limit from a preemption"})
+    restart: Restart = field(default="resubmit", metadata={
+        "help": "after a preemption/time-limit signal: 'resubmit' (a new job for the run dir, starts at once) "
+                "or 'requeue' (same job id, Slurm holds it ~cred_expire, 121 s by default)"})
 
     def __post_init__(self) -> None:
         from hpctrain.errors import ConfigError
@@ -112,6 +123,9 @@ class RequeuePolicy:
             raise ConfigError(f"--max-timeouts must be >= 0, got {self.max_timeouts}")
         if self.max_preemptions is not None and self.max_preemptions < 0:
             raise ConfigError(f"--max-preemptions must be >= 0, got {self.max_preemptions}")
+        if self.restart not in RESTART_MODES:
+            raise ConfigError(f"--restart {self.restart!r} is not one of {', '.join(RESTART_MODES)}; "
+                              "use resubmit (the default) or requeue (keeps the job id)")
         if self.signal_delay_s < 1:
             raise ConfigError(f"--signal-delay must be >= 1 s, got {self.signal_delay_s}")
 

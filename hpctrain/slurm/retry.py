@@ -48,7 +48,7 @@ def decide_retry(st: journal.RunState, *, exit_code: int, completed: bool, polic
     if st.state in ("REQUEUED", "INTERRUPTED", "CANCELLED"):
         return RetryDecision("none", reason=st.state.lower())
     if st.state == "FAILED" and st.permanent:
-        return RetryDecision("fail", reason=f"not retried (permanent error): {st.reason}")
+        return RetryDecision("fail", reason=st.reason)  # journal.fold worded it (journal.permanent_reason)
     why = st.reason if st.crashed and st.reason else f"job step exited with code {exit_code}"
     if st.retries >= policy.retries:
         return RetryDecision("fail", reason=f"failed after {st.retries} retries (--retries {policy.retries}): {why}")

@@ -21,6 +21,7 @@ from hpctrain.errors import ConfigError
 from hpctrain.rundir import LOGS, RunDir, trial_name
 from hpctrain.slurm.environment import parse_time_limit
 from hpctrain.slurm.requeue import DEFAULT_SIGNAL, DEFAULT_SIGNAL_DELAY_S, signal_number
+from hpctrain.slurm.sbatch_options import as_items, check_against, parse_cli
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+-]")
 _MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
@@ -55,9 +56,14 @@ class JobSpec:
     setup: list[str] = field(default_factory=list, metadata={
         "metavar": "LINE", "help": "shell line run before srun, e.g. 'module load cuda' (repeatable)"})
     mpi: str | None = field(default=None, metadata={
-        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when several ranks and "
-                "'srun --mpi=list' offers it; with the site default 'none' MPI_Init aborts); comm.backend torch "
+        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when 'srun --mpi=list' offers "
+                "it, for one rank too; with the site default 'none' MPI_Init aborts); comm.backend torch "
                 "needs none"})
+    sbatch: list[str] = field(default_factory=list, metadata={
+        "metavar": "KEY=VALUE",
+        "help": "an sbatch option hpctrain has no flag for, passed through as #SBATCH --KEY=VALUE (repeatable; "
+                "a switch without =VALUE), e.g. reservation=maint, gres=gpu:a100:4, dependency=afterok:123, "
+                "mail-type=END; checked before anything is queued; adds to the config's slurm.sbatch"})
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -96,6 +102,9 @@ class JobSpec:
         for line in self.setup:
             if "\n" in line:
                 raise ConfigError(f"setup line {line!r} holds a newline; pass one line per --setup")
+        pairs = parse_cli(self.sbatch)
+        check_against(pairs, gpus_per_node=self.gpus_per_node, mem=self.mem)
+        self.sbatch = as_items(pairs)  # one spelling ('reservation=x'), however it was written
 
     @property
     def job_name(self) -> str:
@@ -108,7 +117,7 @@ class JobSpec:
 
 # JobSpec fields that are command-line flags ("resources" and "queue"); the rest are derived
 RESOURCE_FIELDS = ("nodes", "ntasks_per_node", "gpus_per_node", "cpus_per_task", "mem")
-QUEUE_FIELDS = ("time", "partition", "account", "qos", "constraint", "exclusive", "mpi", "setup")
+QUEUE_FIELDS = ("time", "partition", "account", "qos", "constraint", "exclusive", "mpi", "setup", "sbatch")
 
 
 def check_path(path: Path, what: str) -> None:
@@ -172,6 +181,11 @@ def render_sbatch(spec: JobSpec) -> str:
     lines += [f"#SBATCH --{k}={sbatch_value(v)}" for k, v in opts]
     if spec.exclusive:
         lines.append("#SBATCH --exclusive")
+    if spec.sbatch:
+        lines.append("# site options (--sbatch, slurm.sbatch in the config)")
+        for item in spec.sbatch:
+            key, eq, value = item.partition("=")
+            lines.append(f"#SBATCH --{key}={sbatch_value(value)}" if eq else f"#SBATCH --{key}")
     lines.append("#SBATCH --requeue")
     lines.append("")
     if spec.setup:

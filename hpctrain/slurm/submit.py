@@ -203,13 +203,18 @@ def submit_slurm(sub: Submission) -> str:
     return job_id
 
 
-def resubmit(run_dir: Path, *, delay_s: float, reason: str) -> str:
-    """A retry: the same run dir and callable, a new job that starts after ``delay_s``."""
+def resubmit(run_dir: Path, *, delay_s: float, reason: str, event: str = "retry") -> str:
+    """A new job for the same run dir and callable that starts after ``delay_s``: a retry
+    (``event="retry"``) or the next attempt after a preemption (``"resubmitted"``)."""
     sub = load_submission(run_dir)
-    spec = dataclasses.replace(sub.spec, begin=f"now+{int(round(delay_s))}" if delay_s >= 1 else None)
+    # the first attempt has started, so its --dependency was met; the job it names may have
+    # left slurmctld's memory since, and sbatch would then refuse the new job
+    # getattr: a run submitted before JobSpec had site options is resubmitted by this version too
+    sbatch = [o for o in getattr(sub.spec, "sbatch", []) if o.partition("=")[0] != "dependency"]
+    spec = dataclasses.replace(sub.spec, begin=f"now+{int(round(delay_s))}" if delay_s >= 1 else None, sbatch=sbatch)
     if sub.cluster != "slurm":
         raise ClusterError("resubmit() is for Slurm runs; local runs retry in the foreground")
     ex = make_slurm_executor(spec)
     job = ex.submit(sub.job)
-    journal.record(run_dir, "retry", job_id=str(job.job_id), delay_s=delay_s, reason=reason)
+    journal.record(run_dir, event, job_id=str(job.job_id), delay_s=delay_s, reason=reason)
     return str(job.job_id)

@@ -342,7 +342,9 @@ def check_metric(metric: str, names: tuple[str, ...], *, val_split: bool = True)
 
 def journal_storage(sweep_dir: Path):
     """Optuna storage in a plain file of the sweep dir (works on NFS/Lustre; no server)."""
-    import optuna
+    from hpctrain.extras import require
+
+    optuna = require("optuna", "a Bayesian sweep (--bayes)")
 
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     path = str(RunDir(sweep_dir).optuna_journal)

@@ -259,6 +259,19 @@ class CommConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class SlurmConfig:
+    sbatch: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "sbatch options 'hpctrain submit' passes through ({reservation: maint, gres: 'gpu:a100:4', "
+                "hold: true}); its --sbatch KEY=VALUE adds to them and wins on the same key; options with a "
+                "typed flag (--time, --nodes...) are refused"})
+
+    def __post_init__(self):
+        from hpctrain.slurm.sbatch_options import parse_mapping
+
+        parse_mapping(self.sbatch)  # a typo fails 'train --check' too, not first at submit time
+
+
+@dataclass(kw_only=True, slots=True)
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run name, dir, seed, length"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "shards and batching"})
@@ -273,6 +286,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "metrics and plots"})
     comm: CommConfig = field(default_factory=CommConfig, metadata={"help": "gradient exchange"})
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
+        "help": "site options for 'hpctrain submit' (the trainer ignores them)"})
 
     def __post_init__(self):
         if self.data.dir is None:
@@ -287,7 +302,7 @@ class TrainConfig:
 
 
 SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "augmentation",
-            "imputation", "checkpoint", "logging", "comm")
+            "imputation", "checkpoint", "logging", "comm", "slurm")
 
 
 def load_config(path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -459,11 +459,9 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
         return TrainResult("completed", int(done.get("step", 0)), int(done.get("epoch", 0)),
                            dict(done.get("metrics") or {}), run_dir, None)
     if cfg.logging.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError as e:
-            raise ConfigError(f"logging.tensorboard: TensorBoard is not installed ({e}); pip install tensorboard, "
-                              "or set logging.tensorboard=false") from None
+        from hpctrain.extras import require
+
+        require("tensorboard", "logging.tensorboard (or set logging.tensorboard=false)")
     trainer = Trainer(cfg, info, plan, stop_requested)
     # Which rank ran where: the first thing to know about a hung or slow multi-node job.
     placement = trainer.comm.gather({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
