@@ -45,6 +45,12 @@ class RunConfig:
         "help": "torch threads per rank (null: torch's default). One per rank avoids oversubscribing cores"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
         "help": "auto: the CUDA device of this rank's local rank when CUDA is present, else CPU"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={
+        "help": "forward/loss under autocast: bf16 (CPU or CUDA), fp16 (CUDA only, with a gradient scaler whose "
+                "state is checkpointed), fp32 (no autocast). Weights and optimizer state stay float32"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model (the checkpoint keeps the plain parameter names, so a run may resume "
+                "with or without it)"})
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -84,6 +90,12 @@ class DataConfig:
 class ModelConfig:
     kind: Literal["mlp", "cnn", "attention"] = field(default="mlp", metadata={
         "help": "mlp (tables), cnn (images C x H x W), attention (features as tokens; exposes attention weights)"})
+    module: str | None = field(default=None, metadata={
+        "help": "your own model: 'package.module:factory', called as factory(**model.args, sample_shape=..., "
+                "num_outputs=...) and returning a torch.nn.Module (a built-in name mlp/cnn/attention works too). "
+                "Replaces kind/hidden/channels/embed_dim/heads/layers/dropout"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the model.module factory"})
     hidden: list[int] = field(default_factory=lambda: [128, 64], metadata={"help": "mlp: hidden layer widths"})
     channels: list[int] = field(default_factory=lambda: [16, 32], metadata={
         "help": "cnn: channels of each 3x3 conv block"})
@@ -109,6 +121,13 @@ class ModelConfig:
             raise ConfigError(f"model.heads: {self.heads} does not divide model.embed_dim={self.embed_dim}; "
                               "choose heads that divide embed_dim")
         _fraction("model.dropout", self.dropout)
+        if self.args and self.module is None:
+            raise ConfigError("model.args: only used with model.module; set model.module='package.module:factory' "
+                              "or remove model.args")
+        if self.module is not None and self.module not in ("mlp", "cnn", "attention") and (
+                ":" not in self.module or self.module.startswith(":") or self.module.endswith(":")):
+            raise ConfigError(f"model.module: got {self.module!r}, expected 'package.module:factory' (or a built-in "
+                              "name: mlp, cnn, attention)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -122,6 +141,8 @@ class OptimizerConfig:
     eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon"})
     body_lr_scale: float = field(default=1.0, metadata={
         "help": "transfer learning: LR multiplier of the non-head parameters (e.g. 0.1)"})
+    clip_grad_norm: float | None = field(default=None, metadata={
+        "help": "clip the global L2 norm of the averaged gradients to this value before each step (null: off)"})
 
     def __post_init__(self):
         _positive("optimizer.lr", self.lr)
@@ -132,6 +153,8 @@ class OptimizerConfig:
             _fraction(f"optimizer.betas[{i}]", b)
         _positive("optimizer.eps", self.eps)
         _positive("optimizer.body_lr_scale", self.body_lr_scale)
+        if self.clip_grad_norm is not None:
+            _positive("optimizer.clip_grad_norm", self.clip_grad_norm)
         if self.nesterov and self.name != "sgd":
             raise ConfigError("optimizer.nesterov: only meaningful with optimizer.name=sgd")
 
@@ -191,6 +214,26 @@ class ImbalanceConfig:
 
     def __post_init__(self):
         _positive("imbalance.focal_gamma", self.focal_gamma, allow_zero=True)
+
+
+# the built-in losses (hpctrain.train.losses.BUILTIN_LOSSES; named here so loading a config imports no torch)
+LOSS_NAMES = ("cross_entropy", "focal", "mse", "mae")
+
+
+@dataclass(kw_only=True, slots=True)
+class LossConfig:
+    module: str | None = field(default=None, metadata={
+        "help": "the training loss: a built-in (cross_entropy, focal, mse, mae) or your own 'package.module:factory' "
+                "called as factory(**loss.args) and returning a callable (outputs, targets) -> scalar tensor. "
+                "null: imbalance.loss with its class weights"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments of the loss factory"})
+
+    def __post_init__(self):
+        if self.args and self.module is None:
+            raise ConfigError("loss.args: only used with loss.module; set loss.module or remove loss.args")
+        if self.module is not None and ":" not in self.module and self.module not in LOSS_NAMES:
+            raise ConfigError(f"loss.module: got {self.module!r}, expected one of {list(LOSS_NAMES)} or "
+                              "'package.module:factory'")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -266,6 +309,7 @@ class TrainConfig:
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig,
                                                  metadata={"help": "L1/L2, early stopping"})
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig, metadata={"help": "class imbalance"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the training loss"})
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={"help": "augmentation"})
     imputation: ImputationConfig = field(default_factory=ImputationConfig, metadata={"help": "missing values"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
@@ -284,7 +328,7 @@ class TrainConfig:
         return to_dict(self)
 
 
-SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "augmentation",
+SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "augmentation",
             "imputation", "checkpoint", "logging", "comm")
 
 
@@ -357,6 +401,10 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
             raise ConfigError(f"augmentation.ops: {e}") from None
     if cfg.regularization.early_stopping and cfg.data.val_split is None:
         raise ConfigError("regularization.early_stopping: needs a validation split; set data.val_split")
+    if cfg.run.precision == "fp16":
+        _check_fp16(cfg.run.device)
+    if cfg.model.module is not None or cfg.loss.module is not None:
+        check_model(cfg)
     lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
     return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
 
@@ -379,6 +427,52 @@ def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]
     except ShardError as e:
         raise ConfigError(f"data.dir: {e}") from None
     return rows
+
+
+def _check_fp16(device: str) -> None:
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("run.precision=fp16: float16 training needs CUDA (its gradient scaler and fast fp16 "
+                          "kernels are CUDA-only; on CPU fp16 autocast is slow and unscaled gradients underflow); "
+                          "use run.precision=bf16 on CPU, or run on a GPU")
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """Build the configured model (and loss) and run one small batch of the training split through
+    them on CPU, so an import error, a wrong factory signature or an output that does not fit the
+    labels is a one-line error here, at --check time, not a traceback on every rank later."""
+    import numpy as np
+    import torch
+
+    from hpctrain.data.shards import iter_arrays
+    from hpctrain.train.data import describe
+    from hpctrain.train.losses import loss_from_config
+    from hpctrain.train.models import check_output, model_from_config
+
+    info = describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
+    rng = torch.get_rng_state()  # building a model draws random weights: leave the caller's stream alone
+    try:
+        model = model_from_config(cfg.model, info.sample_shape, info.num_classes)
+        _, x, y = next(iter_arrays(cfg.data.dir, split=cfg.data.train_split))
+        x, y = torch.from_numpy(np.ascontiguousarray(x[:2])), torch.from_numpy(np.ascontiguousarray(y[:2]))
+        key = "model.module" if cfg.model.module is not None else "model.kind"
+        out = check_output(model.train(), x, info.num_classes, key, f"the {info.num_classes} classes of the labels")
+        if cfg.loss.module is not None:
+            classes = torch.tensor(info.classes, dtype=torch.int64)
+            target = torch.searchsorted(classes, y)
+            loss = loss_from_config(cfg.loss, num_outputs=info.num_classes)
+            try:
+                value = loss(out, target)
+            except Exception as e:  # noqa: BLE001 - user code: one line naming the key
+                raise ConfigError(f"loss.module: {cfg.loss.module!r} on outputs {tuple(out.shape)} and targets "
+                                  f"{tuple(target.shape)} {target.dtype} raised {type(e).__name__}: {e}") from None
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise ConfigError(f"loss.module: {cfg.loss.module!r} returned "
+                                  f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
+                                  ", expected a scalar tensor (reduce over the batch)")
+    finally:
+        torch.set_rng_state(rng)
 
 
 def _check_imputer(path: Path) -> None:
