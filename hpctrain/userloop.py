@@ -132,6 +132,7 @@ class Session:
         self.info = rank_info()
         self.seed, self.checkpoint_every, self.keep = seed, checkpoint_every, keep
         self.preempted = False
+        self.resumed_from: str | None = None
         self.step = 0
         self.epoch = 0
         self._objects: Mapping[str, Any] = {}
@@ -243,6 +244,7 @@ class Session:
         for key, obj in self._objects.items():
             obj.load_state_dict(saved[key])
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
+        self.resumed_from = name
         if ck.get("world_size") == self.world_size:
             _set_rng_state(ck["rng"][self.rank])
             if ck.get("loader") is not None and self._loader is not None:
@@ -260,6 +262,8 @@ class Session:
 
     def checkpoint(self, step: int) -> None:
         """Write the checkpoint of ``step`` (collective: call it on every rank)."""
+        import torch
+
         from hpctrain.train import checkpoint as C
         from hpctrain.train.trainer import _rng_state
 
@@ -270,9 +274,11 @@ class Session:
                 loader = self._loader.state_dict()
                 if loader["batch"] >= len(self._loader):  # at the end of an epoch: resume at the next one
                     epoch, loader = epoch + 1, None
+            objects = {k: _cpu(o.state_dict()) for k, o in self._objects.items()}
+            # "model": the first module's weights, where tools that read hpctrain checkpoints look
+            model = next((objects[k] for k, o in self._objects.items() if isinstance(o, torch.nn.Module)), {})
             payload = {"format": FORMAT, "step": int(step), "epoch": epoch, "world_size": self.world_size,
-                       "objects": {k: _cpu(o.state_dict()) for k, o in self._objects.items()},
-                       "loader": loader, "rng": rngs}
+                       "objects": objects, "model": model, "loader": loader, "rng": rngs}
             C.save(self.ckpt_dir, int(step), payload, keep=self.keep)
         self.comm.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume them
 
@@ -303,7 +309,10 @@ class Session:
                 loader.set_epoch(epoch)
             positioned = False
             self.epoch = epoch
-            for batch in loader:
+            it = iter(loader)
+            while True:
+                # agree BEFORE drawing the next batch: the checkpoint's loader position must be
+                # that of the last completed step
                 if self.stop_agreed():
                     self.checkpoint(step)
                     self.preempted = True
@@ -311,6 +320,9 @@ class Session:
                         print(f"hpctrain session: preempted; checkpoint of step {step} written", file=sys.stderr,
                               flush=True)
                     raise Preempted(step)
+                batch = next(it, None)
+                if batch is None:
+                    break
                 step += 1
                 self.step = step
                 yield step, tuple(self._owned(t) for t in batch)

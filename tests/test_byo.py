@@ -1,0 +1,254 @@
+"""Issue 19 in one process: a model and a loss named by import path (a package outside
+hpctrain/: docs/examples/byo), one-line errors at --check, and the session API's exact resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "docs" / "examples" / "byo"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def example_on_path():
+    sys.path.insert(0, str(EXAMPLE))
+    yield
+    sys.path.remove(str(EXAMPLE))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from slurm_helpers import make_blobs
+
+    return make_blobs(tmp_path_factory.mktemp("byo") / "blobs", train=240, val=60, rows_per_shard=40)
+
+
+def cfg(data_dir, run_dir, **sections):
+    from hpctrain.train.config import load_config
+
+    base = {"run": {"name": "byo", "dir": str(run_dir), "epochs": 3, "seed": 3},
+            "data": {"dir": str(data_dir), "batch_size": 16, "prefetch": 0},
+            "model": {"module": "byo_example.model:build", "args": {"width": 16, "blocks": 1, "dropout": 0.1}},
+            "optimizer": {"name": "adamw", "lr": 0.01},
+            "checkpoint": {"every_steps": 5, "keep": 50},
+            "logging": {"every_steps": 5, "plots": False, "progress": False},
+            "comm": {"backend": "mpi"}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    return load_config(base)
+
+
+def test_a_model_from_an_import_path_trains_and_resumes_bit_for_bit(tmp_path, data):
+    from hpctrain.train.checkpoint import load
+    from hpctrain.train.trainer import train
+
+    full = train(cfg(data, tmp_path / "full"))
+    assert full.status == "completed" and full.metrics["val_accuracy"] > 0.9
+    model = load(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
+    assert any(k.startswith("blocks.0.fc1") for k in model)  # the user's architecture, not a built-in
+
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 9
+
+    c = cfg(data, tmp_path / "cut")
+    assert train(c, stop_requested=stop).status == "interrupted"
+    assert train(c).status == "completed"
+    a = load(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
+    b = load(tmp_path / "cut" / "checkpoints" / "final.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_builtin_kind_through_the_registry_is_the_same_model():
+    from hpctrain.train.models import BUILTIN_MODELS, build_model
+
+    torch.manual_seed(0)
+    a = BUILTIN_MODELS["mlp"](sample_shape=(6,), num_outputs=3, hidden=[8])
+    torch.manual_seed(0)
+    b = build_model("mlp", (6,), 3, hidden=[8])
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_losses_by_name_and_by_import_path(tmp_path, data):
+    from hpctrain.train.config import load_config
+    from hpctrain.train.losses import loss_from_config
+
+    out, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    ce = loss_from_config(load_config({"data": {"dir": "x"}, "loss": {"module": "cross_entropy"}}).loss)
+    assert torch.equal(ce(out, y), torch.nn.functional.cross_entropy(out, y))
+    mse = loss_from_config(load_config({"data": {"dir": "x"}, "loss": {"module": "mse"}}).loss)
+    t = torch.randn(5)
+    assert torch.equal(mse(out[:, :1], t), torch.nn.functional.mse_loss(out[:, 0], t))
+    mae = loss_from_config(load_config({"data": {"dir": "x"}, "loss": {"module": "mae"}}).loss)
+    assert torch.equal(mae(out[:, :1], t), torch.nn.functional.l1_loss(out[:, 0], t))
+    # a user's loss by import path, trained with
+    (tmp_path / "myloss.py").write_text(textwrap.dedent("""
+        import torch.nn.functional as F
+
+        def make(*, scale=1.0):
+            return lambda out, y: scale * F.cross_entropy(out, y)
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from hpctrain.train.trainer import train
+
+        res = train(cfg(data, tmp_path / "run", loss={"module": "myloss:make", "args": {"scale": 2.0}},
+                        run={"epochs": 1}))
+        assert res.status == "completed" and res.metrics["val_accuracy"] > 0.6
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+BAD = {
+    "does_not_import": ({"module": "no_such_pkg.models:build"}, "model.module: cannot import module 'no_such_pkg"),
+    "no_attribute": ({"module": "byo_example.model:nope"}, "model.module: module 'byo_example.model' has no "
+                                                          "attribute 'nope'"),
+    "wrong_signature": ({"module": "badmodels:positional"}, "model.module: 'badmodels:positional'"),
+    "not_a_module": ({"module": "badmodels:not_a_module"}, "returned a dict, expected a torch.nn.Module"),
+    "wrong_output": ({"module": "byo_example.model:build", "args": {"width": 8}, },
+                     "model.module: the model maps a batch of shape (2, 6) to (2, 5), but the 3 classes"),
+    "raises": ({"module": "badmodels:raises"}, "model.module: 'badmodels:raises' raised ValueError: no"),
+    "bad_spec": ({"module": "byo_example.model"}, "model.module: got 'byo_example.model', expected 'package.module"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_models_are_one_line_errors_at_check(tmp_path, data, case):
+    """Through the real CLI: 'hpctrain train --check' exits 2 with one line naming the key."""
+    import yaml
+
+    (tmp_path / "badmodels.py").write_text(textwrap.dedent("""
+        import torch
+
+        def positional(width, sample_shape, num_outputs):
+            return torch.nn.Linear(6, num_outputs)
+
+        def not_a_module(*, sample_shape, num_outputs):
+            return {}
+
+        def raises(*, sample_shape, num_outputs):
+            raise ValueError("no")
+    """))
+    model, want = BAD[case]
+    if case == "wrong_output":  # build a 5-output model for 3 classes: a factory that ignores num_outputs
+        (tmp_path / "wrong.py").write_text("from byo_example.model import build as b\n"
+                                           "def build(*, sample_shape, num_outputs, **kw):\n"
+                                           "    return b(sample_shape=sample_shape, num_outputs=5, **kw)\n")
+        model = {"module": "wrong:build", "args": {"width": 8}}
+    conf = {"run": {"dir": str(tmp_path / "run")}, "data": {"dir": str(data), "batch_size": 8}, "model": model}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(conf))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(EXAMPLE)]))
+    p = subprocess.run([sys.executable, "-m", "hpctrain", "train", "c.yaml", "--check"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and want in lines[0], p.stderr
+
+
+def test_model_args_without_module_and_unknown_loss_are_refused():
+    from hpctrain.errors import ConfigError
+    from hpctrain.train.config import load_config
+
+    with pytest.raises(ConfigError, match="model.args: only used with model.module"):
+        load_config({"data": {"dir": "x"}, "model": {"args": {"width": 3}}})
+    with pytest.raises(ConfigError, match="loss.module: got 'hinge'"):
+        load_config({"data": {"dir": "x"}, "loss": {"module": "hinge"}})
+
+
+# -- the session API -------------------------------------------------------------------------------
+def loop(data, run_dir, *, epochs=2, usr2_at=None, every=4, backend="mpi"):
+    """The loop of docs/examples/byo/train.py, small; USR2 to itself after step ``usr2_at``."""
+    import hpctrain
+    from byo_example.model import build
+
+    with hpctrain.session(run_dir, backend=backend, seed=7, checkpoint_every=every, keep=50) as s:
+        loader = s.loader(data, batch_size=16, prefetch=0)
+        model = build(sample_shape=(6,), num_outputs=3, width=16, blocks=1, dropout=0.2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        model, opt = s.setup(model, opt, clip_grad_norm=0.5)
+        state = s.resume({"model": model, "opt": opt})
+        for step, (x, y) in s.steps(loader, start=state.step, epochs=epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            s.log(step, loss=loss.item())
+            s.checkpoint_if_due(step)
+            if step == usr2_at:
+                os.kill(os.getpid(), signal.SIGUSR2)
+        s.checkpoint(s.step)
+    return s, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_session_preempted_by_usr2_resumes_bit_for_bit(tmp_path, data):
+    import json
+
+    import hpctrain
+
+    s_full, full = loop(data, tmp_path / "full")
+    assert s_full.step == 2 * (240 // 16) and json.loads((tmp_path / "full" / "result.json").read_text())[
+        "status"] == "completed"
+    with pytest.raises(hpctrain.Preempted) as e:
+        loop(data, tmp_path / "cut", usr2_at=10)  # mid-epoch: the loader position must come back too
+    assert e.value.step == 10 and e.value.code == 3
+    assert not (tmp_path / "cut" / "result.json").exists()
+    s_cut, cut = loop(data, tmp_path / "cut")
+    assert s_cut.resumed_from.endswith("step-00000010.pt")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, s_full.step + 1))  # no step logged twice across the restart
+    # the signal handler is gone after the session: USR2 would kill the process again, not raise a flag
+    assert signal.getsignal(signal.SIGUSR2) in (signal.SIG_DFL, None)
+
+
+def test_session_clips_the_gradient_norm(tmp_path, data):
+    """The norm seen by the optimizer's step is at most clip_grad_norm (checked on a step)."""
+    import hpctrain
+
+    seen = []
+    with hpctrain.session(tmp_path / "clip", checkpoint_every=0) as s:
+        model = torch.nn.Linear(6, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = s.setup(model, opt, clip_grad_norm=0.01)
+        orig = opt.optimizer.step
+
+        def spy(*a, **k):
+            seen.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))))
+            return orig(*a, **k)
+
+        opt.optimizer.step = spy
+        x = torch.randn(16, 6) * 100
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(16, dtype=torch.int64)).backward()
+        unclipped = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+        opt.step()
+    assert unclipped > 0.1 and seen and seen[0] <= 0.01 * (1 + 1e-5)
+
+
+def test_session_bad_inputs(tmp_path, data):
+    import hpctrain
+    from hpctrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="give epochs=N or max_steps=N"):
+        with hpctrain.session(tmp_path / "a") as s:
+            next(s.steps(s.loader(data, batch_size=8)))
+    with pytest.raises(ConfigError, match="'n' is a int without state_dict"):
+        with hpctrain.session(tmp_path / "b") as s:
+            s.resume({"n": 3})
+    with pytest.raises(ConfigError, match="run_dir is missing"):
+        with hpctrain.session():
+            pass
+    assert not np.any([(tmp_path / d / "result.json").exists() for d in ("a", "b")])
