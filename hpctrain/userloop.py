@@ -90,17 +90,10 @@ class _Optimizer:
         self._exchange.zero_grad()
 
     def step(self) -> None:
-        ex = self._exchange
-        if self._clip is not None:
-            import torch
+        from hpctrain.train.precision import apply_step
 
-            # clip the AVERAGED gradients, the same on every rank: wait for the exchange first
-            if hasattr(ex, "synchronize"):
-                ex.synchronize()
-                torch.nn.utils.clip_grad_norm_(self._params, self._clip)
-                ex.optimizer.step()
-                return
-        ex.step()
+        # clipping sees the averaged gradients, the same on every rank
+        apply_step(self._exchange, self._params, clip_grad_norm=self._clip)
 
     @property
     def optimizer(self):

@@ -252,3 +252,70 @@ def test_session_bad_inputs(tmp_path, data):
         with hpctrain.session():
             pass
     assert not np.any([(tmp_path / d / "result.json").exists() for d in ("a", "b")])
+
+
+# -- precision, clipping, compile --------------------------------------------------------------------
+def test_bf16_on_cpu_trains_and_resumes_bit_for_bit(tmp_path, data):
+    import json
+
+    from hpctrain.train.checkpoint import load
+    from hpctrain.train.trainer import train
+
+    c = cfg(data, tmp_path / "full", run={"precision": "bf16"})
+    full = train(c)
+    losses = [json.loads(r)["train_loss"] for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(r)["kind"] == "epoch"]
+    assert len(losses) == 3 and losses[-1] < losses[0] * 0.5 and full.metrics["val_accuracy"] > 0.9
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 12
+
+    cut = cfg(data, tmp_path / "cut", run={"precision": "bf16"})
+    assert train(cut, stop_requested=stop).status == "interrupted"
+    assert train(cut).status == "completed"
+    a = load(tmp_path / "full" / "checkpoints" / "final.pt")["model"]
+    b = load(tmp_path / "cut" / "checkpoints" / "final.pt")["model"]
+    assert all(a[k].dtype == torch.float32 and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp16_without_cuda_is_refused_with_the_reason(tmp_path, data):
+    from hpctrain.errors import ConfigError
+    from hpctrain.train.config import check_runtime
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: fp16 is allowed here")
+    with pytest.raises(ConfigError, match="run.precision=fp16: float16 training needs CUDA .*use run.precision=bf16"):
+        check_runtime(cfg(data, tmp_path / "r", run={"precision": "fp16"}), 1)
+
+
+def test_clip_grad_norm_bounds_the_norm_of_each_step(tmp_path, data, monkeypatch):
+    from hpctrain.train.trainer import train
+
+    norms = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        before = real(params, max_norm, *a, **k)
+        after = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        norms.append((float(before), after))
+        return before
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)  # precision.apply_step looks it up per call
+    res = train(cfg(data, tmp_path / "clip", run={"epochs": 1}, optimizer={"clip_grad_norm": 0.05}))
+    assert res.status == "completed" and len(norms) == res.step
+    assert any(b > 0.05 for b, _ in norms)  # clipping had something to do
+    assert all(a <= 0.05 * (1 + 1e-4) for _, a in norms)
+
+
+@pytest.mark.slow  # inductor compiles C++ for the model: about 30 s
+def test_torch_compile_option_trains_and_keeps_plain_names(tmp_path, data):
+    from hpctrain.train.checkpoint import load
+    from hpctrain.train.trainer import train
+
+    res = train(cfg(data, tmp_path / "c", run={"epochs": 1, "compile": True}))
+    assert res.status == "completed" and res.metrics["val_accuracy"] > 0.6
+    names = load(tmp_path / "c" / "checkpoints" / "final.pt")["model"]
+    assert names and not any("_orig_mod" in k for k in names)

@@ -241,6 +241,11 @@ class Trainer:
                 if n in names:
                     p.requires_grad_(False)
         self.model.to(self.device)
+        from hpctrain.train.precision import make_scaler
+
+        # the compiled wrapper runs forward passes; self.model keeps the plain parameter names in checkpoints
+        self.forward = torch.compile(self.model) if cfg.run.compile else self.model
+        self.scaler = make_scaler(cfg.run.precision, self.device)
         opt = _make_optimizer(cfg, self.model, self.transfer)
         self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
                                                     backward_passes_per_step=plan.accum, bucket_mb=cfg.comm.bucket_mb)
@@ -269,6 +274,10 @@ class Trainer:
             weight = inverse_frequency(counts, k)
         self.criterion = Criterion(cfg.imbalance.loss, weight=weight, gamma=cfg.imbalance.focal_gamma,
                                    label_smoothing=cfg.regularization.label_smoothing)
+        if cfg.loss.module is not None:
+            from hpctrain.train.losses import loss_from_config
+
+            self.criterion = loss_from_config(cfg.loss)
         self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
         monitor = cfg.regularization.monitor
         self.early = EarlyStopping(monitor, cfg.regularization.patience, cfg.regularization.min_delta,
@@ -295,6 +304,7 @@ class Trainer:
                 "loader": loader_state, "rng": rng_states, "world_size": self.world,
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "early": self.early.state_dict(), "acc": dict(self.acc),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "classes": list(self.data_info.classes), "sample_shape": list(self.data_info.sample_shape),
                 "config": json.loads(json.dumps(to_dict(self.cfg)))}
 
@@ -336,6 +346,8 @@ class Trainer:
         if self.plateau is not None and ck.get("plateau"):
             self.plateau.load_state_dict(ck["plateau"])
         self.early.load_state_dict(ck["early"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         self.acc = dict(ck.get("acc") or self.acc)
         if ck.get("world_size") == self.world and ck.get("rng"):
             _set_rng_state(ck["rng"][self.rank])
@@ -366,6 +378,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
         from hpctrain.train.metrics import confusion, report
+        from hpctrain.train.precision import autocast
 
         torch = self.torch
         k = self.data_info.num_classes
@@ -377,7 +390,9 @@ class Trainer:
             for lo in range(0, len(y), 512):
                 xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
                 yb = self.prep.labels(torch.from_numpy(y[lo:lo + 512])).to(self.device)
-                logits = self.model(xb)
+                with autocast(self.device, self.cfg.run.precision):
+                    logits = self.forward(xb)
+                logits = logits.float()
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
         self.model.train()
@@ -427,6 +442,8 @@ class Trainer:
         return self.comm.any_true(bool(self.stop_requested()))
 
     def run(self) -> TrainResult:
+        from hpctrain.train.precision import apply_step, autocast
+
         cfg = self.cfg
         self.resume()
         if self.root and cfg.logging.tensorboard:
@@ -459,9 +476,11 @@ class Trainer:
                     y = self.prep.labels(y)
                     x, y = self.prep.augment(x, y)
                     x, y = self._owned(x), self._owned(y)
-                    loss = self.criterion(self.model(x), y)
+                    with autocast(self.device, cfg.run.precision):
+                        loss = self.criterion(self.forward(x), y)
                     # through the exchange: the mpi/torch backends fold the 1/world averaging into it
-                    self.exchange.backward(loss / accum + self._l1())
+                    total = loss / accum + self._l1()
+                    self.exchange.backward(total if self.scaler is None else self.scaler.scale(total))
                     step_loss += float(loss.detach()) / accum
                     got += 1
                     if got == accum:
@@ -469,7 +488,8 @@ class Trainer:
                 if got < accum:
                     raise RuntimeError(f"the loader ended after {self.acc['batches']} of {steps_per_epoch} "
                                        f"steps of epoch {self.epoch}; its len() and its batches disagree")
-                self.exchange.step()
+                apply_step(self.exchange, self.model.parameters(), scaler=self.scaler,
+                           clip_grad_norm=cfg.optimizer.clip_grad_norm)
                 self.step += 1
                 self.acc["loss_sum"] += step_loss
                 self.acc["batches"] += 1
