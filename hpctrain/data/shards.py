@@ -45,7 +45,7 @@ _SHARD_NAME = re.compile(r"^(train|val)-\d{5,}\.h5$")
 # hpctrain refuses with "upgrade hpctrain"), so within version 1 an unknown key is a hand edit
 # or a typo and is refused rather than ignored: ignoring "shard" for "shards" hides a mistake.
 MANIFEST_KEYS = ("format", "version", "schema", "meta", "shards")
-SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names")
+SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names", "targets")
 SHARD_KEYS = ("file", "rows", "sha256", "split", "class_counts", "stats")
 STATS_KEYS = ("count", "nan_count", "inf_count", "sum", "sumsq", "min", "max")
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -253,6 +253,22 @@ class Schema:
     classes: list[int] = field(default_factory=list, metadata={"help": "sorted label values seen"})
     class_names: list[str] | None = field(default=None,
                                           metadata={"help": "names of the classes when the labels were strings"})
+    targets: int = field(default=0, metadata={
+        "help": "regression: float targets per row (y float32 of shape (N,) for 1, (N, k) for k); "
+                "0: classification (y int64 class ids)"})
+
+    @property
+    def regression(self) -> bool:
+        return self.targets > 0
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        """The shape of one row's label: () for class ids and one target, (k,) for k targets."""
+        return (self.targets,) if self.targets > 1 else ()
+
+    @property
+    def y_dtype(self):
+        return np.float32 if self.regression else np.int64
 
     @property
     def n_features(self) -> int:
@@ -263,6 +279,8 @@ class Schema:
              "classes": [int(c) for c in self.classes]}
         if self.class_names is not None:
             d["class_names"] = list(self.class_names)
+        if self.targets:
+            d["targets"] = int(self.targets)
         return d
 
     @classmethod
@@ -289,8 +307,11 @@ class Schema:
         cn = d.get("class_names")
         if cn is not None and (not isinstance(cn, list) or not all(isinstance(v, str) for v in cn)):
             raise _bad_field(where, "class_names", cn, "a list of strings (or absent)")
+        targets = d.get("targets", 0)
+        if not _is_int(targets) or targets < 0 or (targets and classes):
+            raise _bad_field(where, "targets", targets, "a non-negative integer, and no classes when positive")
         s = cls(dtype=d["dtype"], sample_shape=tuple(shape), feature_names=list(names), classes=list(classes),
-                class_names=list(cn) if cn is not None else None)
+                class_names=list(cn) if cn is not None else None, targets=targets)
         if s.dtype != "float32":
             raise ShardError(f"manifest schema dtype is {s.dtype!r}; this hpctrain reads only 'float32'")
         if len(s.feature_names) != s.n_features:
@@ -314,7 +335,7 @@ class ShardInfo:
                 "stats": self.stats.to_json()}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], n_features: int) -> ShardInfo:
+    def from_json(cls, d: Mapping[str, Any], n_features: int, regression: bool = False) -> ShardInfo:
         if not isinstance(d, Mapping):
             raise ShardError(f"manifest shard entry {d!r:.80} is not a mapping; expected file, rows, sha256, split, "
                              "class_counts and stats")
@@ -352,7 +373,7 @@ class ShardInfo:
             raise ShardError(f"manifest shard {info.file!r} has split {info.split!r}; expected one of {SPLITS}")
         if info.rows < 1:
             raise ShardError(f"manifest shard {info.file!r} has {info.rows} rows; expected at least 1")
-        if sum(counts.values()) != info.rows:
+        if sum(counts.values()) != info.rows and not (regression and not counts):  # regression: no classes
             raise ShardError(f"manifest shard {info.file!r}: class_counts add up to {sum(counts.values())} rows, "
                              f"rows is {info.rows}; the manifest was edited or is corrupt: re-create the shard "
                              "directory")
@@ -489,7 +510,7 @@ class Manifest:
             raise ShardError(f"{str(mpath)!r} lacks a 'schema' mapping or a 'shards' list")
         try:
             schema = Schema.from_json(d["schema"])
-            shards = [ShardInfo.from_json(s, schema.n_features) for s in d["shards"]]
+            shards = [ShardInfo.from_json(s, schema.n_features, schema.regression) for s in d["shards"]]
         except ShardError as e:
             raise ShardError(f"{str(mpath)!r}: {e}") from None
         if not shards:
@@ -533,8 +554,10 @@ def check_datasets(m: Manifest, s: ShardInfo, f) -> tuple[Any, Any]:
     if tuple(x.shape) != want or x.dtype != np.float32:
         raise ShardError(f"shard {str(path)!r}: x is {x.dtype}{tuple(x.shape)}, manifest says float32{want}; "
                          "the shard does not belong to this manifest: re-create the directory")
-    if tuple(y.shape) != (s.rows,) or y.dtype != np.int64:
-        raise ShardError(f"shard {str(path)!r}: y is {y.dtype}{tuple(y.shape)}, manifest says int64({s.rows},)")
+    ywant = (s.rows, *m.schema.y_shape)
+    if tuple(y.shape) != ywant or y.dtype != m.schema.y_dtype:
+        raise ShardError(f"shard {str(path)!r}: y is {y.dtype}{tuple(y.shape)}, manifest says "
+                         f"{np.dtype(m.schema.y_dtype).name}{ywant}")
     return x, y
 
 
@@ -587,6 +610,10 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
                     for a in range(0, s.rows, step):
                         read_rows(path, xd, a, min(a + step, s.rows))
                     y = read_rows(path, yd, 0, s.rows)
+                    if m.schema.regression:
+                        if not np.isfinite(y).all():
+                            problems.append(f"{s.file}: non-finite regression targets")
+                        continue
                     vals, cnt = np.unique(y, return_counts=True)
                     undeclared = sorted(set(vals.tolist()) - set(m.schema.classes))
                     if undeclared:
@@ -635,8 +662,14 @@ class ShardWriter:
                  sample_shape: Sequence[int], rows_per_shard: int | None = None, compression: str | None = "lzf",
                  classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                  meta: Mapping[str, Any] | None = None, shuffle_seed: int | None = None,
-                 overwrite: bool = False, locking: bool | None = None) -> None:
+                 overwrite: bool = False, locking: bool | None = None, targets: int = 0) -> None:
         self.root = Path(out_dir)
+        # targets > 0: regression, y holds that many float targets per row (no classes)
+        if not isinstance(targets, (int, np.integer)) or isinstance(targets, bool) or targets < 0:
+            raise ShardError(f"targets={targets!r}: expected 0 (class labels) or the number of regression targets")
+        if targets and classes is not None:
+            raise ShardError("classes are for class labels; a regression writer (targets > 0) takes none")
+        self.targets = int(targets)
         # a string is iterable: "12" would become the shape (1, 2)
         if isinstance(sample_shape, (str, bytes)) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sample_shape):
@@ -715,6 +748,9 @@ class ShardWriter:
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ShardError(f"rows of shape {tuple(x.shape[1:])} added to a writer of sample shape "
                              f"{self.sample_shape}; every input must have the same shape")
+        if self.targets:
+            self._add_targets(x, y, split)
+            return
         if y.shape != (len(x),):
             raise ShardError(f"{len(x)} samples but labels of shape {y.shape}; expected ({len(x)},)")
         if len(x) == 0:
@@ -743,6 +779,28 @@ class ShardWriter:
             unknown = np.setdiff1d(np.unique(y), self.classes)
             if unknown.size:
                 raise ShardError(f"label(s) {unknown[:5].tolist()} are not among the declared classes {self.classes}")
+        self._buf[split].append((x.astype(np.float32, copy=False), y))
+        self._buf_rows[split] += len(x)
+        while self._buf_rows[split] >= self.rows_per_shard:
+            self._flush(split, self.rows_per_shard)
+
+    def _add_targets(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
+        want = (len(x),) if self.targets == 1 else (len(x), self.targets)
+        if self.targets == 1 and y.shape == (len(x), 1):
+            y = y[:, 0]
+        if y.shape != want:
+            raise ShardError(f"{len(x)} samples but regression targets of shape {y.shape}; expected {want}")
+        if len(x) == 0:
+            return
+        if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+            raise ShardError(f"features of dtype {x.dtype} are not numeric")
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+            raise ShardError(f"regression targets of dtype {y.dtype} are not numbers")
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            bad = int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])
+            raise ShardError(f"regression target of sample {bad} of this batch is not finite (NaN, inf or beyond "
+                             "float32); drop or fix those rows first")
         self._buf[split].append((x.astype(np.float32, copy=False), y))
         self._buf_rows[split] += len(x)
         while self._buf_rows[split] >= self.rows_per_shard:
@@ -783,7 +841,7 @@ class ShardWriter:
             why = " ".join(str(e).split())[:200]
             raise ShardError(f"writing shard {str(dest)!r} failed ({why}); the file system may be full or over "
                              "quota: free space, or choose an --out on a file system with more room") from e
-        vals, cnt = np.unique(y, return_counts=True)
+        vals, cnt = np.unique(y, return_counts=True) if not self.targets else ([], [])
         return ShardInfo(file=name, rows=len(x), sha256=digest, split=split,
                          class_counts={int(k): int(v) for k, v in zip(vals, cnt)},
                          stats=ColumnStats.from_array(x))
@@ -806,7 +864,8 @@ class ShardWriter:
                     f.create_dataset("feature_names", data=names)
                 f.create_dataset("x", data=x, chunks=(chunk, *self.sample_shape), compression=self.compression,
                                  fletcher32=True)
-                f.create_dataset("y", data=y, chunks=(chunk,), compression=self.compression, fletcher32=True)
+                f.create_dataset("y", data=y, chunks=(chunk, *y.shape[1:]), compression=self.compression,
+                                 fletcher32=True)
             return sha256_file(tmp)
 
     def close(self) -> Manifest:
@@ -824,7 +883,7 @@ class ShardWriter:
         seen = sorted({k for s in self._written for k in s.class_counts})
         classes = self.classes if self.classes is not None else seen
         schema = Schema(sample_shape=self.sample_shape, feature_names=self.feature_names, classes=classes,
-                        class_names=self.class_names)
+                        class_names=self.class_names, targets=self.targets)
         meta = {"compression": self.compression or "none", "chunk_rows": self.chunk_rows,
                 "rows_per_shard": self.rows_per_shard, **self.meta}
         shards = sorted(self._written, key=lambda s: (SPLITS.index(s.split), s.file))

@@ -53,6 +53,7 @@ class Source:
     in_memory: bool = False
     count_rows: Callable[[], int] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    targets: int = 0  # regression: float targets per row (0: class labels)
 
     def chunks(self) -> Iterator[Chunk]:
         return self.read()
@@ -149,10 +150,11 @@ class LabelParser:
     """Integer labels pass through; string labels get ids in order of first appearance.
     The first chunk decides which, for the whole input."""
 
-    def __init__(self, src: str, column: str) -> None:
+    def __init__(self, src: str, column: str, regression: bool = False) -> None:
         self.src, self.column = src, column
         self.names: dict[str, int] | None = None
-        self.numeric: bool | None = None
+        self.numeric: bool | None = True if regression else None
+        self.regression = regression
 
     def __call__(self, col: np.ndarray, lines: list[int] | None) -> np.ndarray:
         col = np.char.strip(np.asarray(col).astype(str))
@@ -171,7 +173,10 @@ class LabelParser:
             except ValueError:
                 i = next(i for i, s in enumerate(col.tolist()) if not _is_number(s))
                 raise ShardError(f"{self.src}: {_where(lines, i)}: label {str(col[i])!r} in column {self.column!r} "
-                                 "is not a number, but earlier labels were numbers") from None
+                                 "is not a number" + ("; regression targets must be numbers" if self.regression
+                                                      else ", but earlier labels were numbers")) from None
+            if self.regression:
+                return _float_targets(v, self.src, lines=lines)
             bad = ~np.isfinite(v) | (v != np.round(np.nan_to_num(v))) | (np.abs(np.nan_to_num(v)) >= 2**62)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
@@ -209,7 +214,7 @@ def _resolve_label(columns: list[str], label: str | None, src: str) -> int:
 # --- CSV / TSV --------------------------------------------------------------------------------
 
 
-def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -> Source:
+def csv_source(path: Path, *, label: str | None, delimiter: str | None = None, regression: bool = False) -> Source:
     src = str(path)
     delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     try:
@@ -233,9 +238,9 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
         raise ShardError(f"{src}: only the label column {columns[li]!r}; expected feature columns too")
     names = [columns[i] for i in feat_idx]
     chunk_rows = max(64, CHUNK_CELLS // len(columns))
-    labels = LabelParser(src, columns[li])
+    labels = LabelParser(src, columns[li], regression)
     s = Source(name=src, feature_names=names, sample_shape=(len(names),), rows=None, read=lambda: iter(()),
-               label=columns[li])
+               label=columns[li], targets=int(regression))
 
     def convert(rows: list[list[str]], lines: list[int]) -> Chunk:
         block = np.array(rows, dtype=str)
@@ -305,7 +310,7 @@ def _numpy_load_error(src: str, kind: str, magic: bytes, e: Exception) -> ShardE
     return ShardError(f"{src} is not a readable {kind} file ({e}); it is truncated or corrupt: write it again")
 
 
-def npy_source(path: Path, *, label: str | None) -> Source:
+def npy_source(path: Path, *, label: str | None, regression: bool = False) -> Source:
     src = str(path)
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -327,10 +332,27 @@ def npy_source(path: Path, *, label: str | None) -> Source:
     def read() -> Iterator[Chunk]:
         for s in range(0, len(a), step):
             block = np.asarray(a[s:s + step])
-            yield to_float32(block[:, feat], [f"c{i}" for i in feat], None, src, s), _int_labels(block[:, li], src, s)
+            y = _float_targets(block[:, li], src, s) if regression else _int_labels(block[:, li], src, s)
+            yield to_float32(block[:, feat], [f"c{i}" for i in feat], None, src, s), y
 
     return Source(name=src, feature_names=[f"c{i}" for i in feat], sample_shape=(len(feat),), rows=len(a),
-                  read=read, label=f"c{li}")
+                  read=read, label=f"c{li}", targets=int(regression))
+
+
+def _float_targets(y: np.ndarray, src: str, offset: int = 0, lines: list[int] | None = None) -> np.ndarray:
+    """Regression targets as float32; a non-finite one (or one beyond float32) names its row."""
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise ShardError(f"{src}: regression targets of dtype {y.dtype} are not numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = y.astype(np.float32)
+    bad = ~np.isfinite(f.reshape(len(f), -1)).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = _where(lines, i) if lines is not None else f"row {offset + i + 1}"
+        raise ShardError(f"{src}: {where}: regression target {y[i].tolist()!r} is missing, infinite or beyond "
+                         "float32; drop or fix those rows")
+    return f
 
 
 def _int_labels(y: np.ndarray, src: str, offset: int = 0) -> np.ndarray:
@@ -346,7 +368,7 @@ def _int_labels(y: np.ndarray, src: str, offset: int = 0) -> np.ndarray:
     raise ShardError(f"{src}: labels of dtype {y.dtype} are not integers")
 
 
-def npz_source(path: Path) -> Source:
+def npz_source(path: Path, regression: bool = False) -> Source:
     src = str(path)
     try:
         z = np.load(path, allow_pickle=False)
@@ -360,8 +382,9 @@ def npz_source(path: Path) -> Source:
         names_arr = z["feature_names"] if "feature_names" in keys else None
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise _numpy_load_error(src, ".npz", ZIP_MAGIC, e) from None
-    if x.ndim < 1 or len(x) != len(y) or y.ndim != 1:
-        raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and y (N,)")
+    if x.ndim < 1 or len(x) != len(y) or not (y.ndim == 1 or (regression and y.ndim == 2 and y.shape[1] >= 1)):
+        want = "y (N,) or (N, targets)" if regression else "y (N,)"
+        raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and {want}")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise ShardError(f"{src}: x has dtype {x.dtype}; expected numbers")
     if x.ndim == 1:
@@ -370,6 +393,10 @@ def npz_source(path: Path) -> Source:
     names = [str(v) for v in names_arr] if names_arr is not None else [f"f{i}" for i in range(n_feat)]
     if len(names) != n_feat:
         raise ShardError(f"{src}: {len(names)} feature_names for {n_feat} features")
+    if regression:
+        yy = _float_targets(y, src)
+        return _memory_source(src, to_float32(x, names, None, src), yy, names,
+                              targets=1 if yy.ndim == 1 else yy.shape[1])
     yy = _int_labels(y, src)
     return _memory_source(src, to_float32(x, names, None, src), yy, names)
 
@@ -445,7 +472,8 @@ def parquet_source(path: Path, *, label: str | None) -> Source:
 
 # --- built-in datasets ------------------------------------------------------------------------
 
-SKLEARN = ("digits", "breast_cancer", "wine", "iris")
+SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+SKLEARN_REGRESSION = ("diabetes",)  # float targets: shard these with --task regression
 COMMON_PARAMS = {"missing": float, "imbalance": float, "seed": int}
 SKLEARN_PARAMS = {**COMMON_PARAMS, "flat": int}
 SYNTH_PARAMS = {**COMMON_PARAMS, "rows": int, "features": int, "classes": int, "shape": str, "sep": float}
@@ -516,7 +544,7 @@ def inject(chunks: Iterator[Chunk], classes: list[int], *, missing: float, imbal
         yield x, y
 
 
-def sklearn_source(name: str, query: str, spec: str) -> Source:
+def sklearn_source(name: str, query: str, spec: str, regression: bool = False) -> Source:
     p = _params(query, SKLEARN_PARAMS, spec)
     if name not in SKLEARN:
         raise ShardError(f"{spec!r}: unknown scikit-learn dataset {name!r}; choose one of "
@@ -527,8 +555,15 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
         raise ShardError(f"{spec!r} needs scikit-learn: pip install scikit-learn") from None
     b = getattr(datasets, f"load_{name}")()
     x = np.asarray(b.data, dtype=np.float32)
-    y = np.asarray(b.target, dtype=np.int64)
     names = [str(v) for v in getattr(b, "feature_names", [f"f{i}" for i in range(x.shape[1])])]
+    if (name in SKLEARN_REGRESSION) != regression:
+        raise ShardError(f"{spec!r} is a {'regression' if name in SKLEARN_REGRESSION else 'classification'} "
+                         f"dataset; {'pass' if name in SKLEARN_REGRESSION else 'drop'} --task regression")
+    if regression:
+        if p.get("imbalance", 1.0) > 1 or p.get("missing", 0.0) > 0:
+            raise ShardError(f"{spec!r}: imbalance= and missing= are for class labels; remove them")
+        return _memory_source(spec, x, np.asarray(b.target, dtype=np.float32), names, params=p, targets=1)
+    y = np.asarray(b.target, dtype=np.int64)
     if name == "digits" and not p.get("flat"):
         x = x.reshape(-1, 1, 8, 8)  # an image dataset: (C, H, W) for the CNN; ?flat=1 keeps 64 columns
     classes = sorted(int(c) for c in np.unique(y))
@@ -543,9 +578,37 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
     return src
 
 
-def synthetic_source(kind: str, query: str, spec: str) -> Source:
+def synthetic_regression(query: str, spec: str) -> Source:
+    """``synthetic:regression?rows=&features=&targets=&noise=&seed=``: y = x W + noise (one or several targets)."""
+    p = _params(query, {"rows": int, "features": int, "targets": int, "noise": float, "seed": int}, spec)
+    rows, d, k, seed = p.get("rows", 2000), p.get("features", 10), p.get("targets", 1), p.get("seed", 0)
+    if not (1 <= rows <= SYNTH_MAX_ROWS and 1 <= d <= 10_000 and 1 <= k <= 1000):
+        raise ShardError(f"{spec!r}: need 1 <= rows <= {SYNTH_MAX_ROWS:,}, 1 <= features <= 10000 and "
+                         "1 <= targets <= 1000")
+    w = np.random.default_rng([seed, 1]).standard_normal((d, k)).astype(np.float32)
+    step = max(1, CHUNK_CELLS * 8 // d)
+
+    def read() -> Iterator[Chunk]:
+        for i, s in enumerate(range(0, rows, step)):
+            n = min(step, rows - s)
+            rng = np.random.default_rng([seed, 2, i])
+            x = rng.standard_normal((n, d), dtype=np.float32)
+            y = x @ w + p.get("noise", 0.1) * rng.standard_normal((n, k), dtype=np.float32)
+            yield x, (y[:, 0] if k == 1 else y)
+
+    return Source(name=spec, feature_names=[f"f{i}" for i in range(d)], sample_shape=(d,), rows=rows, read=read,
+                  params=p, targets=k)
+
+
+def synthetic_source(kind: str, query: str, spec: str, regression: bool = False) -> Source:
+    if (kind == "regression") != regression:
+        raise ShardError(f"{spec!r}: synthetic:{kind} {'needs' if kind == 'regression' else 'is not for'} "
+                         "--task regression")
+    if kind == "regression":
+        return synthetic_regression(query, spec)
     if kind != "classification":
-        raise ShardError(f"{spec!r}: unknown synthetic kind {kind!r}; use synthetic:classification?rows=...")
+        raise ShardError(f"{spec!r}: unknown synthetic kind {kind!r}; use synthetic:classification?rows=... or "
+                         "synthetic:regression?rows=...")
     p = _params(query, SYNTH_PARAMS, spec)
     rows, n_classes, seed = p.get("rows", 10_000), p.get("classes", 2), p.get("seed", 0)
     if "shape" in p:
@@ -588,12 +651,18 @@ def synthetic_source(kind: str, query: str, spec: str) -> Source:
                   classes=list(range(n_classes)), params=p)
 
 
-def open_source(spec: str, *, label: str | None = None) -> Source:
-    """The Source for an input path or a ``sklearn:``/``synthetic:`` spec."""
+def open_source(spec: str, *, label: str | None = None, task: str = "classification") -> Source:
+    """The Source for an input path or a ``sklearn:``/``synthetic:`` spec; ``task="regression"``
+    reads the label column as float targets."""
+    if task not in ("classification", "regression"):
+        raise ShardError(f"--task {task!r}: expected classification or regression")
+    reg = task == "regression"
     if spec.startswith("sklearn:") or spec.startswith("synthetic:"):
         kind, _, rest = spec.partition(":")
         name, _, query = rest.partition("?")
-        return sklearn_source(name, query, spec) if kind == "sklearn" else synthetic_source(name, query, spec)
+        if kind == "sklearn":
+            return sklearn_source(name, query, spec, reg)
+        return synthetic_source(name, query, spec, reg)
     path = Path(spec)
     if not path.exists():
         raise ShardError(f"input {spec!r} does not exist; pass a CSV/TSV, .npy/.npz or .parquet file, or "
@@ -606,12 +675,15 @@ def open_source(spec: str, *, label: str | None = None) -> Source:
         raise ShardError(f"input {spec!r} is empty")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".tab", ".txt"):
-        return csv_source(path, label=label)
+        return csv_source(path, label=label, regression=reg)
     if suffix == ".npy":
-        return npy_source(path, label=label)
+        return npy_source(path, label=label, regression=reg)
     if suffix == ".npz":
-        return npz_source(path)
+        return npz_source(path, reg)
     if suffix in (".parquet", ".pq"):
+        if reg:
+            raise ShardError(f"input {spec!r}: --task regression reads CSV/TSV, .npy and .npz; convert the Parquet "
+                             "file to CSV first")
         return parquet_source(path, label=label)
     raise ShardError(f"input {spec!r}: unknown format {suffix!r}; expected .csv, .tsv, .npy, .npz or .parquet")
 
@@ -647,14 +719,14 @@ class SplitAssigner:
 
 def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None, rows_per_shard: int | None = None,
                  label: str | None = None, compression: str = "lzf", seed: int = 0, val_fraction: float = 0.0,
-                 shuffle: bool = True, overwrite: bool = False) -> Manifest:
+                 shuffle: bool = True, overwrite: bool = False, task: str = "classification") -> Manifest:
     """Convert input ``spec`` to a shard directory ``out`` in bounded memory; returns its manifest."""
     if shards is not None and rows_per_shard is not None:
         raise ShardError("give --shards or --rows-per-shard, not both")
     if shards is not None and shards < 1:
         raise ShardError(f"--shards {shards}: expected at least 1")
     check_seed(seed)
-    src = open_source(spec, label=label)
+    src = open_source(spec, label=label, task=task)
     if shards is not None:
         total = src.total_rows()
         if total == 0:
@@ -671,15 +743,18 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
     split = SplitAssigner(val_fraction, seed)
     meta = {"source": spec, "label": src.label, "seed": seed, "val_fraction": val_fraction, "shuffled": shuffle,
             "params": src.params}
+    if src.targets:
+        meta["task"] = "regression"
     writer = ShardWriter(out, feature_names=src.feature_names, sample_shape=src.sample_shape,
                          rows_per_shard=rows_per_shard, compression=compression, classes=src.classes, meta=meta,
-                         shuffle_seed=seed if shuffle else None, overwrite=overwrite)
+                         shuffle_seed=seed if shuffle else None, overwrite=overwrite, targets=src.targets)
     with writer:
         chunks = src.chunks()
         if shuffle and src.in_memory:
             chunks = _shuffled(chunks, seed)
         for x, y in chunks:
-            v = split(y)
+            # regression: one stratum (the split is even over the input's order, not per class)
+            v = split(np.zeros(len(y), np.int64) if src.targets else y)
             if v.any():
                 writer.add(x[~v], y[~v], "train")
                 writer.add(x[v], y[v], "val")
