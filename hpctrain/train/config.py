@@ -78,6 +78,9 @@ class DataConfig:
                 "batch_size * world size * comm.backward_passes_per_step (batch_size is then derived)"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle every epoch (seeded: run.seed + epoch)"})
     prefetch: int = field(default=2, metadata={"help": "batches read ahead by the loader"})
+    task: Literal["auto", "classification", "regression"] = field(default="auto", metadata={
+        "help": "auto: what the shards hold (class labels, or float targets written with 'hpctrain shard --task "
+                "regression'); a stated task that the shards do not hold is an error"})
 
     def __post_init__(self):
         _positive("data.batch_size", self.batch_size)
@@ -188,8 +191,10 @@ class RegularizationConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
     early_stopping: bool = field(default=False, metadata={
         "help": "stop when the monitored validation metric stops improving; restores the best weights"})
-    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = field(default="val_macro_f1", metadata={
-        "help": "validation metric for early stopping, plateau schedules and the 'best' checkpoint"})
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss", "val_r2", "val_mse", "val_mae"] = field(
+        default="val_macro_f1", metadata={
+            "help": "validation metric for early stopping, plateau schedules and the 'best' checkpoint (regression: "
+                    "val_r2, val_mse, val_mae or val_loss; the classification default then means val_loss)"})
     patience: int = field(default=3, metadata={"help": "epochs without improvement before stopping"})
     min_delta: float = field(default=0.0, metadata={"help": "smallest change counted as an improvement"})
 
@@ -403,6 +408,7 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
         raise ConfigError("regularization.early_stopping: needs a validation split; set data.val_split")
     if cfg.run.precision == "fp16":
         _check_fp16(cfg.run.device)
+    _check_task(cfg, data_dir)
     if cfg.model.module is not None or cfg.loss.module is not None:
         check_model(cfg)
     lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
@@ -429,6 +435,45 @@ def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]
     return rows
 
 
+REGRESSION_MONITORS = ("val_r2", "val_mse", "val_mae", "val_loss")
+
+
+def monitor_for(cfg: TrainConfig, regression: bool) -> str:
+    """The monitored metric: with regression, the classification default stands for val_loss."""
+    m = cfg.regularization.monitor
+    return m if not regression or m in REGRESSION_MONITORS else "val_loss"
+
+
+def _check_task(cfg: TrainConfig, data_dir: Path) -> None:
+    from hpctrain.data.shards import Manifest
+
+    regression = Manifest.load(data_dir).schema.regression
+    held = "regression" if regression else "classification"
+    if cfg.data.task not in ("auto", held):
+        fix = ("re-shard with 'hpctrain shard INPUT --task regression'" if cfg.data.task == "regression"
+               else "set data.task=regression (or auto)")
+        raise ConfigError(f"data.task: {cfg.data.task} asked, but {str(data_dir)!r} holds {held} labels; {fix}")
+    if not regression:
+        if cfg.regularization.monitor in ("val_r2", "val_mse", "val_mae"):
+            raise ConfigError(f"regularization.monitor: {cfg.regularization.monitor} is a regression metric and "
+                              "these shards hold class labels; use val_macro_f1, val_accuracy or val_loss")
+        return
+    bad = [(k, v) for k, v, default in (
+        ("imbalance.class_weights", cfg.imbalance.class_weights, "none"),
+        ("imbalance.sampling", cfg.imbalance.sampling, "none"),
+        ("imbalance.loss", cfg.imbalance.loss, "cross_entropy"),
+        ("regularization.label_smoothing", cfg.regularization.label_smoothing, 0.0)) if v != default]
+    if bad:
+        raise ConfigError(f"{bad[0][0]}: {bad[0][1]!r} is for class labels; these shards hold regression targets: "
+                          "remove it (the regression loss is loss.module, default mse)")
+    if cfg.loss.module in ("cross_entropy", "focal"):
+        raise ConfigError(f"loss.module: {cfg.loss.module} is a classification loss; these shards hold regression "
+                          "targets: use mse, mae or your own")
+    if cfg.regularization.monitor == "val_accuracy":  # the default val_macro_f1 stands for val_loss here
+        raise ConfigError(f"regularization.monitor: {cfg.regularization.monitor} is a classification metric; with "
+                          f"regression targets use one of {list(REGRESSION_MONITORS)}")
+
+
 def _check_fp16(device: str) -> None:
     import torch
 
@@ -453,15 +498,16 @@ def check_model(cfg: TrainConfig) -> None:
     info = describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
     rng = torch.get_rng_state()  # building a model draws random weights: leave the caller's stream alone
     try:
-        model = model_from_config(cfg.model, info.sample_shape, info.num_classes)
+        model = model_from_config(cfg.model, info.sample_shape, info.num_outputs, info.regression)
         _, x, y = next(iter_arrays(cfg.data.dir, split=cfg.data.train_split))
         x, y = torch.from_numpy(np.ascontiguousarray(x[:2])), torch.from_numpy(np.ascontiguousarray(y[:2]))
         key = "model.module" if cfg.model.module is not None else "model.kind"
-        out = check_output(model.train(), x, info.num_classes, key, f"the {info.num_classes} classes of the labels")
+        what = (f"the {info.targets} regression target(s)" if info.regression
+                else f"the {info.num_classes} classes of the labels")
+        out = check_output(model.train(), x, info.num_outputs, key, what)
         if cfg.loss.module is not None:
-            classes = torch.tensor(info.classes, dtype=torch.int64)
-            target = torch.searchsorted(classes, y)
-            loss = loss_from_config(cfg.loss, num_outputs=info.num_classes)
+            target = y if info.regression else torch.searchsorted(torch.tensor(info.classes, dtype=torch.int64), y)
+            loss = loss_from_config(cfg.loss, num_outputs=info.num_outputs)
             try:
                 value = loss(out, target)
             except Exception as e:  # noqa: BLE001 - user code: one line naming the key

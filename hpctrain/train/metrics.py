@@ -39,3 +39,23 @@ def report(cm: np.ndarray) -> dict:
         "per_class_f1": f1.tolist(),
         "support": support.astype(int).tolist(),
     }
+
+
+def regression_sums(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-target sums that add up over ranks: [n, sum err^2, sum |err|, sum y, sum y^2] x targets."""
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    true = np.asarray(true, dtype=np.float64).reshape(len(true), -1)
+    err = pred - true
+    n = np.full(true.shape[1], float(len(true)))
+    return np.stack([n, (err ** 2).sum(0), np.abs(err).sum(0), true.sum(0), (true ** 2).sum(0)])
+
+
+def regression_report(sums: np.ndarray) -> dict:
+    """MSE, MAE (over every target value) and R^2 (the mean over targets of 1 - SSE/SST, as
+    sklearn's r2_score with multioutput='uniform_average') from summed :func:`regression_sums`."""
+    n, sse, sae, sy, syy = np.asarray(sums, dtype=np.float64)
+    count = float(n.sum())
+    sst = syy - sy ** 2 / np.maximum(n, 1.0)
+    r2 = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), 0.0)
+    return {"mse": float(sse.sum() / max(count, 1.0)), "mae": float(sae.sum() / max(count, 1.0)),
+            "r2": float(r2.mean()), "r2_per_target": r2.tolist()}

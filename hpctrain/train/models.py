@@ -138,9 +138,10 @@ class _Block(nn.Module):
 
 def build_model(kind: str, sample_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (128, 64),
                 channels: Sequence[int] = (16, 32), embed_dim: int = 32, heads: int = 4, layers: int = 1,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, regression: bool = False) -> nn.Module:
+    """``num_classes`` is the number of outputs: classes, or regression targets (``regression=True``)."""
     n_features = int(math.prod(sample_shape))
-    if num_classes < 2:
+    if num_classes < (1 if regression else 2):
         raise ConfigError(f"the data has {num_classes} class(es); a classifier needs at least 2")
     if kind == "mlp":
         return MLP(n_features, num_classes, hidden, dropout)
@@ -153,7 +154,7 @@ def build_model(kind: str, sample_shape: Sequence[int], num_classes: int, *, hid
 
 def _builtin(kind: str) -> Callable[..., nn.Module]:
     def factory(*, sample_shape: Sequence[int], num_outputs: int, **kw) -> nn.Module:
-        return build_model(kind, sample_shape, num_outputs, **kw)
+        return build_model(kind, sample_shape, num_outputs, regression=num_outputs == 1, **kw)
 
     factory.__name__ = kind
     return factory
@@ -233,11 +234,12 @@ def call_factory(factory: Callable[..., Any], key: str, spec: str, args: Mapping
         raise ConfigError(f"{key}: {spec!r} raised {type(e).__name__}: {e}") from e
 
 
-def model_from_config(mcfg, sample_shape: Sequence[int], num_outputs: int) -> nn.Module:
+def model_from_config(mcfg, sample_shape: Sequence[int], num_outputs: int, regression: bool = False) -> nn.Module:
     """The model of the config's ``model`` section: a built-in kind or ``model.module``."""
     if mcfg.module is None:
         return build_model(mcfg.kind, sample_shape, num_outputs, hidden=mcfg.hidden, channels=mcfg.channels,
-                           embed_dim=mcfg.embed_dim, heads=mcfg.heads, layers=mcfg.layers, dropout=mcfg.dropout)
+                           embed_dim=mcfg.embed_dim, heads=mcfg.heads, layers=mcfg.layers, dropout=mcfg.dropout,
+                           regression=regression)
     spec = mcfg.module
     factory = BUILTIN_MODELS[spec] if spec in BUILTIN_MODELS else import_object(spec, "model.module")
     model = call_factory(factory, "model.module", spec, dict(mcfg.args), sample_shape=tuple(sample_shape),

@@ -226,7 +226,9 @@ class Trainer:
         _seed_all(cfg.run.seed)
         from hpctrain.train.models import load_transfer, model_from_config
 
-        self.model = model_from_config(cfg.model, self.data_info.sample_shape, self.data_info.num_classes)
+        self.regression = self.data_info.regression
+        self.model = model_from_config(cfg.model, self.data_info.sample_shape, self.data_info.num_outputs,
+                                       self.regression)
         self.transfer = cfg.model.init_from is not None
         self.fresh_head: list[str] = []
         if self.transfer:
@@ -274,12 +276,15 @@ class Trainer:
             weight = inverse_frequency(counts, k)
         self.criterion = Criterion(cfg.imbalance.loss, weight=weight, gamma=cfg.imbalance.focal_gamma,
                                    label_smoothing=cfg.regularization.label_smoothing)
-        if cfg.loss.module is not None:
+        if cfg.loss.module is not None or self.regression:
+            from hpctrain.train.config import LossConfig
             from hpctrain.train.losses import loss_from_config
 
-            self.criterion = loss_from_config(cfg.loss)
+            self.criterion = loss_from_config(cfg.loss if cfg.loss.module is not None else LossConfig(module="mse"))
         self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
-        monitor = cfg.regularization.monitor
+        from hpctrain.train.config import monitor_for
+
+        self.monitor = monitor = monitor_for(cfg, self.regression)
         self.early = EarlyStopping(monitor, cfg.regularization.patience, cfg.regularization.min_delta,
                                    enabled=cfg.regularization.early_stopping)
         self.plateau = Plateau(mode_of(monitor), cfg.schedule.plateau_patience, cfg.schedule.gamma) \
@@ -306,6 +311,7 @@ class Trainer:
                 "early": self.early.state_dict(), "acc": dict(self.acc),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "classes": list(self.data_info.classes), "sample_shape": list(self.data_info.sample_shape),
+                "targets": self.data_info.targets,
                 "config": json.loads(json.dumps(to_dict(self.cfg)))}
 
     def checkpoint(self, *, mid_epoch: bool) -> None:
@@ -375,8 +381,10 @@ class Trainer:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self) -> dict:
+    def evaluate(self, keep_predictions: bool = False) -> dict:
         """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
+        if self.regression:
+            return self._evaluate_regression(keep_predictions)
         from hpctrain.train.metrics import confusion, report
         from hpctrain.train.precision import autocast
 
@@ -402,6 +410,32 @@ class Trainer:
         return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
                 "val_macro_f1": rep["macro_f1"], "val_per_class_recall": rep["per_class_recall"],
                 "val_per_class_f1": rep["per_class_f1"], "confusion": cm.astype(int).tolist()}
+
+    def _evaluate_regression(self, keep_predictions: bool) -> dict:
+        """Collective: per-target sums add up over ranks into MSE, MAE and R^2 (val_loss = MSE)."""
+        from hpctrain.train.metrics import regression_report, regression_sums
+        from hpctrain.train.precision import autocast
+
+        torch = self.torch
+        x, y = self.val
+        preds = []
+        self.model.eval()
+        with torch.no_grad():
+            for lo in range(0, len(y), 512):
+                xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
+                with autocast(self.device, self.cfg.run.precision):
+                    out = self.forward(xb)
+                preds.append(out.float().cpu().numpy().reshape(len(xb), -1))
+        self.model.train()
+        k = self.data_info.targets
+        pred = np.concatenate(preds) if preds else np.zeros((0, k))
+        sums = self.comm.allreduce_array(regression_sums(pred, y.reshape(len(y), -1)).ravel()).reshape(5, k)
+        rep = regression_report(sums)
+        ev = {"val_loss": rep["mse"], "val_mse": rep["mse"], "val_mae": rep["mae"], "val_r2": rep["r2"],
+              "val_r2_per_target": rep["r2_per_target"], "confusion": None}
+        if keep_predictions:
+            ev["pred_true"] = self.comm.gather_object((pred, y.reshape(len(y), -1)))
+        return ev
 
     # -- the loop ----------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -520,7 +554,7 @@ class Trainer:
             ev = self.evaluate()
             ev.pop("confusion")
             rec.update(ev)
-            value = ev[cfg.regularization.monitor]
+            value = ev[self.monitor]
             if self.plateau is not None:
                 self.plateau.update(value, cfg.regularization.min_delta)
             stop = self.early.update(value, self.epoch, self.model)
@@ -531,7 +565,7 @@ class Trainer:
         if cfg.checkpoint.every_epoch:
             self.checkpoint(mid_epoch=False)
         if stop and self.root:
-            print(f"hpctrain train: early stopping at epoch {self.epoch - 1}: {cfg.regularization.monitor} did not "
+            print(f"hpctrain train: early stopping at epoch {self.epoch - 1}: {self.monitor} did not "
                   f"improve for {cfg.regularization.patience} epochs (best {self.early.best:.4f} at epoch "
                   f"{self.early.best_epoch})", file=sys.stderr, flush=True)
         return stop
@@ -542,12 +576,16 @@ class Trainer:
         cfg = self.cfg
         restored = cfg.regularization.early_stopping and self.early.restore(self.model)
         metrics: dict[str, Any] = {"best_epoch": self.early.best_epoch, "restored_best": bool(restored)}
-        confusion = None
+        confusion = pred_true = None
         if self.val is not None:
-            ev = self.evaluate()
+            ev = self.evaluate(keep_predictions=True)
             confusion = ev.pop("confusion")
+            gathered = ev.pop("pred_true", None)
+            if gathered:  # rank 0: every rank's share of the validation rows
+                pred_true = (np.concatenate([p for p, _ in gathered]), np.concatenate([t for _, t in gathered]))
             metrics.update(ev)
-            metrics["confusion"] = confusion
+            if confusion is not None:
+                metrics["confusion"] = confusion
         states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             payload = self._payload(None, states)
@@ -559,7 +597,7 @@ class Trainer:
                 from hpctrain.train.plots import write_plots
 
                 names = self.data_info.class_names or [str(c) for c in self.data_info.classes]
-                write_plots(self.run_dir, confusion, names, title=cfg.run.name)
+                write_plots(self.run_dir, confusion, names, title=cfg.run.name, pred_true=pred_true)
             if self.tb is not None:
                 self.tb.close()
         self.comm.barrier()
