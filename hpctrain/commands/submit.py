@@ -15,6 +15,12 @@ is resubmitted up to --retries times with backoff; bad config/import errors are 
   hpctrain submit run.yaml --cluster local      # same job logic, no Slurm (foreground)
   hpctrain submit --counter 300 --time 5        # smoke-test requeue with a tiny built-in task
   hpctrain submit run.yaml --wait --wait-timeout 7200   # block until it has really finished
+  hpctrain submit --script train.py --ntasks-per-node 2 -- --data shards/x   # your own script
+
+--script runs your Python script on every rank as the job (see docs/your-model.md): with
+hpctrain.session() in it, it gets the same requeue, retry and status handling as a config
+run. The working directory and PYTHONPATH of this shell are recorded so the job finds your
+code; the run dir is <runs>/<--name or the script's name>.
 
 --wait prints one line per state change (requeues and retries are waited through) and exits
 0 when the run COMPLETED, 1 when it ended otherwise (FAILED, CANCELLED), 2 for bad input,
@@ -23,7 +29,9 @@ is resubmitted up to --retries times with backoff; bad config/import errors are 
 
 
 def add_arguments(p):
-    p.add_argument("config", nargs="?", help="training config (YAML); omit with --counter")
+    p.add_argument("config", nargs="?", help="training config (YAML); omit with --counter or --script")
+    p.add_argument("script_args", nargs="*", metavar="-- ARGS", help="with --script: the script's arguments")
+    p.add_argument("--script", metavar="SCRIPT.py", help="run your own training script as the job (hpctrain.session)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set optimizer.lr=0.01 (repeatable)")
     add_job_arguments(p)
@@ -62,7 +70,7 @@ def add_job_arguments(p):
     m.add_argument("--name", help="run name (default: run.name of the config); keys the run dir")
     m.add_argument("--cluster", choices=["slurm", "local"], default="slurm")
     m.add_argument("--dry-run", action="store_true", help="print the exact sbatch script, submit nothing")
-    m.add_argument("--runs-dir", help="where --counter runs live (default: $HPCTRAIN_RUNS or runs)")
+    m.add_argument("--runs-dir", help="where --counter and --script runs live (default: $HPCTRAIN_RUNS or runs)")
     c = p.add_argument_group("built-in smoke-test task (instead of CONFIG)")
     c.add_argument("--counter", type=int, metavar="STEPS", help="run a tiny resumable counter of STEPS steps")
     c.add_argument("--counter-step-s", type=float, default=0.1, help="seconds per counter step")
@@ -89,6 +97,21 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
         if not (math.isfinite(v) and v >= 0):
             raise ConfigError(f"{flag} must be a finite number of seconds >= 0, got {v}")
     cfg = None
+    script = getattr(args, "script", None)
+    # after '--' argparse hands every word to the positionals, the first one to CONFIG
+    script_args = ([args.config] if args.config else []) + list(getattr(args, "script_args", []) or [])
+    if not script and getattr(args, "script_args", None):
+        raise ConfigError(f"unexpected arguments {args.script_args}; only --script takes arguments after '--'")
+    if task is None and script:
+        from hpctrain.slurm.script import ScriptTask
+
+        if args.counter is not None or args.overrides:
+            raise ConfigError("--script runs your own script: drop --counter and --set (pass the script's own "
+                              "arguments after '--')")
+        task = ScriptTask.record(script, script_args)
+        name = name or args.name or Path(script).stem
+        base = Path(args.runs_dir) if args.runs_dir else default_base()
+        run_dir = run_dir or base / name
     if task is None:
         if args.counter is not None:
             if args.config:
@@ -116,8 +139,10 @@ def build_submission(args, *, name=None, run_dir=None, task=None):
     run_dir = Path(run_dir).resolve()
     mpi = args.mpi
     ranks = (args.nodes or 1) * (args.ntasks_per_node or 1)
-    if (mpi is None and cfg is not None and ranks > 1 and args.cluster != "local"
-            and cfg.comm.backend in ("mpi", "horovod")):
+    # a script's backend is unknown here, and even ONE rank that calls MPI_Init under srun aborts
+    # without a PMI plugin (the site default is often 'none'): ask for one whenever srun offers it
+    if (mpi is None and args.cluster != "local"
+            and ((ranks > 1 and cfg is not None and cfg.comm.backend in ("mpi", "horovod")) or script)):
         from hpctrain.slurm.environment import auto_mpi_plugin
 
         mpi = auto_mpi_plugin()  # several MPI ranks under srun need PMIx; --mpi overrides
