@@ -37,7 +37,8 @@ def world():
     sys.path.remove(str(EXAMPLE))
 
 
-def test_model_from_import_path_on_two_ranks_resumes_exactly(world):
+@pytest.mark.parametrize("backend", ["mpi", "horovod"])  # clipping synchronises each exchange its own way
+def test_model_from_import_path_on_two_ranks_resumes_exactly(world, backend):
     import torch
 
     from hpctrain.train.checkpoint import load
@@ -47,14 +48,14 @@ def test_model_from_import_path_on_two_ranks_resumes_exactly(world):
     comm, root, data = world
 
     def cfg(name):
-        return load_config({"run": {"name": "m", "dir": str(root / name), "epochs": 2, "seed": 1},
+        return load_config({"run": {"name": "m", "dir": str(root / backend / name), "epochs": 2, "seed": 1},
                             "data": {"dir": str(data), "batch_size": 8, "prefetch": 1},
                             "model": {"module": "byo_example.model:build", "args": {"width": 16, "blocks": 1,
                                                                                     "dropout": 0.2}},
                             "optimizer": {"name": "adamw", "lr": 0.01, "clip_grad_norm": 1.0},
                             "checkpoint": {"every_steps": 4, "keep": 20},
                             "logging": {"plots": False, "progress": False, "every_steps": 3},
-                            "comm": {"backend": "mpi"}})
+                            "comm": {"backend": backend}})
 
     full = train(cfg("full"))
     calls = {"n": 0}
@@ -67,8 +68,8 @@ def test_model_from_import_path_on_two_ranks_resumes_exactly(world):
     assert comm.allgather((first.status, first.step)) == [("interrupted", 6)] * 2
     second = train(cfg("cut"))
     assert second.status == "completed" and second.step == full.step
-    a = load(root / "full" / "checkpoints" / "final.pt")["model"]
-    b = load(root / "cut" / "checkpoints" / "final.pt")["model"]
+    a = load(root / backend / "full" / "checkpoints" / "final.pt")["model"]
+    b = load(root / backend / "cut" / "checkpoints" / "final.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.metrics["val_accuracy"] > 0.9
 
