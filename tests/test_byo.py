@@ -385,3 +385,46 @@ def test_task_mismatch_and_classification_options_are_refused(tmp_path, data, di
 
     with pytest.raises(ShardError, match="'sklearn:diabetes' is a regression dataset; pass --task regression"):
         write_shards("sklearn:diabetes", tmp_path / "x")
+
+
+def test_extra_metrics_by_name_and_import_path(tmp_path, data, diabetes):
+    """metrics.extra on the whole validation split: a built-in and a user's function, checked
+    against numpy/sklearn on the final model's outputs; a bad one is refused at --check."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from hpctrain.data.shards import iter_arrays
+    from hpctrain.errors import ConfigError
+    from hpctrain.predict import load_run
+    from hpctrain.train.config import check_runtime
+    from hpctrain.train.trainer import train
+
+    (tmp_path / "mymetrics.py").write_text(textwrap.dedent("""
+        from sklearn.metrics import balanced_accuracy_score
+
+        def balanced_accuracy(outputs, targets):
+            return balanced_accuracy_score(targets, outputs.argmax(1))
+
+        def max_error(outputs, targets):
+            return abs(outputs[:, 0] - targets).max()
+
+        def broken(outputs, targets):
+            raise KeyError("nope")
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        res = train(cfg(data, tmp_path / "run", run={"epochs": 1},
+                        metrics={"extra": ["mymetrics:balanced_accuracy", "accuracy"]}))
+        x, y = (np.concatenate(a) for a in zip(*[(x, y) for _, x, y in iter_arrays(data, split="val")]))
+        pred = load_run(tmp_path / "run").predict(x)
+        assert res.metrics["val_balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert res.metrics["val_accuracy"] == pytest.approx(float((pred == y).mean()))
+        reg = train(cfg(diabetes, tmp_path / "reg", run={"epochs": 2}, metrics={"extra": ["mymetrics:max_error"]}))
+        xr, yr = (np.concatenate(a) for a in zip(*[(x, y) for _, x, y in iter_arrays(diabetes, split="val")]))
+        want = float(np.abs(load_run(tmp_path / "reg").predict(xr) - yr).max())
+        assert reg.metrics["val_max_error"] == pytest.approx(want, rel=1e-5)
+        with pytest.raises(ConfigError, match="metrics.extra: 'broken' on outputs .* raised KeyError"):
+            check_runtime(cfg(data, tmp_path / "b", metrics={"extra": ["mymetrics:broken"]}), 1)
+        with pytest.raises(ConfigError, match=r"metrics.extra\[0\]: cannot import module 'nomod'"):
+            check_runtime(cfg(data, tmp_path / "c", metrics={"extra": ["nomod:f"]}), 1)
+    finally:
+        sys.path.remove(str(tmp_path))

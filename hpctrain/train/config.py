@@ -242,6 +242,14 @@ class LossConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class MetricsConfig:
+    extra: list[str] = field(default_factory=list, metadata={
+        "help": "validation metrics beyond the task's own (accuracy/macro F1, or MSE/MAE/R^2): built-ins (accuracy, "
+                "macro_f1, mse, mae, r2) or 'package.module:function' taking (outputs (N, K), targets) as numpy "
+                "arrays and returning a float; computed on the whole validation split, reported as val_<name>"})
+
+
+@dataclass(kw_only=True, slots=True)
 class AugmentationConfig:
     ops: list[dict] = field(default_factory=list, metadata={
         "help": "augmentation ops, in order, as hpctrain.kernels.pipeline.build_pipeline takes them "
@@ -315,6 +323,7 @@ class TrainConfig:
                                                  metadata={"help": "L1/L2, early stopping"})
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig, metadata={"help": "class imbalance"})
     loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the training loss"})
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "extra validation metrics"})
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={"help": "augmentation"})
     imputation: ImputationConfig = field(default_factory=ImputationConfig, metadata={"help": "missing values"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
@@ -333,7 +342,8 @@ class TrainConfig:
         return to_dict(self)
 
 
-SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "augmentation",
+SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "metrics",
+            "augmentation",
             "imputation", "checkpoint", "logging", "comm")
 
 
@@ -409,7 +419,9 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     if cfg.run.precision == "fp16":
         _check_fp16(cfg.run.device)
     _check_task(cfg, data_dir)
-    if cfg.model.module is not None or cfg.loss.module is not None:
+    if cfg.model.module is not None or cfg.loss.module is not None or cfg.metrics.extra:
+        if cfg.metrics.extra and cfg.data.val_split is None:
+            raise ConfigError("metrics.extra: validation metrics need a validation split; set data.val_split")
         check_model(cfg)
     lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
     return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
@@ -517,6 +529,16 @@ def check_model(cfg: TrainConfig) -> None:
                 raise ConfigError(f"loss.module: {cfg.loss.module!r} returned "
                                   f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
                                   ", expected a scalar tensor (reduce over the batch)")
+        if cfg.metrics.extra:
+            from hpctrain.train.metrics import compute_metrics, resolve_metrics
+
+            target = y if info.regression else torch.searchsorted(torch.tensor(info.classes, dtype=torch.int64), y)
+            try:
+                compute_metrics(resolve_metrics(cfg.metrics.extra), out.float().numpy(), target.numpy())
+            except ConfigError:
+                raise
+            except HpctrainError as e:
+                raise ConfigError(str(e)) from None
     finally:
         torch.set_rng_state(rng)
 

@@ -295,6 +295,9 @@ class Trainer:
         self.resumed_from: str | None = None
         self._positioned = False  # True when a resume already put the loader mid-epoch
         self.tb = None
+        from hpctrain.train.metrics import resolve_metrics
+
+        self.extra_metrics = resolve_metrics(cfg.metrics.extra)
 
     def epoch_steps(self, epoch: int) -> int:
         """Optimizer steps in ``epoch`` (the loader's batch count may vary by one between epochs)."""
@@ -383,8 +386,23 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, keep_predictions: bool = False) -> dict:
         """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
-        if self.regression:
-            return self._evaluate_regression(keep_predictions)
+        self._outputs: list = []
+        ev = self._evaluate_regression(keep_predictions) if self.regression else self._evaluate_classes()
+        if self.extra_metrics:
+            # exact on the whole split, whatever the metric: rank 0 sees every rank's outputs
+            shares = self.comm.gather_object(self._outputs)
+            got = None
+            if self.root:
+                out = np.concatenate([o for share in shares for o, _ in share])
+                tgt = np.concatenate([t for share in shares for _, t in share])
+                from hpctrain.train.metrics import compute_metrics
+
+                got = compute_metrics(self.extra_metrics, out, tgt)
+            ev.update(self.comm.broadcast_object(got))
+        self._outputs = []
+        return ev
+
+    def _evaluate_classes(self) -> dict:
         from hpctrain.train.metrics import confusion, report
         from hpctrain.train.precision import autocast
 
@@ -401,6 +419,8 @@ class Trainer:
                 with autocast(self.device, self.cfg.run.precision):
                     logits = self.forward(xb)
                 logits = logits.float()
+                if self.extra_metrics:
+                    self._outputs.append((logits.cpu().numpy(), yb.cpu().numpy()))
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
         self.model.train()
@@ -426,6 +446,8 @@ class Trainer:
                 with autocast(self.device, self.cfg.run.precision):
                     out = self.forward(xb)
                 preds.append(out.float().cpu().numpy().reshape(len(xb), -1))
+                if self.extra_metrics:
+                    self._outputs.append((preds[-1], y[lo:lo + 512]))
         self.model.train()
         k = self.data_info.targets
         pred = np.concatenate(preds) if preds else np.zeros((0, k))
