@@ -428,3 +428,12 @@ def test_extra_metrics_by_name_and_import_path(tmp_path, data, diabetes):
             check_runtime(cfg(data, tmp_path / "c", metrics={"extra": ["nomod:f"]}), 1)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_loss_module_with_options_of_the_builtin_loss_is_refused():
+    from hpctrain.errors import ConfigError
+    from hpctrain.train.config import load_config
+
+    with pytest.raises(ConfigError, match="loss.module: set together with regularization.label_smoothing"):
+        load_config({"data": {"dir": "x"}, "loss": {"module": "cross_entropy"},
+                     "regularization": {"label_smoothing": 0.1}})

@@ -334,6 +334,17 @@ class TrainConfig:
         if self.data.dir is None:
             raise ConfigError("data.dir: missing; set it to a shard directory written by 'hpctrain shard' "
                               "(e.g. --set data.dir=shards/digits)")
+        if self.loss.module is not None:
+            # these shape the built-in criterion only; silently dropping them would train another loss
+            ignored = [k for k, on in (("imbalance.class_weights", self.imbalance.class_weights != "none"),
+                                       ("imbalance.sampling=weighted", self.imbalance.sampling == "weighted"),
+                                       ("imbalance.loss", self.imbalance.loss != "cross_entropy"),
+                                       ("regularization.label_smoothing", self.regularization.label_smoothing > 0))
+                       if on]
+            if ignored:
+                raise ConfigError(f"loss.module: set together with {', '.join(ignored)}, which only configure the "
+                                  "built-in loss; pass them as loss.args (e.g. loss.module=cross_entropy with "
+                                  "loss.args.label_smoothing=0.1) or drop loss.module")
         if self.model.freeze and self.model.init_from is None:
             raise ConfigError("model.freeze: freezing parameters without model.init_from trains a partly random "
                               "model; set model.init_from to a checkpoint")
