@@ -437,3 +437,33 @@ def test_loss_module_with_options_of_the_builtin_loss_is_refused():
     with pytest.raises(ConfigError, match="loss.module: set together with regularization.label_smoothing"):
         load_config({"data": {"dir": "x"}, "loss": {"module": "cross_entropy"},
                      "regularization": {"label_smoothing": 0.1}})
+
+
+def test_submit_script_records_where_the_code_is(tmp_path, monkeypatch):
+    from hpctrain.cli import build_parser
+    from hpctrain.commands.submit import build_submission
+    from hpctrain.errors import ConfigError
+    from hpctrain.slurm.script import ScriptTask
+
+    proj = tmp_path / "my proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "train.py").write_text("print('hi')\n")
+    monkeypatch.chdir(proj)
+    monkeypatch.setenv("PYTHONPATH", "src")
+    monkeypatch.setenv("HPCTRAIN_RUNS", str(tmp_path / "runs"))
+
+    def parse(*argv):
+        return build_parser().parse_args(["submit", *argv])
+
+    sub = build_submission(parse("--script", "train.py", "--ntasks-per-node", "2", "--", "--data", "d x", "-v"))
+    task = sub.job.task
+    assert isinstance(task, ScriptTask)
+    assert task.script == str(proj / "train.py") and task.args == ["--data", "d x", "-v"]
+    assert task.cwd == str(proj) and task.pythonpath == [str(proj), str(proj / "src")]
+    assert sub.spec.run_dir == (tmp_path / "runs" / "train").resolve()
+    with pytest.raises(ConfigError, match="--script 'nope.py': no such file"):
+        build_submission(parse("--script", "nope.py"))
+    with pytest.raises(ConfigError, match="drop --counter and --set"):
+        build_submission(parse("--script", "train.py", "--set", "a.b=1"))
+    with pytest.raises(ConfigError, match=r"unexpected arguments \['b'\]; only --script"):
+        build_submission(parse("cfg.yaml", "b"))
