@@ -1,7 +1,8 @@
 """Where am I: rank, local rank, world size, node and job id.
 
-One table of variables, read in one place, for Slurm, OpenMPI, MPICH/Hydra/PMI and a
-plain single process. Read-only: nothing here writes ``os.environ``.
+The one table of rank facts, read in one place, for Slurm, OpenMPI, MPICH/Hydra/PMI,
+submitit's local executor and a plain single process. ``hpctrain.slurm.environment.job_facts``
+is a view of the same facts. Read-only: nothing here writes ``os.environ``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Mapping
 
-from hpctrain.errors import HpctrainError
+from hpctrain.errors import ClusterError, HpctrainError
 
 # (launcher, rank, local rank, world size, local size) variables, in order of precedence.
 # mpirun inside a Slurm allocation sets both families; the MPI ones describe the ranks
@@ -21,6 +22,8 @@ _TABLE = (
      "OMPI_COMM_WORLD_LOCAL_SIZE"),
     ("mpich", "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE", "MPI_LOCALNRANKS"),
     ("pmix", "PMIX_RANK", None, None, None),
+    # submitit's local executor: its tasks are processes of one node with no MPI wiring
+    ("submitit", "SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_LOCALID", "SUBMITIT_LOCAL_NTASKS", None),
     ("slurm", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", None),
 )
 
@@ -34,10 +37,13 @@ class RankInfo:
     world_size: int
     local_size: int
     node: str
-    launcher: str  # "openmpi" | "mpich" | "pmix" | "slurm" | "single"
-    job_id: str | None
+    launcher: str  # "openmpi" | "mpich" | "pmix" | "submitit" | "slurm" | "single"
+    job_id: str | None  # the array's job id for an array element (what names the run), else SLURM_JOB_ID
     array_task_id: str | None
     restart_count: int
+    executor: str = "none"  # who runs the job: "slurm" | "local" (submitit's local executor) | "none"
+    slurm_job_id: str | None = None  # SLURM_JOB_ID itself (an array element's own id), or "local-N"
+    array_job_id: str | None = None
 
     @property
     def is_root(self) -> bool:
@@ -49,14 +55,14 @@ class RankInfo:
 
 
 def _int(env: Mapping[str, str], name: str | None, default: int | None) -> int | None:
-    if name is None or name not in env:
+    if name is None or env.get(name, "") == "":
         return default
     raw = env[name]
     try:
         return int(raw)
     except ValueError:
-        raise HpctrainError(f"environment variable {name}={raw!r} is not an integer; "
-                            "it is set by the launcher, so check how this process was started") from None
+        raise ClusterError(f"environment variable {name}={raw!r} is not an integer; "
+                           "it is set by the launcher, so check how this process was started") from None
 
 
 def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
@@ -65,13 +71,26 @@ def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
     node = env.get("SLURMD_NODENAME") or socket.gethostname()
     job_id = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
     array_task = env.get("SLURM_ARRAY_TASK_ID")
+    local_job = env.get("SUBMITIT_EXECUTOR", "") == "local"
+    if local_job:
+        # prefixed so a local id is never mistaken for (and looked up as) a Slurm job id
+        lid = env.get("SUBMITIT_LOCAL_JOB_ID")
+        job = dict(executor="local", slurm_job_id=f"local-{lid}" if lid else None, array_job_id=None)
+    elif "SLURM_JOB_ID" in env:
+        job = dict(executor="slurm", slurm_job_id=env["SLURM_JOB_ID"], array_job_id=env.get("SLURM_ARRAY_JOB_ID"))
+    else:
+        job = dict(executor="none", slurm_job_id=None, array_job_id=None)
     restarts = _int(env, "SLURM_RESTART_COUNT", 0) or 0
     for launcher, r, lr, ws, ls in _TABLE:
+        if launcher == "submitit" and not local_job:
+            continue
         if r in env:
             rank = _int(env, r, 0)
             world = _int(env, ws, None)
             if world is None and launcher == "pmix":
                 world = _int(env, "OMPI_COMM_WORLD_SIZE", None) or _int(env, "SLURM_NTASKS", 1)
+            elif world is None and launcher == "submitit":
+                world = 1
             local = _int(env, lr, None)
             if local is None:
                 local = _int(env, "SLURM_LOCALID", 0)
@@ -82,8 +101,8 @@ def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
                 raise HpctrainError(
                     f"{launcher} says rank {rank} of world size {world}; expected 0 <= rank < size. "
                     "HINT: under Slurm use 'srun' with --ntasks (or --ntasks-per-node), not bare 'sbatch' tasks")
-            return RankInfo(rank, local, world, local_size, node, launcher, job_id, array_task, restarts)
-    return RankInfo(0, 0, 1, 1, node, "single", job_id, array_task, restarts)
+            return RankInfo(rank, local, world, local_size, node, launcher, job_id, array_task, restarts, **job)
+    return RankInfo(0, 0, 1, 1, node, "single", job_id, array_task, restarts, **job)
 
 
 def _slurm_tasks_on_this_node(env: Mapping[str, str]) -> int | None:

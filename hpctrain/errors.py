@@ -16,3 +16,8 @@ class LaunchError(HpctrainError):
 
 class ClusterError(HpctrainError):
     """Slurm is missing, unreachable or refused a request."""
+
+
+class ImputeError(HpctrainError):
+    """Imputer input, configuration or statistics file is wrong (``hpctrain.kernels.impute``
+    re-exports it; it lives here so the file readers in ``hpctrain.data`` raise it too)."""

@@ -162,10 +162,10 @@ class Session:
             self.device = torch.device("cpu")
         else:
             raise ConfigError(f"session: device={device!r}, expected 'auto', 'cpu' or 'cuda'")
-        from hpctrain.train.trainer import _seed_all
+        from hpctrain.train.rng import seed_all
 
         # the same seed everywhere until setup(): a model built now starts equal on every rank
-        _seed_all(seed)
+        seed_all(seed)
 
     # -- building blocks -------------------------------------------------------------------------
     def setup(self, model, optimizer, *, clip_grad_norm: float | None = None, backward_passes_per_step: int = 1,
@@ -173,7 +173,7 @@ class Session:
         """Move ``model`` to this rank's device, make every rank's weights rank 0's, and wrap
         ``optimizer`` so that ``step()`` applies gradients averaged over all ranks (clipped to
         ``clip_grad_norm`` if given). Returns ``(model, optimizer)``; use the returned optimizer."""
-        from hpctrain.train.trainer import _seed_all
+        from hpctrain.train.rng import seed_all
 
         if self._exchange is not None:
             raise ConfigError("session.setup: called twice; set up one model and optimizer per session")
@@ -185,7 +185,7 @@ class Session:
                                                      backward_passes_per_step=backward_passes_per_step,
                                                      bucket_mb=bucket_mb)
         # from here every rank draws its own stream (dropout, augmentation)
-        _seed_all(self.seed + 1000 * self.rank)
+        seed_all(self.seed + 1000 * self.rank)
         params = [p for p in model.parameters() if p.requires_grad]
         return model, _Optimizer(self._exchange, clip_grad_norm, params)
 
@@ -208,7 +208,7 @@ class Session:
         import warnings
 
         from hpctrain.train import checkpoint as C
-        from hpctrain.train.trainer import _set_rng_state
+        from hpctrain.train.rng import set_rng_state
 
         for name, obj in objects.items():
             if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
@@ -223,7 +223,7 @@ class Session:
             for w in caught:
                 print(f"hpctrain session: warning: {w.message}", file=sys.stderr, flush=True)
             name = str(found[0]) if found else None
-        name = self.comm.broadcast_object(name)
+        name = self.comm.broadcast(name)
         if name is None:
             return Resumed()
         ck = C.load(Path(name))  # the run dir is on a shared file system: every rank reads it
@@ -239,7 +239,7 @@ class Session:
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
         self.resumed_from = name
         if ck.get("world_size") == self.world_size:
-            _set_rng_state(ck["rng"][self.rank])
+            set_rng_state(ck["rng"][self.rank])
             if ck.get("loader") is not None and self._loader is not None:
                 self._loader.load_state_dict(ck["loader"])
                 self._positioned = True
@@ -258,9 +258,9 @@ class Session:
         import torch
 
         from hpctrain.train import checkpoint as C
-        from hpctrain.train.trainer import _rng_state
+        from hpctrain.train.rng import rng_state
 
-        rngs = self.comm.gather_object(_rng_state())
+        rngs = self.comm.gather(rng_state())
         if self.is_root:
             epoch, loader = self.epoch, None
             if self._loader is not None:

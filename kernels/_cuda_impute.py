@@ -68,7 +68,7 @@ def transform(imp, X, *, copy: bool = False):
 
     In place (returning ``X``) when nothing is dropped or appended and ``copy`` is False;
     otherwise a new device array of the same kind (torch in, torch out)."""
-    from hpctrain.kernels.impute import ImputeError
+    from hpctrain.errors import ImputeError
 
     shape = tuple(X.shape)
     if len(shape) < 2:

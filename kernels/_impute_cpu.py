@@ -280,14 +280,6 @@ def sum_count_top(x):
     return _sum_count_top(x, x.view(np.uint32), blocks(x.shape[0]))
 
 
-def key_to_float(keys: np.ndarray) -> np.ndarray:
-    """Inverse of ``_key`` for an array of uint64 keys."""
-    k = keys.astype(np.uint64)
-    neg = (k & np.uint64(0x80000000)) == 0
-    bits = np.where(neg, ~k & np.uint64(0xFFFFFFFF), k & np.uint64(0x7FFFFFFF))
-    return bits.astype(np.uint32).view(np.float32)
-
-
 def col_sum_count(x):
     return _col_sum_count(x, blocks(x.shape[0]))
 

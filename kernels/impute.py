@@ -26,52 +26,34 @@ most_frequent, a sort per column of a compacted feature-major copy; both paths a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from hpctrain.errors import HpctrainError
+from hpctrain.data.impute_io import STATS_NAME  # noqa: F401 - public name, kept importable here
+from hpctrain.errors import ImputeError  # noqa: F401 - public name, kept importable here
 from hpctrain.kernels._arrays import as_float32
 
 STRATEGIES = ("mean", "median", "most_frequent", "constant")
-STATS_NAME = "imputer.json"
 FORMAT = "hpctrain-imputer"
 FORMAT_VERSION = 1
 
 
-class ImputeError(HpctrainError):
-    """Imputer input, configuration or statistics file is wrong."""
-
-
-# --- collectives --------------------------------------------------------------------------
-
-
-def _size(comm) -> int:
-    return 1 if comm is None else int(comm.Get_size())
-
-
-def allreduce_sum(a: np.ndarray, comm=None) -> np.ndarray:
-    """Element-wise sum of ``a`` over the ranks of ``comm`` (``a`` itself without one)."""
-    a = np.ascontiguousarray(a)
-    if _size(comm) == 1:
-        return a
-    from mpi4py import MPI
-
-    out = np.empty_like(a)
-    comm.Allreduce(a, out, op=MPI.SUM)
-    return out
+# --- collectives (hpctrain.comm.collective; ``comm`` may be None, a Collective or an mpi4py communicator) ---
 
 
 def merge_statistics(partial: dict, comm=None) -> dict:
     """Merge the mergeable per-rank partials (``sum``, ``count``, ``rows``) with one
     allreduce each; the single-process call returns them unchanged. Every rank must call it."""
-    return {"sum": allreduce_sum(np.asarray(partial["sum"], dtype=np.float64), comm),
-            "count": allreduce_sum(np.asarray(partial["count"], dtype=np.int64), comm),
-            "rows": int(allreduce_sum(np.array([partial["rows"]], dtype=np.int64), comm)[0])}
+    from hpctrain.comm.world import as_collective
+
+    c = as_collective(comm)
+    return {"sum": c.allreduce(np.asarray(partial["sum"], dtype=np.float64)),
+            "count": c.allreduce(np.asarray(partial["count"], dtype=np.int64)),
+            "rows": int(c.allreduce(np.array([partial["rows"]], dtype=np.int64))[0])}
 
 
 # --- input handling -----------------------------------------------------------------------
@@ -136,36 +118,26 @@ def radix_select(chunks: Callable[[], Iterable[np.ndarray]], ranks: np.ndarray, 
     """Exact order statistics: ``out[j, t]`` is the ``ranks[j, t]``-th smallest (0-based)
     non-NaN value of column j over all chunks on all ranks. Ranks out of range give NaN.
 
-    ``chunks()`` must yield the same local data on every call (it is read four times, or
-    three when ``first``, this rank's (d, 256) histogram of the top 8 key bits, is given:
+    The selection is :func:`hpctrain.kernels.order_stats.radix_select`; this rank's
+    histograms come from a numba pass over the float32 data per round. ``chunks()`` must
+    yield the same local data on every call (it is read four times, or three when
+    ``first``, this rank's (d, 256) histogram of the top 8 key bits, is given:
     ``_impute_cpu.sum_count_top`` makes it in the pass that counts the values)."""
     from hpctrain.kernels import _impute_cpu as K
+    from hpctrain.kernels.order_stats import keys_to_float, radix_select as select
 
-    ranks = np.asarray(ranks, dtype=np.int64)
-    d, t = ranks.shape
-    want = ranks.copy()
-    prefix = np.zeros((d, t), dtype=np.uint64)
-    valid = want >= 0
-    for shift in (24, 16, 8, 0):
-        # the two middle ranks usually share their leading digits (always on the first pass):
-        # then one histogram per column serves both
-        same = bool(np.all(prefix == prefix[:, :1]))
-        hist = np.zeros((d, 1 if same else t, 256), dtype=np.int64)
-        for x in (() if shift == 24 and first is not None else chunks()):
-            hist += K.radix_hist(x.view(np.uint32), shift, np.ascontiguousarray(prefix[:, :1]) if same else prefix)
+    d = np.shape(ranks)[0]
+
+    def hist(shift: int, prefix: np.ndarray) -> np.ndarray:
         if shift == 24 and first is not None:
-            hist[:, 0, :] = first  # the first round has no prefix: same = True
-        hist = allreduce_sum(hist, comm)  # ``same`` agrees on every rank: the prefixes come from merged counts
-        if same:
-            hist = np.broadcast_to(hist, (d, t, 256))
-        cum = np.cumsum(hist, axis=2)
-        digit = (cum <= want[:, :, None]).sum(axis=2)  # first bin whose running count exceeds the rank
-        valid &= digit < 256
-        digit = np.minimum(digit, 255)
-        below = np.where(digit > 0, np.take_along_axis(cum, np.maximum(digit - 1, 0)[:, :, None], 2)[:, :, 0], 0)
-        want -= below
-        prefix |= digit.astype(np.uint64) << np.uint64(shift)
-    out = K.key_to_float(prefix).astype(np.float64)
+            return first[:, None, :]  # the first round has no prefix: one histogram per column
+        out = np.zeros((d, prefix.shape[1], 256), dtype=np.int64)
+        for x in chunks():
+            out += K.radix_hist(x.view(np.uint32), shift, prefix)
+        return out
+
+    keys, valid = select(hist, ranks, 32, comm)
+    out = keys_to_float(keys, np.float32).astype(np.float64)
     out[~valid] = np.nan
     return out
 
@@ -181,7 +153,7 @@ def _value_counts(chunks: Callable[[], Iterable[np.ndarray]], d: int, comm=None)
         for j in range(d):
             acc[j].append((vals[sizes[j]:sizes[j + 1]], cnts[sizes[j]:sizes[j + 1]]))
     local = [_merge_counts(parts) for parts in acc]
-    if _size(comm) == 1:
+    if comm.size == 1:
         return local
     gathered = comm.allgather(local)
     return [_merge_counts([g[j] for g in gathered]) for j in range(d)]
@@ -214,11 +186,13 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
                    in_memory: np.ndarray | None = None) -> FitResult:
     """Per-column statistics of the data ``chunks()`` yields (2-D float32 arrays), merged
     over ``comm``'s ranks when given. Every rank must call it (it runs collectives)."""
+    from hpctrain.comm.world import as_collective
     from hpctrain.kernels import _impute_cpu as K
 
+    comm = as_collective(comm)
     d = int(n_features)
     first = None
-    if sum_count is None and strategy == "median" and not (in_memory is not None and _size(comm) == 1):
+    if sum_count is None and strategy == "median" and not (in_memory is not None and comm.size == 1):
         # the streaming median: the counting pass also makes the first radix round's histogram,
         # which saves one read of the data (shards are re-read on every pass)
         sums, count, rows, first = np.zeros(d), np.zeros(d, dtype=np.int64), 0, np.zeros((d, 256), dtype=np.int64)
@@ -241,7 +215,7 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
     elif strategy == "constant":
         stats = np.full(d, float(fill_value))
     elif strategy == "median":
-        if in_memory is not None and _size(comm) == 1:
+        if in_memory is not None and comm.size == 1:
             stats = K.col_median_sampled(in_memory, count)
         else:
             ranks = np.stack([(count - 1) // 2, count // 2], axis=1)
@@ -249,7 +223,7 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
             sel = radix_select(chunks, ranks, comm, first=first)
             stats = (sel[:, 0] + sel[:, 1]) / 2.0
     elif strategy == "most_frequent":
-        if in_memory is not None and _size(comm) == 1:
+        if in_memory is not None and comm.size == 1:
             buf, off = K.compact_columns(in_memory, count)
             stats = K.col_mode(buf, off)
         else:
@@ -307,7 +281,9 @@ class Imputer:
         """Fit on an array (this rank's rows) or a shard directory / Manifest (the ranks of
         ``comm`` share its shards round-robin). With ``from_manifest``, mean and constant
         use the manifest's column statistics and read no data."""
-        if isinstance(data, (str, os.PathLike)) or type(data).__name__ == "Manifest":
+        from hpctrain.data.impute_io import is_shard_input
+
+        if is_shard_input(data):
             return self._fit_shards(data, comm=comm, split=split, from_manifest=from_manifest)
         x = as_2d_float32(data)
         if x.shape[0] == 0:
@@ -321,39 +297,19 @@ class Imputer:
         return self
 
     def _fit_shards(self, where: Any, *, comm, split: str | None, from_manifest: bool) -> Imputer:
-        from hpctrain.data.shards import Manifest
+        from hpctrain.comm.world import as_collective
+        from hpctrain.data.impute_io import shard_fit_input
 
-        m = Manifest.load(where)
-        shards = m.shards_for(split)
-        if not shards:
-            raise ImputeError(f"shard directory {str(m.root)!r} has no {split!r} shards; fit on split=None (all) "
-                              "or another split")
-        d = m.schema.n_features
-        # the feature names let 'impute apply' refuse statistics of another dataset of the same width
-        source = {"kind": "shards", "dir": str(m.root), "split": split, "rows": m.rows(split),
-                  "feature_names": list(m.schema.feature_names)}
-        if from_manifest and self.strategy in ("mean", "constant"):
-            st = m.column_stats(split)
-            if np.any(st.inf_count > 0):
-                bad = np.flatnonzero(st.inf_count > 0)[:5].tolist()
-                raise ImputeError(f"{str(m.root)!r}: column(s) {bad} hold infinite values; only NaN marks a missing "
-                                  "value: clean the data first (e.g. 'hpctrain clean')")
-            count = st.count.astype(np.int64)
-            res = fit_statistics(lambda: [], d, self.strategy, self._fill(), None,
-                                 sum_count=(st.sum, count, m.rows(split)))
-            self._set(res, source={**source, "from": "manifest"})
+        c = as_collective(comm)
+        inp = shard_fit_input(where, split=split, rank=c.rank, size=c.size,
+                              from_manifest=from_manifest and self.strategy in ("mean", "constant"))
+        if inp.sum_count is not None:
+            res = fit_statistics(lambda: [], inp.n_features, self.strategy, self._fill(), None,
+                                 sum_count=inp.sum_count)
+            self._set(res, source={**inp.source, "from": "manifest"})
             return self
-        rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
-        local = dataclasses.replace(m, shards=shards[rank::size])
-
-        def chunks() -> Iterator[np.ndarray]:
-            from hpctrain.data.shards import iter_arrays
-
-            for _, x, _ in iter_arrays(local, split):
-                yield np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
-
-        res = fit_statistics(chunks, d, self.strategy, self._fill(), comm)
-        self._set(res, source={**source, "from": "data"})
+        res = fit_statistics(inp.chunks, inp.n_features, self.strategy, self._fill(), c)
+        self._set(res, source={**inp.source, "from": "data"})
         return self
 
     def _fill(self) -> float:
@@ -450,14 +406,10 @@ class Imputer:
     def save(self, path: str | os.PathLike, comm=None) -> Path:
         """Write the statistics as JSON (atomically; only rank 0 of ``comm`` writes).
         ``path`` may be a shard directory: the file goes next to its manifest."""
-        from hpctrain.fileio import atomic_write_json
+        from hpctrain.comm.world import as_collective
+        from hpctrain.data.impute_io import write_stats
 
-        p = Path(path)
-        if p.is_dir():
-            p = p / STATS_NAME
-        if comm is None or comm.Get_rank() == 0:
-            atomic_write_json(p, self.to_json())
-        return p
+        return write_stats(path, self.to_json(), rank=as_collective(comm).rank)
 
     @classmethod
     def from_json(cls, d: Any, where: str = "imputer statistics") -> Imputer:
@@ -490,14 +442,7 @@ class Imputer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Imputer:
         """Read statistics written by :meth:`save` (a file, or a shard directory holding one)."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / STATS_NAME
-        if not p.is_file():
-            raise ImputeError(f"imputer statistics {str(p)!r} do not exist; create them with "
-                              f"'hpctrain impute fit {p.parent}' (or Imputer.fit(...).save(...))")
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ImputeError(f"{str(p)!r} is not valid JSON ({e}); re-run 'hpctrain impute fit'") from None
-        return cls.from_json(d, where=repr(str(p)))
+        from hpctrain.data.impute_io import read_stats
+
+        d, where = read_stats(path)
+        return cls.from_json(d, where=where)

@@ -33,7 +33,7 @@ import numpy as np
 
 from hpctrain.config import from_mapping
 from hpctrain.errors import ConfigError
-from hpctrain.kernels.augment import OPS, AugmentError, Op
+from hpctrain.kernels.augment_ops import OPS, AugmentError, Op
 from hpctrain.kernels._arrays import as_float32
 
 _FUSED_SLOTS = {"flip": 0, "crop": 1, "noise": 2, "cutout": 3}

@@ -116,12 +116,12 @@ def test_gradient_accumulation_equals_big_batch(torch, backend, via_exchange):
 @pytest.mark.parametrize("backend", ["mpi", "horovod", "torch"])
 def test_control_plane(torch, backend):
     comm = _comm(backend)
-    s = comm.allreduce_array(np.array([comm.rank + 1.0, 2.0]))
+    s = comm.allreduce(np.array([comm.rank + 1.0, 2.0]))
     np.testing.assert_array_equal(s, [3.0, 4.0])
     assert comm.any_true(comm.rank == 1) is True
     assert comm.any_true(False) is False
-    assert comm.broadcast_object({"a": comm.rank}) == {"a": 0}
-    g = comm.gather_object(comm.rank * 10)
+    assert comm.broadcast({"a": comm.rank}) == {"a": 0}
+    g = comm.gather(comm.rank * 10)
     assert g == ([0, 10] if comm.rank == 0 else None)
 
 

@@ -54,14 +54,14 @@ class ThreadComm(LocalComm):
         sh["barrier"].wait()
         return out
 
-    def allreduce_sum(self, a):
+    def allreduce(self, a, op="sum"):
         return sum(self._exchange(np.asarray(a)))
 
-    def gather(self, obj):
+    def gather(self, obj, root=0):
         out = self._exchange(obj)
         return out if self.rank == 0 else None
 
-    def bcast(self, obj):
+    def broadcast(self, obj, root=0):
         return self._exchange(obj)[0]
 
     def barrier(self):

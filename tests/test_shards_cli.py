@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpctrain.cli import main
-from hpctrain.data import sources
+from hpctrain.data import file_sources, sources
 from hpctrain.data.shards import Manifest, ShardError, iter_arrays
 from hpctrain.data.sources import SplitAssigner, write_shards
 
@@ -99,7 +99,7 @@ def test_csv_round_trip_exact_order(tmp_path, name, sep):
 
 def test_csv_streams_in_bounded_chunks(tmp_path, monkeypatch):
     p, x, y = _csv(tmp_path)
-    monkeypatch.setattr(sources, "CHUNK_CELLS", 100)  # 20 rows per chunk for 5 columns
+    monkeypatch.setattr(file_sources, "CHUNK_CELLS", 100)  # 20 rows per chunk for 5 columns
     src = sources.open_source(str(p))
     sizes = [len(c[1]) for c in src.chunks()]
     assert max(sizes) == 64 and sum(sizes) == 257  # the 64-row floor; never the whole file

@@ -157,7 +157,7 @@ def test_exception_on_one_rank_aborts_all_with_its_traceback(tmp_path, clean_env
         install_excepthook(comm.rank)
         if comm.rank == 1:
             raise ValueError("rank one broke")
-        comm.allreduce_array(np.zeros(1))  # rank 0 waits here for a peer that is gone
+        comm.allreduce(np.zeros(1))  # rank 0 waits here for a peer that is gone
         print("UNREACHABLE")
         """))
     t0 = time.monotonic()

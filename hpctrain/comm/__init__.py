@@ -1,4 +1,6 @@
-"""Gradient exchange behind one small interface; see :mod:`hpctrain.comm.base`."""
+"""The one collective layer (:mod:`hpctrain.comm.collective`, :func:`world`), the one abort path
+(:mod:`hpctrain.comm.failfast`) and gradient exchange behind one small interface
+(:mod:`hpctrain.comm.base`)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,13 @@ import os
 from typing import Mapping
 
 from hpctrain.comm.base import BACKENDS, Comm, GradientExchange
+from hpctrain.comm.collective import Collective, LocalCollective
+from hpctrain.comm.world import as_collective, world
 from hpctrain.env import RankInfo, rank_info
 from hpctrain.errors import ConfigError
 
-__all__ = ["BACKENDS", "Comm", "GradientExchange", "init_comm", "shared_comm"]
+__all__ = ["BACKENDS", "Collective", "Comm", "GradientExchange", "LocalCollective", "as_collective", "init_comm",
+           "shared_comm", "world"]
 
 
 def init_comm(backend: str, info: RankInfo | None = None, *, env: Mapping[str, str] | None = None,

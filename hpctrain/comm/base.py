@@ -2,8 +2,8 @@
 
 A backend does two jobs:
 
-* the *control plane*: small collectives the trainer needs (agree on a stop flag, broadcast
-  a checkpoint name, gather RNG states for a checkpoint);
+* the *control plane*: the small collectives of :class:`hpctrain.comm.collective.Collective`
+  (agree on a stop flag, broadcast a checkpoint name, gather RNG states for a checkpoint);
 * the *data plane*: averaging gradients over ranks, wrapped as a :class:`GradientExchange`
   whose ``step()`` leaves every rank with the same averaged gradients and then steps.
 
@@ -17,34 +17,17 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable, Sequence
 
-import numpy as np
+from hpctrain.comm.collective import Collective
 
 BACKENDS = ("horovod", "torch", "mpi")
 
 
-class Comm(abc.ABC):
+class Comm(Collective):
+    """A gradient-exchange backend: the control plane is :class:`Collective`'s four
+    operations (agree on a stop flag, broadcast a checkpoint name, gather RNG states)."""
+
     name: str = "?"
-    rank: int = 0
-    size: int = 1
     local_rank: int = 0
-
-    # -- control plane -------------------------------------------------------------------
-    @abc.abstractmethod
-    def allreduce_array(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
-        """Elementwise reduction (op: sum, max, min) of a small float64/int64 array; returns a new array."""
-
-    @abc.abstractmethod
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any: ...
-
-    @abc.abstractmethod
-    def gather_object(self, obj: Any, root: int = 0) -> list[Any] | None:
-        """The list of every rank's ``obj`` on ``root``, None elsewhere."""
-
-    def barrier(self) -> None:
-        self.allreduce_array(np.zeros(1))
-
-    def any_true(self, flag: bool) -> bool:
-        return bool(self.allreduce_array(np.array([1.0 if flag else 0.0]), "max")[0] > 0)
 
     # -- data plane ----------------------------------------------------------------------
     @abc.abstractmethod

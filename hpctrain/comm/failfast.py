@@ -18,7 +18,7 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 
 def _mpi_initialized() -> bool:
@@ -57,6 +57,17 @@ def install_excepthook(rank: int | None = None) -> None:
     sys.excepthook = hook
 
 
+def fail(exc: BaseException, rank: int, *, message_only: tuple[type, ...] = ()) -> NoReturn:
+    """Report ``exc`` on this rank and abort the whole job: the one way a collective program
+    ends after an error. A ``message_only`` exception (bad input, an HpctrainError) is one
+    line and exit code 2; anything else is a traceback and exit code 1."""
+    if isinstance(exc, message_only):
+        sys.stderr.write(f"rank {rank}: error: {exc}\nrank {rank}: hpctrain: aborting all ranks\n")
+        abort(2)
+    _report(type(exc), exc, exc.__traceback__, rank)
+    abort(1)
+
+
 @contextlib.contextmanager
 def abort_on_error(world_size: int, rank: int = 0, *, message_only: tuple[type, ...] = ()) -> Iterator[None]:
     """Around the collective part of a program: an error on one rank aborts all of them.
@@ -69,8 +80,14 @@ def abort_on_error(world_size: int, rank: int = 0, *, message_only: tuple[type, 
     except BaseException as e:  # noqa: BLE001 - every escape must end the job, SystemExit included
         if world_size <= 1 or (isinstance(e, SystemExit) and e.code in (0, None)):
             raise
-        if isinstance(e, message_only):
-            sys.stderr.write(f"[rank {rank}] error: {e}\n[rank {rank}] hpctrain: aborting all ranks\n")
-        else:
-            _report(type(e), e, e.__traceback__, rank)
-        abort(2 if isinstance(e, message_only) else 1)
+        fail(e, rank, message_only=message_only)
+
+
+def run_collective(comm, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on every rank of ``comm`` (a :class:`~hpctrain.comm.collective.Collective`),
+    under :func:`abort_on_error` with HpctrainError as the one-line kind: a corrupt shard read
+    by one rank ends the job with its message instead of leaving the others in a collective."""
+    from hpctrain.errors import HpctrainError
+
+    with abort_on_error(comm.size, comm.rank, message_only=(HpctrainError,)):
+        return fn()

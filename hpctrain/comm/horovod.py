@@ -37,7 +37,7 @@ def import_horovod():
 
 
 class HorovodComm(MpiComm):
-    # The control plane (allreduce_array, broadcast/gather of objects, barrier) is MpiComm's:
+    # The control plane (allreduce, broadcast/gather of objects, barrier) is MpiComm's:
     # mpi4py carries those tiny messages without a Horovod negotiation round.
     name = "horovod"
 
@@ -74,9 +74,6 @@ class HorovodComm(MpiComm):
 
     def allreduce_mean_(self, tensor) -> None:
         self.hvd.allreduce_(tensor, op=self.hvd.Average, name="bench")
-
-    def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)
 
     def shutdown(self) -> None:
         self.hvd.shutdown()

@@ -35,16 +35,16 @@ class MpiComm(Comm):
         self.size = self.comm.Get_size()
         self.local_rank = local_rank
 
-    def allreduce_array(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+    def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
         a = np.ascontiguousarray(a)
         out = np.empty_like(a)
         self.comm.Allreduce(a, out, op=getattr(self.MPI, _OPS[op]))
         return out
 
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+    def broadcast(self, obj: Any, root: int = 0) -> Any:
         return self.comm.bcast(obj, root=root)
 
-    def gather_object(self, obj: Any, root: int = 0):
+    def gather(self, obj: Any, root: int = 0):
         return self.comm.gather(obj, root=root)
 
     def barrier(self) -> None:
@@ -82,9 +82,6 @@ class MpiComm(Comm):
         for i in range(0, flat.size, step):
             self.comm.Allreduce(self.MPI.IN_PLACE, flat[i:i + step], op=self.MPI.SUM)
         tensor.div_(self.size)
-
-    def abort(self, code: int = 1) -> None:
-        self.comm.Abort(code)
 
 
 class _MpiBuckets(BucketExchange):

@@ -90,7 +90,7 @@ class TorchComm(Comm):
         # Object collectives and small control messages go over a gloo group even with nccl.
         self.cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
 
-    def allreduce_array(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
+    def allreduce(self, a: np.ndarray, op: str = "sum") -> np.ndarray:
         import torch
 
         t = torch.from_numpy(np.array(a, copy=True))
@@ -98,18 +98,18 @@ class TorchComm(Comm):
         self.dist.all_reduce(t, op=ops[op], group=self.cpu_group)
         return t.numpy()
 
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+    def broadcast(self, obj: Any, root: int = 0) -> Any:
         box = [obj]
         self.dist.broadcast_object_list(box, src=root, group=self.cpu_group)
         return box[0]
 
-    def gather_object(self, obj: Any, root: int = 0):
+    def gather(self, obj: Any, root: int = 0):
         out = [None] * self.size if self.rank == root else None
         self.dist.gather_object(obj, out, dst=root, group=self.cpu_group)
         return out
 
     def barrier(self) -> None:
-        self.allreduce_array(np.zeros(1))
+        self.allreduce(np.zeros(1))
 
     def broadcast_model(self, model, optimizer=None, root: int = 0) -> None:
         if self.size == 1:
@@ -117,7 +117,7 @@ class TorchComm(Comm):
         for t in state_tensors(model):
             self.dist.broadcast(t.data, src=root)
         if optimizer is not None:
-            optimizer.load_state_dict(self.broadcast_object(optimizer.state_dict() if self.rank == root else None,
+            optimizer.load_state_dict(self.broadcast(optimizer.state_dict() if self.rank == root else None,
                                                             root))
 
     def gradient_exchange(self, model, optimizer, *, compression: bool = False,

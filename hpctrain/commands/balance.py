@@ -47,14 +47,15 @@ def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verif
 
 
 def run(args):
-    from hpctrain.quality.dist import run_collective, world_comm
+    from hpctrain.comm.world import world
+    from hpctrain.comm.failfast import run_collective
 
     from hpctrain.quality import QualityError, check_seed
 
     if args.k < 1:
         raise QualityError(f"--k {args.k}: SMOTE needs at least 1 neighbour (default 5)")
     check_seed(args.seed)
-    comm = world_comm()
+    comm = world()
 
     def body() -> int:
         if comm.rank == 0:

@@ -58,7 +58,8 @@ def clean_dir(src, out, plan, *, force=False, verify=False):
 def run(args):
     from hpctrain.quality import QualityError
     from hpctrain.quality.clean import CleanPlan
-    from hpctrain.quality.dist import run_collective, world_comm
+    from hpctrain.comm.world import world
+    from hpctrain.comm.failfast import run_collective
 
     if args.method is not None and args.outliers is None:
         raise QualityError(f"--method {args.method} chooses the outlier fences, but no --outliers clip|drop was given; "
@@ -69,7 +70,7 @@ def run(args):
     if plan.is_empty():
         raise QualityError("clean: no step chosen; pass at least one of --drop-duplicates, --outliers, "
                            "--drop-rows-missing-over, --denoise, --drop-label-noise")
-    comm = world_comm()
+    comm = world()
 
     def body() -> int:
         # Cleaning needs whole-split views (duplicates, neighbours); rank 0 does it, others wait.

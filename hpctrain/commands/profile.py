@@ -25,12 +25,13 @@ def add_arguments(p):
 def run(args):
     from pathlib import Path
 
-    from hpctrain.quality.dist import run_collective, world_comm
+    from hpctrain.comm.world import world
+    from hpctrain.comm.failfast import run_collective
     from hpctrain.quality.io import check_out_dir, load_manifest, local_chunks
     from hpctrain.quality.profile import ProfileConfig, profile_chunks, summary_lines
 
     cfg = ProfileConfig(bins=args.bins, sample_size=args.sample_size, knn_k=args.knn_k, seed=args.seed)
-    comm = world_comm()
+    comm = world()
 
     def body() -> int:
         m = load_manifest(args.dir, args.split)

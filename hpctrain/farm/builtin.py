@@ -65,7 +65,7 @@ def profile_shards(dir: str, out: str, *, split: str | None = None, bins: int = 
     """
     from pathlib import Path
 
-    from hpctrain.quality.dist import LocalComm
+    from hpctrain.comm.collective import LocalCollective
     from hpctrain.quality.io import load_manifest, local_chunks
     from hpctrain.quality.profile import ProfileConfig, profile_chunks
     from hpctrain.quality.report import write_profile_report
@@ -73,7 +73,8 @@ def profile_shards(dir: str, out: str, *, split: str | None = None, bins: int = 
     cfg = ProfileConfig(bins=bins, sample_size=sample_size, knn_k=knn_k, seed=seed)
     m = load_manifest(dir, split)
     r = profile_chunks(local_chunks(m, split, 0, 1, verify=verify), feature_names=list(m.schema.feature_names),
-                       total_rows=m.rows(split), comm=LocalComm(), cfg=cfg, declared_classes=list(m.schema.classes))
+                       total_rows=m.rows(split), comm=LocalCollective(), cfg=cfg,
+                       declared_classes=list(m.schema.classes))
     r["source"] = {"dir": str(m.root), "split": split or "all", "ranks": 1}
     files = [s.file for s in m.shards_for(split)]
     for item in r["anomalies"]["top"] + r["label_noise"]["examples"]:

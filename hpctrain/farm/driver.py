@@ -172,11 +172,13 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
     """The farm on every rank of COMM_WORLD. Rank 0 returns the report, workers None."""
     from mpi4py import MPI
 
+    from hpctrain.comm.failfast import fail
+    from hpctrain.comm.mpi import MpiComm
     from hpctrain.farm.mpi import DISPATCHER_MAX_SLEEP, MpiEndpoint
 
     stream = stream or sys.stderr
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    comm = MpiComm(MPI.COMM_WORLD)  # the collectives; the task messages are point-to-point (MpiEndpoint)
+    rank, size = comm.rank, comm.size
     if size < 2:
         return run_local(cfg, stream)
     tasks = done = None
@@ -189,7 +191,7 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
         except Exception as e:  # noqa: BLE001 - the workers wait in bcast: they must hear of it
             traceback.print_exc()
             err = f"rank 0 failed while reading the task list or journal: {type(e).__name__}: {e}"
-    err = comm.bcast(err, root=0)
+    err = comm.broadcast(err)
     if err is not None:
         if rank == 0:
             raise FarmError(err)
@@ -204,10 +206,10 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
             mine = _resources(cfg, len(same), same.index(rank), rank - 1)
         except Exception as e:  # noqa: BLE001 - reported by rank 0, never a lone hang
             mine = e
-    caps = comm.gather(mine, root=0)
+    caps = comm.gather(mine)
     stop = threading.Event()
     undo = install_stop_handlers(stop)
-    ep = MpiEndpoint(comm, max_sleep=DISPATCHER_MAX_SLEEP if rank == 0 else 2e-3)
+    ep = MpiEndpoint(comm.comm, max_sleep=DISPATCHER_MAX_SLEEP if rank == 0 else 2e-3)
     try:
         if rank == 0:
             bad = [(r, c) for r, c in enumerate(caps) if r > 0 and isinstance(c, Exception)]
@@ -239,12 +241,9 @@ def run_mpi(cfg: FarmConfig, stream=None) -> FarmReport | None:
         return None
     except HpctrainError:
         raise
-    except Exception:
+    except Exception as e:
         # Abort, never hang: a bug on one rank must take the job down, not leave the others waiting.
-        traceback.print_exc()
-        sys.stderr.flush()
-        comm.Abort(1)
-        raise
+        fail(e, rank)
     finally:
         undo()
 

@@ -20,7 +20,7 @@ import numpy as np
 from hpctrain.quality import QualityError
 from hpctrain.quality.outliers import Fences, clip_to_fences, iqr_fences, label_noise_suspects, outlier_mask, \
     zscore_fences
-from hpctrain.quality.dist import LocalComm
+from hpctrain.comm.collective import LocalCollective
 from hpctrain.quality.stats import exact_mad, exact_quantiles, first_occurrence_mask, local_sorted_columns, \
     row_hashes
 
@@ -69,7 +69,7 @@ class StepCount:
 def fences_for(x2d: np.ndarray, method: str) -> Fences:
     cols = local_sorted_columns(x2d)
     counts = np.array([c.size for c in cols])
-    comm = LocalComm()
+    comm = LocalCollective()
     if method == "iqr":
         q = exact_quantiles(cols, counts, [0.25, 0.75], comm)
         return iqr_fences(q[:, 0], q[:, 1])

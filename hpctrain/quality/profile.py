@@ -89,9 +89,9 @@ def profile_chunks(chunks: Iterable[tuple[int, np.ndarray, np.ndarray]], *, feat
                    declared_classes: list[int] | None = None) -> dict:
     """Profile the rows in ``chunks`` ((shard index, x rows x features, y)) over all ranks of ``comm``.
     Every rank must call this; every rank returns the same dict (JSON-ready)."""
-    from hpctrain.quality.dist import LocalComm
+    from hpctrain.comm.collective import LocalCollective
 
-    comm = comm or LocalComm()
+    comm = comm or LocalCollective()
     cfg = cfg or ProfileConfig()
     nfeat = len(feature_names)
     do_corr = nfeat <= cfg.max_corr_features
@@ -119,7 +119,7 @@ def profile_chunks(chunks: Iterable[tuple[int, np.ndarray, np.ndarray]], *, feat
         if not allst:
             raise QualityError("no rows to profile: the shard set is empty")
         merged = _merge_states(allst, nfeat, do_corr)
-    merged = comm.bcast(merged)
+    merged = comm.broadcast(merged)
     mom: Moments = merged["moments"]
 
     # -- exact quantiles and MAD, histograms and outlier counts (collective on every rank)
@@ -128,16 +128,16 @@ def profile_chunks(chunks: Iterable[tuple[int, np.ndarray, np.ndarray]], *, feat
     med = q[:, QUANTILES.index(0.5)]
     mad = exact_mad(cols, mom.count, med, comm)
     q1, q3 = q[:, QUANTILES.index(0.25)], q[:, QUANTILES.index(0.75)]
-    out_iqr = comm.allreduce_sum(count_outliers(local, iqr_fences(q1, q3)))
-    out_z = comm.allreduce_sum(count_outliers(local, zscore_fences(med, mad)))
-    hist = comm.allreduce_sum(histograms(local, mom.min, mom.max, cfg.bins))
+    out_iqr = comm.allreduce(count_outliers(local, iqr_fences(q1, q3)))
+    out_z = comm.allreduce(count_outliers(local, zscore_fences(med, mad)))
+    hist = comm.allreduce(histograms(local, mom.min, mom.max, cfg.bins))
     row_missing = np.isnan(local).mean(axis=1) if nfeat else np.zeros(len(local))
-    row_hist = comm.allreduce_sum(np.histogram(row_missing, bins=10, range=(0.0, 1.0))[0].astype(np.int64))
+    row_hist = comm.allreduce(np.histogram(row_missing, bins=10, range=(0.0, 1.0))[0].astype(np.int64))
 
     result = None
     if comm.rank == 0:
         result = _assemble(merged, q, mad, out_iqr, out_z, hist, row_hist, feature_names, cfg, declared_classes)
-    return comm.bcast(result)
+    return comm.broadcast(result)
 
 
 def _merge_states(allst: list[_ShardState], nfeat: int, do_corr: bool) -> dict:

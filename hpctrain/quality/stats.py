@@ -9,10 +9,11 @@ Conventions (used by every quality command):
   where sum/sum-of-squares cancels catastrophically.
 
 Exact quantiles: each rank keeps its own finite values per column, sorted. The k-th
-smallest value over all ranks is found by bisection over the order-preserving integer
-keys of the floats: 32 (float32) or 64 (float64) rounds, each one allreduce of a count
-vector of size columns x order-statistics. The answer is an actual data value, so the
-result is exact and identical for any number of ranks; memory is the rank's own data.
+smallest value over all ranks is found by radix selection over the order-preserving integer
+keys of the floats, one 8-bit digit per round (:mod:`hpctrain.kernels.order_stats`):
+4 (float32) or 8 (float64) allreduces of a columns x order-statistics x 256 histogram.
+The answer is an actual data value, so the result is exact and identical for any number
+of ranks; memory is the rank's own data.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hpctrain.kernels.order_stats import float_keys, keys_to_float, order_statistics
 from hpctrain.quality import QualityError
 
 
@@ -182,57 +184,7 @@ def first_occurrence_mask(hashes: np.ndarray) -> np.ndarray:
     return keep
 
 
-# ---- exact order statistics by bisection over float keys ------------------------------
-
-def float_keys(a: np.ndarray) -> np.ndarray:
-    """Order-preserving unsigned integer keys of float32/float64 values (NaN-free input)."""
-    if a.dtype == np.float32:
-        bits, top = a.view(np.uint32).astype(np.uint64), np.uint64(1 << 31)
-        mask = np.uint64(0xFFFFFFFF)
-    elif a.dtype == np.float64:
-        bits, top = a.view(np.uint64), np.uint64(1 << 63)
-        mask = np.uint64(0xFFFFFFFFFFFFFFFF)
-    else:
-        raise TypeError(f"float_keys: float32 or float64 expected, got {a.dtype}")
-    neg = (bits & top) != 0
-    return np.where(neg, (~bits) & mask, bits | top)
-
-
-def keys_to_float(k: np.ndarray, dtype) -> np.ndarray:
-    k = np.asarray(k, dtype=np.uint64)
-    if np.dtype(dtype) == np.float32:
-        top, mask = np.uint64(1 << 31), np.uint64(0xFFFFFFFF)
-        bits = np.where(k & top, k & ~top & mask, (~k) & mask)
-        return bits.astype(np.uint32).view(np.float32)
-    top, mask = np.uint64(1 << 63), np.uint64(0xFFFFFFFFFFFFFFFF)
-    bits = np.where(k & top, k & ~top & mask, (~k) & mask)
-    return bits.view(np.float64)
-
-
-def order_statistics(sorted_keys: list[np.ndarray], targets: list[np.ndarray], nbits: int, comm) -> list[np.ndarray]:
-    """For each column c, the keys of the global ``targets[c]``-th smallest values (0-based)
-    over all ranks, where ``sorted_keys[c]`` holds this rank's keys of column c, sorted.
-    Every rank must call this with the same ``targets``; the loop count is fixed (``nbits``)
-    so all ranks make the same collectives."""
-    sizes = [len(t) for t in targets]
-    if sum(sizes) == 0:
-        return [np.zeros(0, dtype=np.uint64) for _ in targets]
-    want = np.concatenate([np.asarray(t, dtype=np.int64) for t in targets]) + 1
-    lo = np.zeros(want.shape, dtype=np.uint64)
-    hi = np.full(want.shape, np.uint64((1 << nbits) - 1), dtype=np.uint64)
-    bounds = np.cumsum([0] + sizes)
-    for _ in range(nbits):
-        mid = lo + (hi - lo) // np.uint64(2)
-        local = np.zeros(want.shape, dtype=np.int64)
-        for c, keys in enumerate(sorted_keys):
-            a, b = bounds[c], bounds[c + 1]
-            if b > a and keys.size:
-                local[a:b] = np.searchsorted(keys, mid[a:b], side="right")
-        total = comm.allreduce_sum(local)
-        ok = total >= want
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid + np.uint64(1))
-    return [lo[bounds[c]:bounds[c + 1]] for c in range(len(targets))]
+# ---- exact quantiles (the selection itself: hpctrain.kernels.order_stats) ----------------
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -240,6 +192,12 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     diff = b - a
     out = a + diff * t
     return np.where(t >= 0.5, b - diff * (1 - t), out)
+
+
+def _sorted_keys(v: np.ndarray) -> np.ndarray:
+    # a float sort leaves -0.0 and 0.0 interleaved (they compare equal); their keys differ
+    k = float_keys(v)
+    return k if k.size < 2 or bool(np.all(k[1:] >= k[:-1])) else np.sort(k)
 
 
 def exact_quantiles(local_sorted: list[np.ndarray], counts: np.ndarray, qs: Sequence[float], comm) -> np.ndarray:
@@ -264,7 +222,7 @@ def exact_quantiles(local_sorted: list[np.ndarray], counts: np.ndarray, qs: Sequ
         uniq, inv = np.unique(np.concatenate([lo, hi]), return_inverse=True)
         targets.append(uniq)
         plans.append((inv[: len(qs)], inv[len(qs):], h - lo))
-    keys = order_statistics([float_keys(v) for v in local_sorted], targets, nbits, comm)
+    keys = order_statistics([_sorted_keys(v) for v in local_sorted], targets, nbits, comm)
     out = np.full((len(local_sorted), len(qs)), np.nan)
     for c, plan in enumerate(plans):
         if plan is None:

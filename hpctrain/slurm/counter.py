@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from hpctrain.env import rank_info
 from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_json
 
@@ -52,7 +53,7 @@ class CounterTask:
             raise ConfigError("counter: permanent_error is set (a stand-in for a bad config key); "
                               "fix the config and submit again")
         run_dir = Path(run_dir)
-        rank = int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")))
+        rank = rank_info().rank
         ckpt = run_dir / "checkpoints" / "counter.json"
         step, params = 0, [0.0] * self.dim
         if ckpt.is_file():

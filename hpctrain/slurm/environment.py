@@ -7,7 +7,6 @@ guess based on how long this process has been alive.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,33 +33,18 @@ class JobFacts:
         return self.rank == 0
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ClusterError(f"{name}={raw!r} is not an integer; it is set by Slurm/submitit, "
-                           "so check how this process was started") from None
-
-
 def job_facts(env: Mapping[str, str] | None = None) -> JobFacts:
-    env = os.environ if env is None else env
-    executor = env.get("SUBMITIT_EXECUTOR", "")
-    if executor == "local":
-        # prefixed so a local id is never mistaken for (and looked up as) a Slurm job id
-        local_id = env.get("SUBMITIT_LOCAL_JOB_ID")
-        return JobFacts(executor="local", job_id=f"local-{local_id}" if local_id else None, array_job_id=None,
-                        array_task_id=None, restart_count=0, rank=_int(env, "SUBMITIT_LOCAL_GLOBALID", 0),
-                        ntasks=_int(env, "SUBMITIT_LOCAL_NTASKS", 1))
-    if "SLURM_JOB_ID" in env:
-        return JobFacts(executor="slurm", job_id=env["SLURM_JOB_ID"], array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
-                        array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
-                        restart_count=_int(env, "SLURM_RESTART_COUNT", 0), rank=_int(env, "SLURM_PROCID", 0),
-                        ntasks=_int(env, "SLURM_NTASKS", 1))
-    return JobFacts(executor="none", job_id=None, array_job_id=None, array_task_id=None, restart_count=0,
-                    rank=0, ntasks=1)
+    """The job-level view of :func:`hpctrain.env.rank_info` (the one table of rank facts)."""
+    from hpctrain.env import rank_info
+
+    info = rank_info(env)
+    if info.executor == "none":
+        return JobFacts(executor="none", job_id=None, array_job_id=None, array_task_id=None, restart_count=0,
+                        rank=0, ntasks=1)
+    local = info.executor == "local"
+    return JobFacts(executor=info.executor, job_id=info.slurm_job_id, array_job_id=info.array_job_id,
+                    array_task_id=None if local else info.array_task_id,
+                    restart_count=0 if local else info.restart_count, rank=info.rank, ntasks=info.world_size)
 
 
 # `scontrol show job -o` prints one line of Key=Value pairs; values may hold spaces

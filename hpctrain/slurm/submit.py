@@ -232,8 +232,8 @@ def run_local(sub: Submission, *, poll_s: float = 0.2, echo=print) -> int:
     from hpctrain.slurm.job import TrainTask
 
     if isinstance(sub.job.task, TrainTask) and spec.ntasks_per_node != 1:
-        # submitit's local ranks carry SUBMITIT_LOCAL_* variables, which the trainer's rank
-        # discovery (hpctrain.env) does not read: each would train alone as rank 0
+        # submitit's local tasks are separate processes with no MPI wiring between them, so no
+        # collective could join them into one training run
         raise ConfigError(f"--cluster local trains one rank, got --ntasks-per-node {spec.ntasks_per_node}; "
                           "for several local ranks use 'hpctrain launch -n N -- hpctrain train CONFIG'")
     prepare_dirs(spec)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
 import time
 import warnings
@@ -28,11 +27,13 @@ import numpy as np
 from hpctrain.env import RankInfo, placement_line, rank_info
 from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from hpctrain.train.build import get_comm, make_optimizer
 from hpctrain.train.config import Plan, TrainConfig, check_runtime
+from hpctrain.train.provenance import RESOLVED, write_resolved  # noqa: F401 - RESOLVED: public name, kept here
+from hpctrain.train.rng import rng_state, seed_all, set_rng_state
 
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
-RESOLVED = "config.resolved.json"
 
 
 @dataclass(slots=True)
@@ -45,12 +46,6 @@ class TrainResult:
     resumed_from: str | None = None
 
 
-def _get_comm(cfg: TrainConfig, info: RankInfo):
-    from hpctrain.comm import shared_comm
-
-    return shared_comm(cfg.comm.backend, info, timeout_s=cfg.comm.timeout_s, torch_backend=cfg.comm.torch_backend)
-
-
 def read_result(run_dir: Path) -> dict | None:
     p = Path(run_dir) / RESULT
     try:
@@ -58,71 +53,6 @@ def read_result(run_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return d if isinstance(d, dict) else None
-
-
-def _seed_all(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    import torch
-
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
-          "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                    "cached": float(cached)}}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    import torch
-
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    n = st["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("hpctrain", "torch", "numpy", "horovod", "mpi4py", "h5py", "numba"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _git_revision() -> str | None:
-    import subprocess
-
-    try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20,
-                           cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
-def _cluster_facts(info: RankInfo, placement: list[dict] | None = None) -> dict:
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURM_NTASKS",
-            "SLURM_RESTART_COUNT", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "CUDA_VISIBLE_DEVICES")
-    facts = {"launcher": info.launcher, "world_size": info.world_size, "node": info.node,
-             "env": {k: os.environ[k] for k in keys if k in os.environ}}
-    if placement is not None:
-        facts["ranks"] = [{"rank": r, **p} for r, p in enumerate(placement)]
-        facts["nodes"] = sorted({p["node"] for p in placement})
-    return facts
 
 
 def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
@@ -137,30 +67,6 @@ def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
             more = f" and {len(items) - most} more" if len(items) > most else ""
             parts.append(f"{what}: " + "; ".join(items[:most]) + more)
     return " | ".join(parts)
-
-
-def _make_optimizer(cfg: TrainConfig, model, transfer: bool):
-    import torch
-
-    from hpctrain.train.models import is_head
-
-    o = cfg.optimizer
-    wd = cfg.regularization.weight_decay
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError("model.freeze: every parameter is frozen; nothing would train. Narrow the patterns")
-    if transfer and o.body_lr_scale != 1.0:
-        body = [p for n, p in trainable if not is_head(n)]
-        head = [p for n, p in trainable if is_head(n)]
-        groups = [g for g in ({"params": body, "lr_scale": o.body_lr_scale}, {"params": head, "lr_scale": 1.0})
-                  if g["params"]]
-    else:
-        groups = [{"params": [p for _, p in trainable], "lr_scale": 1.0}]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=wd)
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=wd)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=wd)
 
 
 class _Progress:
@@ -209,7 +115,7 @@ class Trainer:
             # bit-exact resume; the native kernels do not.
             torch.backends.mkldnn.enabled = False
         self.data_info = D.describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
-        self.comm = _get_comm(cfg, info)
+        self.comm = get_comm(cfg, info)
         self.rank, self.world = self.comm.rank, self.comm.size
         self.root = self.rank == 0
         if cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available()):
@@ -223,7 +129,7 @@ class Trainer:
 
         # The model starts identical everywhere (same seed, then a broadcast for certainty);
         # dropout, augmentation and other draws use per-rank streams.
-        _seed_all(cfg.run.seed)
+        seed_all(cfg.run.seed)
         from hpctrain.train.models import load_transfer, model_from_config
 
         self.regression = self.data_info.regression
@@ -248,11 +154,11 @@ class Trainer:
         # the compiled wrapper runs forward passes; self.model keeps the plain parameter names in checkpoints
         self.forward = torch.compile(self.model) if cfg.run.compile else self.model
         self.scaler = make_scaler(cfg.run.precision, self.device)
-        opt = _make_optimizer(cfg, self.model, self.transfer)
+        opt = make_optimizer(cfg, self.model, self.transfer)
         self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
                                                     backward_passes_per_step=plan.accum, bucket_mb=cfg.comm.bucket_mb)
         self.optimizer = self.exchange.optimizer
-        _seed_all(cfg.run.seed + 1000 * self.rank)
+        seed_all(cfg.run.seed + 1000 * self.rank)
 
         self.loader = D.make_train_loader(cfg, self.rank, self.world, plan.batch_size)
         if self.epoch_steps(0) == 0:
@@ -321,7 +227,7 @@ class Trainer:
         """Collective: gathers every rank's RNG state; rank 0 writes."""
         from hpctrain.train import checkpoint as C
 
-        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             loader_state = self.loader.state_dict() if mid_epoch else None
             C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep)
@@ -330,19 +236,21 @@ class Trainer:
     def resume(self) -> None:
         from hpctrain.train import checkpoint as C
 
-        name = None
+        name, ck = None, None
         if self.root and self.cfg.checkpoint.resume:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", C.CheckpointWarning)
                 found = C.newest_valid(self.ckpt_dir)
             for w in caught:
                 print(f"hpctrain train: warning: {w.message}", file=sys.stderr, flush=True)
-            name = str(found[0]) if found else None
-        name = self.comm.broadcast_object(name)
+            if found:
+                name, ck = str(found[0]), found[1]  # loaded once, while newest_valid checked it
+        name = self.comm.broadcast(name)
         if name is None:
             self.comm.broadcast_model(self.model, self.optimizer)
             return
-        ck = C.load(Path(name))  # the run dir is on a shared file system: every rank reads it
+        if ck is None:
+            ck = C.load(Path(name))  # the run dir is on a shared file system: every other rank reads it
         diff = state_mismatch(ck["model"], self.model.state_dict())
         if diff:
             raise ConfigError(
@@ -359,7 +267,7 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         self.acc = dict(ck.get("acc") or self.acc)
         if ck.get("world_size") == self.world and ck.get("rng"):
-            _set_rng_state(ck["rng"][self.rank])
+            set_rng_state(ck["rng"][self.rank])
             self.prep.load_state_dict(ck["rng"][self.rank].get("augment"))
             if ck.get("loader") is not None:
                 self.loader.set_epoch(self.epoch)
@@ -390,7 +298,7 @@ class Trainer:
         ev = self._evaluate_regression(keep_predictions) if self.regression else self._evaluate_classes()
         if self.extra_metrics:
             # exact on the whole split, whatever the metric: rank 0 sees every rank's outputs
-            shares = self.comm.gather_object(self._outputs)
+            shares = self.comm.gather(self._outputs)
             got = None
             if self.root:
                 out = np.concatenate([o for share in shares for o, _ in share])
@@ -398,7 +306,7 @@ class Trainer:
                 from hpctrain.train.metrics import compute_metrics
 
                 got = compute_metrics(self.extra_metrics, out, tgt)
-            ev.update(self.comm.broadcast_object(got))
+            ev.update(self.comm.broadcast(got))
         self._outputs = []
         return ev
 
@@ -424,7 +332,7 @@ class Trainer:
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
                 cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
         self.model.train()
-        tot = self.comm.allreduce_array(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
+        tot = self.comm.allreduce(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
         cm = tot[2:].reshape(k, k)
         rep = report(cm)
         return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
@@ -451,12 +359,12 @@ class Trainer:
         self.model.train()
         k = self.data_info.targets
         pred = np.concatenate(preds) if preds else np.zeros((0, k))
-        sums = self.comm.allreduce_array(regression_sums(pred, y.reshape(len(y), -1)).ravel()).reshape(5, k)
+        sums = self.comm.allreduce(regression_sums(pred, y.reshape(len(y), -1)).ravel()).reshape(5, k)
         rep = regression_report(sums)
         ev = {"val_loss": rep["mse"], "val_mse": rep["mse"], "val_mae": rep["mae"], "val_r2": rep["r2"],
               "val_r2_per_target": rep["r2_per_target"], "confusion": None}
         if keep_predictions:
-            ev["pred_true"] = self.comm.gather_object((pred, y.reshape(len(y), -1)))
+            ev["pred_true"] = self.comm.gather((pred, y.reshape(len(y), -1)))
         return ev
 
     # -- the loop ----------------------------------------------------------------------------
@@ -551,7 +459,7 @@ class Trainer:
                 self.acc["batches"] += 1
                 n_log += accum * self.plan.batch_size * self.world
                 if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
-                    mean_loss = float(self.comm.allreduce_array(np.array([step_loss]))[0]) / self.world
+                    mean_loss = float(self.comm.allreduce(np.array([step_loss]))[0]) / self.world
                     dt = time.perf_counter() - t_log
                     self._log({"kind": "step", "step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
                                "samples_per_s": n_log / dt if dt > 0 else None})
@@ -567,7 +475,7 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> bool:
         cfg = self.cfg
-        train_loss = float(self.comm.allreduce_array(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
+        train_loss = float(self.comm.allreduce(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
                            ) / self.world
         rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": seconds}
@@ -608,7 +516,7 @@ class Trainer:
             metrics.update(ev)
             if confusion is not None:
                 metrics["confusion"] = confusion
-        states = self.comm.gather_object({**_rng_state(), "augment": self.prep.state_dict()})
+        states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             payload = self._payload(None, states)
             C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
@@ -625,16 +533,6 @@ class Trainer:
         self.comm.barrier()
         self.exchange.close()
         return TrainResult("completed", self.step, self.epoch, metrics, self.run_dir, self.resumed_from)
-
-
-def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan, placement: list[dict] | None = None) -> None:
-    from hpctrain.config import to_dict
-
-    atomic_write_json(Path(cfg.run.dir) / RESOLVED, {
-        "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
-            "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
-            "global_batch": plan.global_batch, "peak_lr": plan.lr},
-        "versions": _versions(), "git_revision": _git_revision(), "cluster": _cluster_facts(info, placement)})
 
 
 def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
@@ -654,7 +552,7 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
                               "or set logging.tensorboard=false") from None
     trainer = Trainer(cfg, info, plan, stop_requested)
     # Which rank ran where: the first thing to know about a hung or slow multi-node job.
-    placement = trainer.comm.gather_object({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
+    placement = trainer.comm.gather({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
                                             "device": str(trainer.device)})
     if trainer.root:
         run_dir.mkdir(parents=True, exist_ok=True)
