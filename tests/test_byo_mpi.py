@@ -139,3 +139,34 @@ def test_session_preemption_on_one_rank_stops_both_and_resumes_exactly(world):
     # both ranks ended with the same weights (the exchange kept them equal)
     other = comm.bcast(cut if comm.rank == 0 else None)
     assert all(torch.equal(other[k], cut[k]) for k in cut)
+
+
+def test_regression_metrics_on_two_ranks_equal_sklearn_on_the_whole_split(world):
+    """val_r2/val_mse are sums over both ranks' shares; the oracle scores the final model's
+    predictions of the whole validation split with scikit-learn."""
+    import numpy as np
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    from hpctrain.data.shards import iter_arrays
+    from hpctrain.data.sources import write_shards
+    from hpctrain.predict import load_run
+    from hpctrain.train.config import load_config
+    from hpctrain.train.trainer import train
+
+    comm, root, _ = world
+    data = root / "diabetes"
+    if comm.rank == 0:
+        write_shards("sklearn:diabetes", data, val_fraction=0.25, task="regression", rows_per_shard=60)
+    comm.Barrier()
+    res = train(load_config({"run": {"name": "r", "dir": str(root / "reg"), "epochs": 5, "seed": 1},
+                             "data": {"dir": str(data), "batch_size": 16, "prefetch": 0},
+                             "model": {"kind": "mlp", "hidden": [16]}, "optimizer": {"lr": 0.02},
+                             "metrics": {"extra": ["mae"]},
+                             "logging": {"plots": False, "progress": False}, "comm": {"backend": "mpi"}}))
+    if comm.rank == 0:
+        x, y = (np.concatenate(a) for a in zip(*[(x, y) for _, x, y in iter_arrays(data, split="val")]))
+        pred = load_run(root / "reg").predict(x)
+        assert res.metrics["val_r2"] == pytest.approx(r2_score(y, pred), abs=1e-4)
+        assert res.metrics["val_mse"] == pytest.approx(mean_squared_error(y, pred), rel=1e-4)
+        assert res.metrics["val_mae"] == pytest.approx(float(np.abs(pred - y).mean()), rel=1e-4)
+    assert comm.allgather(res.metrics["val_r2"])[0] == res.metrics["val_r2"]

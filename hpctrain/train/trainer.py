@@ -293,79 +293,13 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, keep_predictions: bool = False) -> dict:
-        """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
-        self._outputs: list = []
-        ev = self._evaluate_regression(keep_predictions) if self.regression else self._evaluate_classes()
-        if self.extra_metrics:
-            # exact on the whole split, whatever the metric: rank 0 sees every rank's outputs
-            shares = self.comm.gather(self._outputs)
-            got = None
-            if self.root:
-                out = np.concatenate([o for share in shares for o, _ in share])
-                tgt = np.concatenate([t for share in shares for _, t in share])
-                from hpctrain.train.metrics import compute_metrics
+        """Collective: validation metrics summed over ranks (see hpctrain.train.evaluate)."""
+        from hpctrain.train.evaluate import Evaluator
 
-                got = compute_metrics(self.extra_metrics, out, tgt)
-            ev.update(self.comm.broadcast(got))
-        self._outputs = []
-        return ev
-
-    def _evaluate_classes(self) -> dict:
-        from hpctrain.train.metrics import confusion, report
-        from hpctrain.train.precision import autocast
-
-        torch = self.torch
-        k = self.data_info.num_classes
-        cm = np.zeros((k, k), dtype=np.float64)
-        loss_sum = 0.0
-        x, y = self.val
-        self.model.eval()
-        with torch.no_grad():
-            for lo in range(0, len(y), 512):
-                xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
-                yb = self.prep.labels(torch.from_numpy(y[lo:lo + 512])).to(self.device)
-                with autocast(self.device, self.cfg.run.precision):
-                    logits = self.forward(xb)
-                logits = logits.float()
-                if self.extra_metrics:
-                    self._outputs.append((logits.cpu().numpy(), yb.cpu().numpy()))
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-                cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
-        self.model.train()
-        tot = self.comm.allreduce(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
-        cm = tot[2:].reshape(k, k)
-        rep = report(cm)
-        return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
-                "val_macro_f1": rep["macro_f1"], "val_per_class_recall": rep["per_class_recall"],
-                "val_per_class_f1": rep["per_class_f1"], "confusion": cm.astype(int).tolist()}
-
-    def _evaluate_regression(self, keep_predictions: bool) -> dict:
-        """Collective: per-target sums add up over ranks into MSE, MAE and R^2 (val_loss = MSE)."""
-        from hpctrain.train.metrics import regression_report, regression_sums
-        from hpctrain.train.precision import autocast
-
-        torch = self.torch
-        x, y = self.val
-        preds = []
-        self.model.eval()
-        with torch.no_grad():
-            for lo in range(0, len(y), 512):
-                xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
-                with autocast(self.device, self.cfg.run.precision):
-                    out = self.forward(xb)
-                preds.append(out.float().cpu().numpy().reshape(len(xb), -1))
-                if self.extra_metrics:
-                    self._outputs.append((preds[-1], y[lo:lo + 512]))
-        self.model.train()
-        k = self.data_info.targets
-        pred = np.concatenate(preds) if preds else np.zeros((0, k))
-        sums = self.comm.allreduce(regression_sums(pred, y.reshape(len(y), -1)).ravel()).reshape(5, k)
-        rep = regression_report(sums)
-        ev = {"val_loss": rep["mse"], "val_mse": rep["mse"], "val_mae": rep["mae"], "val_r2": rep["r2"],
-              "val_r2_per_target": rep["r2_per_target"], "confusion": None}
-        if keep_predictions:
-            ev["pred_true"] = self.comm.gather((pred, y.reshape(len(y), -1)))
-        return ev
+        return Evaluator(comm=self.comm, forward=self.forward, model=self.model, prep=self.prep, val=self.val,
+                         device=self.device, precision=self.cfg.run.precision,
+                         num_classes=self.data_info.num_classes, targets=self.data_info.targets,
+                         extra_metrics=self.extra_metrics)(keep_predictions)
 
     # -- the loop ----------------------------------------------------------------------------
     def _set_lr(self) -> float:
