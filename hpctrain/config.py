@@ -48,7 +48,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}")
+        nullable = " (or null)" if type(None) in args else ""
+        if len(errors) == 1:  # the one real alternative says precisely what was wrong
+            raise ConfigError(errors[0] + nullable)
+        raise ConfigError(f"{where}: got {value!r}, expected {_type_name(tp)}: " + "; ".join(errors))
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -106,6 +109,13 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
+    missing = [f.name for f in fields.values()
+               if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        # said here, so that a TypeError from the class itself stays what it is: a bug
+        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {', '.join(repr(m) for m in missing)}; "
+                          "add them")
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
@@ -120,8 +130,6 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         if where and not str(e).startswith(where):
             raise ConfigError(f"{where}.{e}") from None
         raise
-    except TypeError as e:  # a required field is missing
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -203,3 +211,69 @@ def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
             default = "(required)"
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
     return rows
+
+
+# ---------------------------------------------------------------- CLI flags from dataclass fields
+
+def _flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _cli_fields(cls: type, only: typing.Iterable[str] | None) -> list[dataclasses.Field]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields) if only is None else list(only)
+    unknown = [n for n in names if n not in fields]
+    if unknown:  # a programming error in a command module, not a user error
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    return [fields[n] for n in names]
+
+
+def add_flags(parser: Any, cls: type, only: typing.Iterable[str] | None = None) -> None:
+    """One argparse flag per field of dataclass ``cls`` (or the fields named in ``only``).
+
+    The flag is ``--field-name`` unless the field's metadata names another (``"flag"``); its
+    default is the field's default and its help the field's ``"help"``, followed by the default
+    (``"default_text"`` in the metadata words it, e.g. "unlimited"). So a default is written once,
+    in the dataclass. Supported: int, float, str, Path, their ``| None`` forms, bool (a switch for
+    a False default, ``--no-...`` for a True one), list[str] (repeatable) and Literal (choices).
+    """
+    import argparse
+
+    hints = typing.get_type_hints(cls)
+    for f in _cli_fields(cls, only):
+        tp = hints[f.name]
+        if get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        default = _field_default(f)
+        help_ = f.metadata.get("help", "")
+        shown = f.metadata.get("default_text", default)
+        kw: dict[str, Any] = {"dest": f.name, "default": default}
+        if tp is bool:
+            if default:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["action"] = "store_true"
+        elif get_origin(tp) is list:
+            kw.update(action="append", metavar=f.metadata.get("metavar"))
+        else:
+            if get_origin(tp) is Literal:
+                kw["choices"] = list(get_args(tp))
+            else:
+                kw["type"] = tp if tp in (int, float, str, Path) else str
+                kw["metavar"] = f.metadata.get("metavar") or _flag_of(f).lstrip("-").upper().replace("-", "_")
+            if shown is not None:
+                help_ = f"{help_} (default {shown})" if help_ else f"default {shown}"
+        parser.add_argument(_flag_of(f), help=help_, **kw)
+
+
+def flag_values(cls: type, args: Any, only: typing.Iterable[str] | None = None) -> dict[str, Any]:
+    """The values :func:`add_flags` parsed for ``cls``, by field name (keyword arguments of ``cls``)."""
+    return {f.name: getattr(args, f.name) for f in _cli_fields(cls, only)}

@@ -9,7 +9,6 @@ preprocessing (imputation; never augmentation) are rebuilt exactly as trained.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from hpctrain.errors import HpctrainError
+from hpctrain.rundir import ResultError, RunDir
 
 
 class PredictError(HpctrainError):
@@ -119,21 +119,15 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         what = "is a file, not a directory" if run.exists() else "does not exist"
         raise PredictError(f"run directory {str(run)!r} {what}; pass the run.dir of a finished "
                            "'hpctrain train' run")
-    res_path = run / "result.json"
+    rd = RunDir(run)
     try:
-        result = json.loads(res_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PredictError(f"{str(run)!r} has no result.json: the run has not completed "
-                           "(check it with 'hpctrain status', or resume it)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PredictError(f"{str(res_path)!r} is unreadable ({e}); re-run or repair the training run") from None
-    if not isinstance(result, dict):
-        raise PredictError(f"{str(res_path)!r} holds a {type(result).__name__}, not the JSON object "
-                           "'hpctrain train' writes; re-run or repair the training run")
+        result = rd.load_result()
+    except ResultError as e:
+        raise PredictError(str(e)) from None
     if result.get("status") != "completed":
-        raise PredictError(f"{str(res_path)!r}: status {result.get('status')!r}, expected 'completed'")
-    ckpt_dir = run / "checkpoints"
-    final = ckpt_dir / "final.pt"
+        raise PredictError(f"{str(rd.result)!r}: status {result.get('status')!r}, expected 'completed'")
+    ckpt_dir = rd.checkpoints
+    final = rd.final_checkpoint
     if final.is_file():
         path, payload = final, C.load(final)
     else:

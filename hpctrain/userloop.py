@@ -120,8 +120,11 @@ class Session:
             raise ConfigError(f"session: checkpoint_every={checkpoint_every}, expected >= 0 (0: only on preemption)")
         if keep < 1:
             raise ConfigError(f"session: keep={keep}, expected >= 1")
+        from hpctrain.rundir import RunDir
+
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.layout = RunDir(self.run_dir)  # the owner of the run dir's file names
+        self.ckpt_dir = self.layout.checkpoints
         self.info = rank_info()
         self.seed, self.checkpoint_every, self.keep = seed, checkpoint_every, keep
         self.preempted = False
@@ -338,26 +341,23 @@ class Session:
         if self.is_root:
             from hpctrain.fileio import append_jsonl
 
-            append_jsonl(self.run_dir / "metrics.jsonl", {"kind": "step", "step": int(step), **values}, fsync=False)
+            append_jsonl(self.layout.metrics, {"kind": "step", "step": int(step), **values}, fsync=False)
 
     def _truncate_log(self, step: int) -> None:
         # records after the checkpoint would appear twice once those steps run again
         from hpctrain.fileio import atomic_write_text
         from hpctrain.train.plots import read_metrics
 
-        path = self.run_dir / "metrics.jsonl"
+        path = self.layout.metrics
         if path.exists():
             rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- end -------------------------------------------------------------------------------------
     def _complete(self) -> None:
-        from hpctrain.fileio import atomic_write_json
-
         self.comm.barrier()
         if self.is_root:
-            atomic_write_json(self.run_dir / "result.json", {"status": "completed", "step": self.step,
-                                                             "epoch": self.epoch})
+            self.layout.write_result({"status": "completed", "step": self.step, "epoch": self.epoch})
         self._close()
 
     def _close(self) -> None:

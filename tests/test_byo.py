@@ -441,8 +441,9 @@ def test_loss_module_with_options_of_the_builtin_loss_is_refused():
 
 def test_submit_script_records_where_the_code_is(tmp_path, monkeypatch):
     from hpctrain.cli import build_parser
-    from hpctrain.commands.submit import build_submission
+    from hpctrain.commands.submit import request_from_args
     from hpctrain.errors import ConfigError
+    from hpctrain.slurm.request import build_submission
     from hpctrain.slurm.script import ScriptTask
 
     proj = tmp_path / "my proj"
@@ -452,8 +453,8 @@ def test_submit_script_records_where_the_code_is(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "src")
     monkeypatch.setenv("HPCTRAIN_RUNS", str(tmp_path / "runs"))
 
-    def parse(*argv):
-        return build_parser().parse_args(["submit", *argv])
+    def parse(*argv):  # the CLI's parse, then its typed request
+        return request_from_args(build_parser().parse_args(["submit", *argv]))
 
     sub = build_submission(parse("--script", "train.py", "--ntasks-per-node", "2", "--", "--data", "d x", "-v"))
     task = sub.job.task
@@ -463,7 +464,7 @@ def test_submit_script_records_where_the_code_is(tmp_path, monkeypatch):
     assert sub.spec.run_dir == (tmp_path / "runs" / "train").resolve()
     with pytest.raises(ConfigError, match="--script 'nope.py': no such file"):
         build_submission(parse("--script", "nope.py"))
-    with pytest.raises(ConfigError, match="drop --counter and --set"):
-        build_submission(parse("--script", "train.py", "--set", "a.b=1"))
+    with pytest.raises(ConfigError, match="drop CONFIG.yaml, --counter and --set"):
+        parse("--script", "train.py", "--set", "a.b=1")
     with pytest.raises(ConfigError, match=r"unexpected arguments \['b'\]; only --script"):
-        build_submission(parse("cfg.yaml", "b"))
+        parse("cfg.yaml", "b")

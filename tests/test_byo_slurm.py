@@ -26,7 +26,6 @@ SCRIPT = textwrap.dedent('''
     """A user's training script: the model comes from the user's package (byo_example, found
     through the PYTHONPATH recorded at submission), the loop is theirs."""
     import argparse
-    import time
 
     import torch
 
@@ -36,7 +35,6 @@ SCRIPT = textwrap.dedent('''
     p = argparse.ArgumentParser()
     p.add_argument("--data")
     p.add_argument("--run-dir", default=None)
-    p.add_argument("--step-s", type=float, default=0.0)
     p.add_argument("--raise-on-rank", type=int, default=None)
     p.add_argument("--backend", default="mpi")
     a = p.parse_args()
@@ -53,7 +51,6 @@ SCRIPT = textwrap.dedent('''
             opt.step()
             s.log(step)
             s.checkpoint_if_due(step)
-            time.sleep(a.step_s)  # slow enough for the signal to land mid-run; no effect on the numbers
         s.checkpoint(s.step)
 ''')
 
@@ -84,11 +81,13 @@ def test_script_preempted_by_usr2_resumes_to_the_uninterrupted_weights(project):
     from hpctrain.train.checkpoint import load
 
     proj, data = project
-    assert cli(["submit", "--partition", PARTITION, "--time", "10", "--script", "train.py", "--", "--data",
-                str(data), "--step-s", "0.05"]) == 0
+    from hpctrain.rundir import RunDir
+
+    # --test-hold-at: the job waits at its 40th step boundary for the signal, on any machine speed
+    assert cli(["submit", "--partition", PARTITION, "--time", "10", "--test-hold-at", "40", "--script", "train.py",
+                "--", "--data", str(data)]) == 0
     run_dir = proj / "runs" / "train"
-    wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and len((run_dir / "metrics.jsonl").read_text()
-                                                                     .splitlines()) >= 30, 120, "the script to run")
+    wait_for(RunDir(run_dir).hold_marker.is_file, 120, "the script to reach step boundary 40")
     subprocess.run(["scancel", "--signal=USR2", job_of(run_dir)], check=True, timeout=30)
     assert drive(run_dir, 240) == "COMPLETED"
     assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
@@ -101,6 +100,7 @@ def test_script_preempted_by_usr2_resumes_to_the_uninterrupted_weights(project):
     got = load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1])
     want = load(sorted((ref / "checkpoints").glob("step-*.pt"))[-1])
     assert got["step"] == want["step"] == 3 * 60
+    assert (run_dir / "checkpoints" / "step-00000039.pt").is_file()  # the preemption checkpoint
     for k, v in want["objects"]["model"].items():
         assert torch.equal(got["objects"]["model"][k], v), k
 

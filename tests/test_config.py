@@ -97,3 +97,81 @@ def test_load_yaml_errors(tmp_path):
 def test_field_docs():
     rows = {r[0]: r for r in field_docs(Opt)}
     assert rows["lr"][3] == "learning rate" and rows["lr"][2] == 0.1
+
+
+@dataclass(kw_only=True, slots=True)
+class Needs:
+    name: str
+    when: int | Literal["auto"] = "auto"
+
+
+@dataclass(kw_only=True, slots=True)
+class Buggy:
+    n: int = 1
+
+    def __post_init__(self):
+        len(self.n)  # a bug in a config class: TypeError, not a user error
+
+
+def test_missing_required_key_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"Needs: missing required key\(s\) 'name'"):
+        from_mapping(Needs, {})
+
+
+def test_type_error_inside_a_config_class_is_not_hidden():
+    with pytest.raises(TypeError, match="has no len"):
+        from_mapping(Buggy, {"n": 2})
+
+
+def test_union_error_keeps_what_each_alternative_said():
+    with pytest.raises(ConfigError) as e:
+        from_mapping(Top, {"seed": "x"})
+    assert str(e.value) == "seed: got 'x' (str), expected an integer (or null)"
+    with pytest.raises(ConfigError) as e:
+        from_mapping(Needs, {"name": "a", "when": "soon"})
+    msg = str(e.value)
+    assert "when: got 'soon' (str), expected an integer" in msg
+    assert "when: got 'soon', expected one of ['auto']" in msg
+
+
+def test_flags_come_from_dataclass_fields():
+    import argparse
+
+    from hpctrain.config import add_flags, flag_values
+    from hpctrain.slurm.requeue import RequeuePolicy
+    from hpctrain.slurm.retry import RetryPolicy
+
+    p = argparse.ArgumentParser()
+    add_flags(p, RequeuePolicy)
+    add_flags(p, RetryPolicy, ("retries", "backoff_s"))
+    args = p.parse_args([])
+    # the defaults are the dataclasses' own: written once
+    assert RequeuePolicy(**flag_values(RequeuePolicy, args)) == RequeuePolicy()
+    assert RetryPolicy(**flag_values(RetryPolicy, args, ("retries", "backoff_s"))) == RetryPolicy()
+    args = p.parse_args(["--max-timeouts", "5", "--signal-delay", "30", "--retry-backoff", "2.5"])
+    assert (args.max_timeouts, args.signal_delay_s, args.backoff_s) == (5, 30, 2.5)
+    text = " ".join(p.format_help().split())  # argparse wraps lines
+    assert "requeues after hitting the time limit (then FAILED) (default 3)" in text
+    assert "requeues after preemption (default unlimited)" in text
+
+
+def test_flags_of_bools_lists_and_choices():
+    import argparse
+
+    from hpctrain.config import add_flags, flag_values
+
+    @dataclass(kw_only=True, slots=True)
+    class Opts:
+        fast: bool = field(default=False, metadata={"help": "go fast"})
+        show: bool = field(default=True, metadata={"help": "show it"})
+        lines: list[str] = field(default_factory=list, metadata={"help": "a line (repeatable)"})
+        kind: Literal["a", "b"] = "a"
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Opts)
+    assert Opts(**flag_values(Opts, p.parse_args([]))) == Opts()
+    got = Opts(**flag_values(Opts, p.parse_args(["--fast", "--no-show", "--lines", "x", "--lines", "y",
+                                                 "--kind", "b"])))
+    assert got == Opts(fast=True, show=False, lines=["x", "y"], kind="b")
+    with pytest.raises(TypeError, match="has no field"):
+        add_flags(argparse.ArgumentParser(), Opts, ["nope"])

@@ -22,6 +22,7 @@ import pytest
 from slurm_helpers import drive, events, job_of, make_blobs, release_if_requeued, wait_for, write_cfg
 
 from hpctrain.cli import main as cli
+from hpctrain.rundir import RunDir
 from hpctrain.slurm import journal
 from hpctrain.slurm.counter import reference
 from hpctrain.slurm.environment import show_job
@@ -49,6 +50,11 @@ def runs(tmp_path, monkeypatch):
 
 def submit(*args) -> int:
     return cli(["submit", "--partition", PARTITION, *args])
+
+
+def held(run_dir: Path) -> bool:
+    """The job waits at its --test-hold-at step for the signal: one sent now lands mid-run on any machine."""
+    return RunDir(run_dir).hold_marker.is_file()
 
 
 def submit_counter(base: Path, name: str, steps: int, step_s: float, *args: str) -> tuple[Path, str]:
@@ -96,15 +102,10 @@ def test_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs, monkeyp
     monkeypatch.chdir(runs.parent)
     kw = dict(run={"epochs": 8}, data={"batch_size": 4}, checkpoint={"every_steps": 100})
     cfg = write_cfg(runs.parent / "p.yaml", blobs, "pre", **kw)
-    assert submit(str(cfg), "--time", "10") == 0
+    assert submit(str(cfg), "--time", "10", "--test-hold-at", "8") == 0
     run_dir = runs.parent / "runs" / "pre"
     job = job_of(run_dir)
-
-    def progressed():
-        m = run_dir / "metrics.jsonl"
-        # step 8 of 960: an idle node runs ~200 steps/s, so the signal must go early to land mid-run
-        return m.is_file() and len(m.read_text().splitlines()) >= 4
-    wait_for(progressed, 90, "training to make progress")
+    wait_for(lambda: held(run_dir), 90, "training to wait at step boundary 8 of 960")
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     assert drive(run_dir, 180) == "COMPLETED"
     req = events(run_dir, "requeue")
@@ -206,8 +207,8 @@ def test_time_limit_requeues_and_finishes(runs):
 
 def test_counter_preemption_by_usr2_is_not_counted_as_a_timeout(runs):
     # submitit would call this a timeout (the job is shorter than 10 minutes); Slurm's EndTime says otherwise
-    run_dir, job = submit_counter(runs, "usr2", 60, 0.1, "--time", "5", "--max-timeouts", "0")
-    wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+    run_dir, job = submit_counter(runs, "usr2", 60, 0.1, "--time", "5", "--max-timeouts", "0", "--test-hold-at", "5")
+    wait_for(lambda: held(run_dir), 60, "the counter to wait at step boundary 5")
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
     assert drive(run_dir, 120) == "COMPLETED"
     assert [e["kind"] for e in events(run_dir, "requeue")] == ["preemption"]
@@ -319,9 +320,8 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
 
     repo = Path(__file__).resolve().parents[1]
     work = runs.parent
-    # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`;
-    # 3600 steps: an idle machine runs ~200 steps/s, so a signal sent a few steps in lands
-    # mid-run with seconds to spare (480 steps once finished before the signal arrived)
+    # 2 ranks over mpi4py, started by the template's `srun --mpi=pmix hpctrain train --requeue`,
+    # which waits at step boundary 3 for the signal (--test-hold-at), so it lands mid-run
     epochs = 60
     cfg = write_cfg(work / "t.yaml", blobs, "tmpl", run={"epochs": epochs}, data={"batch_size": 4},
                     checkpoint={"every_steps": 1000}, comm={"backend": "mpi"})
@@ -329,13 +329,12 @@ def test_plain_sbatch_template_requeues_and_resumes(runs, blobs, mpi_env):
     out = subprocess.run(["sbatch", "--parsable", f"--partition={PARTITION}", "--time=10", "--cpus-per-task=1",
                           "--ntasks-per-node=2",
                           f"--chdir={work}", f"--output={work}/tmpl-%j.log", str(repo / "slurm" / "train.sbatch"),
-                          str(cfg)],
+                          str(cfg), "--test-hold-at", "3"],
                          capture_output=True, text=True, timeout=60, env=env, check=True).stdout
     job = out.strip().split(";")[0]
     run_dir = work / "runs" / "tmpl"
     try:
-        wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and
-                 len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2, 90, "template run to progress")
+        wait_for(lambda: held(run_dir), 90, "the template run to wait at step boundary 3")
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         assert drive(run_dir, 150) == "COMPLETED"
     finally:
@@ -362,12 +361,11 @@ def test_two_rank_preemption_matches_an_uninterrupted_two_rank_run(runs, blobs, 
     monkeypatch.chdir(runs.parent)
     cfg = write_cfg(runs.parent / "two.yaml", blobs, "two", run={"epochs": 12}, data={"batch_size": 4},
                     checkpoint={"every_steps": 100})
-    for name in ("two-ref", "two-pre"):
-        assert submit(str(cfg), "--time", "10", "--ntasks-per-node", "2", "--name", name) == 0
+    for name, hold in (("two-ref", []), ("two-pre", ["--test-hold-at", "2"])):
+        assert submit(str(cfg), "--time", "10", "--ntasks-per-node", "2", "--name", name, *hold) == 0
     ref, pre = runs.parent / "runs" / "two-ref", runs.parent / "runs" / "two-pre"
     assert drive(ref, 240) == "COMPLETED"  # the node has 2 CPUs: the jobs run one after the other
-    wait_for(lambda: (pre / "metrics.jsonl").is_file() and len((pre / "metrics.jsonl").read_text().splitlines()) >= 2,
-             90, "the 2-rank run to progress")
+    wait_for(lambda: held(pre), 90, "the 2-rank run to wait at step boundary 2")
     subprocess.run(["scancel", "--signal=USR2", job_of(pre)], check=True, timeout=30)
     assert drive(pre, 240) == "COMPLETED"
     assert [e["kind"] for e in events(pre, "requeue")] == ["preemption"]
@@ -380,13 +378,15 @@ def test_two_rank_preemption_matches_an_uninterrupted_two_rank_run(runs, blobs, 
 
 def test_sweep_trial_survives_preemption_and_rerun_does_not_resubmit(runs, capsys):
     args = ["sweep", "--counter", "60", "--counter-step-s", "0.1", "--grid", "scale=1,2", "--parallel", "2",
-            "--name", "sw", "--partition", PARTITION, "--time", "5", "--wait-timeout", "120"]
+            "--name", "sw", "--partition", PARTITION, "--time", "5", "--wait-timeout", "120", "--test-hold-at", "5"]
     assert cli([*args, "--no-wait"]) == 0
     sweep = runs / "sw"
     t0 = sweep / "trials" / "trial-0"
-    wait_for(lambda: (t0 / "checkpoints" / "counter.json").is_file(), 90, "trial 0 to start")
-    element = events(t0, "started")[0]["job_id"]  # the array element's own SLURM_JOB_ID
-    subprocess.run(["scancel", "--signal=USR2", element], check=True, timeout=30)
+    # every trial waits at step boundary 5 for its signal: each array element gets one
+    for t in (t0, sweep / "trials" / "trial-1"):
+        wait_for(lambda t=t: held(t), 90, f"{t.name} to wait at step boundary 5")
+        element = events(t, "started")[0]["job_id"]  # the array element's own SLURM_JOB_ID
+        subprocess.run(["scancel", "--signal=USR2", element], check=True, timeout=30)
     for i in (0, 1):
         assert drive(sweep / "trials" / f"trial-{i}", 120) == "COMPLETED"
     assert [e["kind"] for e in events(t0, "requeue")] == ["preemption"]
@@ -493,12 +493,12 @@ def test_submit_wait_returns_1_when_the_job_fails(runs, capsys):
 def test_status_wait_waits_through_a_requeue_to_the_end(runs):
     import sys
 
-    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5")
+    run_dir, job = submit_counter(runs, "w-rq", 60, 0.1, "--time", "5", "--test-hold-at", "5")
     cmd = [sys.executable, "-m", "hpctrain.cli", "status", str(run_dir), "--wait", "--poll", "0.5",
            "--wait-timeout", "150"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     try:
-        wait_for(lambda: (run_dir / "checkpoints" / "counter.json").is_file(), 60, "the first checkpoint")
+        wait_for(lambda: held(run_dir), 60, "the counter to wait at step boundary 5")
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         wait_for(lambda: events(run_dir, "requeue"), 30, "the job to requeue itself")
         assert p.poll() is None  # requeued is not finished: still waiting

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpctrain.rundir import RunDir
 from hpctrain.slurm import journal
 from hpctrain.slurm.counter import reference
 
@@ -32,25 +33,23 @@ def finish(p: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
     return p.returncode, out
 
 
-def wait_step(run_dir: Path, step: int, timeout: float = 60) -> None:
-    ck = run_dir / "checkpoints" / "counter.json"
+def wait_held(run_dir: Path, timeout: float = 60) -> None:
+    """Until the job waits at its --test-hold-at step for the signal (so it lands mid-run on any machine)."""
+    marker = RunDir(run_dir).hold_marker
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        try:
-            if json.loads(ck.read_text())["step"] >= step:
-                return
-        except (OSError, ValueError):
-            pass
+        if marker.is_file():
+            return
         time.sleep(0.1)
-    raise AssertionError(f"counter did not reach step {step}")
+    raise AssertionError(f"the job never reached its --test-hold-at step ({marker} is missing)")
 
 
 def test_local_preemption_requeues_and_resumes(tmp_path):
     runs = tmp_path / "local runs"
-    p = start(runs, "--counter", "60", "--counter-step-s", "0.05", "--name", "loc")
+    p = start(runs, "--counter", "60", "--counter-step-s", "0.05", "--name", "loc", "--test-hold-at", "10")
     run_dir = runs / "loc"
-    wait_step(run_dir, 10)
-    pid = int((run_dir / "slurm" / "pids" / "rank-0.pid").read_text())
+    wait_held(run_dir)
+    pid = int(RunDir(run_dir).pid_file(0).read_text())
     os.kill(pid, signal.SIGUSR2)
     rc, out = finish(p)
     assert rc == 0, out
@@ -59,7 +58,8 @@ def test_local_preemption_requeues_and_resumes(tmp_path):
     assert [e["event"] for e in ev].count("started") == 2
     assert all(e["job_id"].startswith("local-") for e in ev if "job_id" in e)
     assert json.loads((run_dir / "result.json").read_text())["params"] == reference(60, 4)
-    assert "counter: resumed at step" in (run_dir / "logs" / "rank-0.log").read_text()
+    # the counter polls before each step, so its 10th poll comes after step 9's checkpoint
+    assert "counter: resumed at step 9" in (run_dir / "logs" / "rank-0.log").read_text()
 
 
 def test_local_crash_is_retried(tmp_path):

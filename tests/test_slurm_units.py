@@ -541,11 +541,10 @@ def test_status_requeue_in_flight_vs_requeued_attempt_that_never_started(tmp_pat
 
 # ------------------------------------------------------------------ hpctrain train --requeue (the templates' entry)
 
-def _requeue_args(**kw):
-    import argparse
+def _requeue_policy(**kw):
+    from hpctrain.slurm.requeue import RequeuePolicy
 
-    base = dict(requeue=True, signal="USR2", signal_delay=90, max_timeouts=3, max_preemptions=None)
-    return argparse.Namespace(**{**base, **kw})
+    return RequeuePolicy(**kw)
 
 
 @pytest.fixture
@@ -573,14 +572,14 @@ def _fake_train(tmp_path):
 
 
 def test_train_requeue_checkpoints_then_scontrol_requeues(tmp_path, in_slurm_job):
-    from hpctrain.commands.train import _train_requeue_aware
+    from hpctrain.slurm.job import train_requeue_aware
 
     cfg, train, seen = _fake_train(tmp_path)
     unlimited = RECORD.replace("TimeLimit=00:10:00", "TimeLimit=UNLIMITED").replace("JobState=PENDING",
                                                                                     "JobState=RUNNING")
     fake = FakeSlurm([(["scontrol", "show", "job"], (0, unlimited, "")), (["scontrol", "requeue"], (0, "", ""))])
     with use_runner(fake):
-        rc, res = _train_requeue_aware(_requeue_args(), cfg, train)
+        rc, res = train_requeue_aware(cfg, _requeue_policy(), train=train)
     assert rc == 0 and res is None and len(seen) == 1
     assert ["scontrol", "requeue", "77"] in fake.calls
     req = [e for e in journal.read_events(cfg.run.dir) if e["event"] == "requeue"]
@@ -589,21 +588,21 @@ def test_train_requeue_checkpoints_then_scontrol_requeues(tmp_path, in_slurm_job
 
 
 def test_train_requeue_without_scontrol_says_so(tmp_path, in_slurm_job, monkeypatch):
-    from hpctrain.commands.train import _train_requeue_aware
+    from hpctrain.slurm.job import train_requeue_aware
 
     cfg, train, _ = _fake_train(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))  # a container without Slurm's client commands
     with pytest.raises(ClusterError, match="'scontrol' not found on PATH; inside a container"):
-        _train_requeue_aware(_requeue_args(), cfg, train)
+        train_requeue_aware(cfg, _requeue_policy(), train=train)
 
 
 def test_train_requeue_on_a_completed_run_runs_nothing(tmp_path, in_slurm_job):
-    from hpctrain.commands.train import _train_requeue_aware
+    from hpctrain.slurm.job import train_requeue_aware
 
     cfg, train, seen = _fake_train(tmp_path)
     cfg.run.dir.mkdir()
     (cfg.run.dir / "result.json").write_text(json.dumps({"status": "completed", "step": 9}))
-    assert _train_requeue_aware(_requeue_args(), cfg, train) == (0, None) and seen == []
+    assert train_requeue_aware(cfg, _requeue_policy(), train=train) == (0, None) and seen == []
 
 
 def test_submitit_job_objects_never_run_sacct(tmp_path, monkeypatch, caplog):
@@ -905,3 +904,42 @@ def test_damaged_event_log_is_said_not_hidden(tmp_path):
     s = run_status(run, live=False, tail=0)
     assert s.state == "RUNNING" and "3 line(s) of" in s.warning and "events.jsonl are not events" in s.warning
     assert "warning    3 line(s)" in format_status(s)
+
+
+def test_hold_for_signal_waits_at_its_poll_once_per_run(tmp_path):
+    import threading
+
+    from hpctrain.slurm.job import HoldForSignal
+
+    flag = threading.Event()
+    marker = tmp_path / "slurm" / "held"
+    marker.parent.mkdir()
+    hold = HoldForSignal(flag.is_set, 3, marker, is_root=True, wait_s=0.01)
+    assert [hold(), hold()] == [False, False] and not marker.exists()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(hold()))
+    t.start()
+    # the third poll blocks until the "signal": the marker says it is waiting
+    while not marker.exists():
+        t.join(0.01)
+    assert t.is_alive() and seen == []
+    flag.set()
+    t.join(10)
+    assert seen == [True]
+
+
+def test_run_job_does_not_hold_again_after_the_marker(tmp_path, monkeypatch):
+    from hpctrain.rundir import RunDir
+    from hpctrain.slurm.job import RunJob
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run = RunDir(tmp_path / "run")
+    run.hold_marker.parent.mkdir(parents=True)
+    run.hold_marker.write_text("1\n")  # an earlier attempt held already
+    polls = []
+
+    def task(run_dir, stop_requested):
+        polls.extend(stop_requested() for _ in range(5))
+        return "completed"
+    assert RunJob(run_dir=str(run.path), task=task, hold_at=2)() == "completed"
+    assert polls == [False] * 5

@@ -88,14 +88,21 @@ def test_two_ranks_through_horovod(tmp_path, digits, clean_env):
 
 def test_bad_config_fails_on_every_rank_before_training(tmp_path, digits, clean_env):
     cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=1)
-    t0 = time.monotonic()
+    # the timeout only guards against a hang; the behaviour is what the assertions check
     p = subprocess.run(mpirun(2, [*HPCTRAIN, "train", str(cfg), "--set", "optimizer.lr=-1"]), env=clean_env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     # Every rank checks before training; rank 0 reports, and mpirun ends rank 1 while it waits.
     assert p.stderr.count("optimizer.lr: got -1") == 1, p.stderr
     assert not (tmp_path / "run").exists()
-    assert time.monotonic() - t0 < 60
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -121,7 +128,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 # ids: a bare "mpi" id would become a keyword that pytest-mpi reads as its marker and skips
 @pytest.mark.parametrize("backend", ["horovod", "torch", "mpi"], ids=["horovod", "torch", "mpi-backend"])
-def test_killing_one_rank_ends_the_job_within_60s(tmp_path, digits, clean_env, backend):
+def test_killing_one_rank_ends_the_job(tmp_path, digits, clean_env, backend):
     cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=500, backend=backend)
     proc = subprocess.Popen(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), env=clean_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -132,18 +139,19 @@ def test_killing_one_rank_ends_the_job_within_60s(tmp_path, digits, clean_env, b
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
         assert metrics.is_file(), "training never started"
-        victim = _rank_pid(proc.pid, 1)
-        assert victim is not None
+        victim, survivor = _rank_pid(proc.pid, 1), _rank_pid(proc.pid, 0)
+        assert victim is not None and survivor is not None
         os.kill(victim, signal.SIGKILL)
-        t0 = time.monotonic()
-        rc = proc.wait(timeout=90)
-        took = time.monotonic() - t0
+        # the job ends by itself (the wait's timeout only guards against a hang): 500 epochs
+        # would take far longer than that
+        rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert rc != 0
-    assert took < 60, f"the job outlived the killed rank by {took:.1f} s"
+    assert not _alive(survivor), "the surviving rank outlived the job"
+    assert not (tmp_path / "run" / "result.json").exists(), "the survivor went on to finish the run"
 
 
 def test_exception_on_one_rank_aborts_all_with_its_traceback(tmp_path, clean_env):
@@ -160,15 +168,14 @@ def test_exception_on_one_rank_aborts_all_with_its_traceback(tmp_path, clean_env
         comm.allreduce(np.zeros(1))  # rank 0 waits here for a peer that is gone
         print("UNREACHABLE")
         """))
-    t0 = time.monotonic()
     p = subprocess.run(mpirun(2, [sys.executable, str(script)]), env=clean_env, capture_output=True, text=True,
-                       timeout=120)
-    took = time.monotonic() - t0
+                       timeout=120)  # a hang guard: rank 0 would otherwise wait in its allreduce
     assert p.returncode != 0
     out = p.stdout + p.stderr
     assert "[rank 1] ValueError: rank one broke" in out and "Traceback" in out
+    assert "[rank 1] hpctrain: aborting all ranks after an error on this rank" in out
+    assert out.count("ValueError: rank one broke") == 1  # one report, from the rank that failed
     assert "UNREACHABLE" not in out
-    assert took < 60
 
 
 @pytest.mark.slurm

@@ -49,8 +49,7 @@ def install_excepthook(rank: int | None = None) -> None:
     """Route unhandled exceptions to :func:`abort` (for scripts that run under MPI)."""
 
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, KeyboardInterrupt):
-            sys.__excepthook__(exc_type, exc, tb)
+        # one report per error, Ctrl-C included: Python's own hook would print it a second time
         _report(exc_type, exc, tb, rank)
         abort(1)
 

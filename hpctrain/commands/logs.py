@@ -16,39 +16,13 @@ def add_arguments(p):
 
 def run(args):
     import sys
-    import time
 
-    from hpctrain.errors import ConfigError
-    from hpctrain.slurm.status import RunNotFound, rank_log, resolve_run, run_status, runs_base
+    from hpctrain.slurm.logs import show_log
+    from hpctrain.slurm.status import resolve_run, runs_base
 
-    if args.lines < 0:
-        raise ConfigError(f"-n/--lines must be >= 0 (the last N lines; 0 shows the whole log), got {args.lines}")
-    run_dir = resolve_run(args.run, runs_base(args.runs_dir))
-    path = run_dir / "logs" / "batch.log" if args.batch else rank_log(run_dir, args.rank)
-    if not path.is_file():
-        have = sorted(p.name for p in (run_dir / "logs").glob("*.log"))
-        raise RunNotFound(f"{str(path)!r} does not exist (yet); logs in this run: {', '.join(have) or 'none'}. "
-                          "A pending job has no log until it starts")
-    with open(path, "rb") as f:
-        data = f.read()
-        text = data.decode("utf-8", "replace")
-        if args.lines:
-            text = "\n".join(text.splitlines()[-args.lines:]) + ("\n" if text else "")
+    def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
-        if not args.follow:
-            return 0
-        last_check = 0.0
-        while True:
-            chunk = f.read()
-            if chunk:
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
-                sys.stdout.flush()
-                continue
-            now = time.monotonic()
-            if now - last_check > 5:
-                last_check = now
-                if run_status(run_dir, tail=0).state in ("COMPLETED", "FAILED", "CANCELLED"):
-                    sys.stdout.write(f.read().decode("utf-8", "replace"))
-                    return 0
-            time.sleep(0.5)
+
+    run_dir = resolve_run(args.run, runs_base(args.runs_dir))
+    return show_log(run_dir, rank=args.rank, batch=args.batch, lines=args.lines, follow=args.follow, write=write)

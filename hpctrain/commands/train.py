@@ -28,11 +28,13 @@ def add_arguments(p):
     g = p.add_argument_group("Slurm requeue (for sbatch scripts; 'hpctrain submit' sets this up itself)")
     g.add_argument("--requeue", action="store_true",
                    help="catch --signal (only a flag), checkpoint at the next step and 'scontrol requeue' this job")
-    g.add_argument("--signal", default="USR2", help="the signal named in '#SBATCH --signal' (default USR2; never USR1)")
-    g.add_argument("--signal-delay", type=int, default=90, metavar="S",
-                   help="its lead in '#SBATCH --signal=SIG@S' (default 90); tells a time limit from a preemption")
-    g.add_argument("--max-timeouts", type=int, default=3, help="requeues after hitting the time limit (default 3)")
-    g.add_argument("--max-preemptions", type=int, default=None, help="requeues after preemption (default unlimited)")
+    from hpctrain.config import add_flags
+    from hpctrain.slurm.requeue import RequeuePolicy
+
+    add_flags(g, RequeuePolicy)
+    g.add_argument("--test-hold-at", type=int, metavar="STEP", dest="hold_at",
+                   help="testing aid (with --requeue): wait at the STEP-th step boundary until the signal arrives "
+                        "(once per run), so a test's signal always lands mid-run")
 
 
 def run(args):
@@ -79,7 +81,12 @@ def run(args):
 
     with abort_on_error(info.world_size, info.rank, message_only=(HpctrainError,)):
         if args.requeue:
-            outcome, result = _train_requeue_aware(args, cfg, train)
+            from hpctrain.config import flag_values
+            from hpctrain.slurm.job import train_requeue_aware
+            from hpctrain.slurm.requeue import RequeuePolicy
+
+            outcome, result = train_requeue_aware(cfg, RequeuePolicy(**flag_values(RequeuePolicy, args)),
+                                                  hold_at=args.hold_at)
         else:
             outcome, result = None, train(cfg)
         shutdown_shared()
@@ -98,34 +105,3 @@ def run(args):
                   f"run dir {cfg.run.dir}")
         sys.stdout.flush()
     return 0 if result.status == "completed" else 3
-
-
-def _train_requeue_aware(args, cfg, train):
-    """``train`` inside :class:`hpctrain.slurm.job.RunJob`, the runner of 'hpctrain submit' jobs:
-    returns (exit status, TrainResult) or (exit status, None) when there is nothing to report."""
-    from pathlib import Path
-
-    from hpctrain.slurm import journal
-    from hpctrain.slurm.job import RunJob
-    from hpctrain.slurm.requeue import RequeuePolicy
-
-    policy = RequeuePolicy(max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
-                           signal=args.signal, signal_delay_s=args.signal_delay)
-    run_dir = Path(cfg.run.dir).resolve()
-    box = []
-
-    def task(_run_dir, stop_requested):
-        box.append(train(cfg, stop_requested=stop_requested))
-        return "completed" if box[-1].status == "completed" else "interrupted"
-
-    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy)()
-    if outcome == "completed":
-        return (None, box[-1]) if box else (0, None)  # no box: it had already completed (a double requeue)
-    from hpctrain.env import rank_info
-
-    if not rank_info().is_root:
-        # exit 0: with --kill-on-bad-exit a non-zero status would kill rank 0 before it requeues
-        return 0, None
-    # rank 0: 0 when the job is requeued (or Slurm's SIGTERM leaves that to Slurm), 3 when it gave up
-    state = journal.fold(journal.read_events(run_dir)).state
-    return (0 if state in ("REQUEUED", "INTERRUPTED") else 3), None

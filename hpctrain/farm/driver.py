@@ -31,21 +31,25 @@ from hpctrain.fileio import atomic_write_json
 class FarmConfig:
     tasks: Path = field(metadata={"help": "the JSONL task file"})
     out: Path = field(metadata={"help": "results directory (journal.jsonl, tasks/<id>/, summary.json)"})
+    # hpctrain farm's flags are generated from these fields (hpctrain.config.add_flags): the
+    # defaults and help texts below are the only ones
     retries: int = field(default=2, metadata={"help": "retries after a failed first attempt"})
-    timeout: float | None = field(default=None, metadata={"help": "per-attempt seconds; kills the process group"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay (s); doubles per attempt"})
-    backoff_max: float = field(default=60.0, metadata={"help": "cap of the retry delay (s)"})
-    workers_per_node: int | None = field(default=None, metadata={"help": "split each node's resources among "
-                                                                         "this many workers"})
-    cpus_per_worker: str | None = field(default=None, metadata={"help": "cpus per worker: N or a list N1,N2,..."})
-    gpus_per_worker: str | None = field(default=None, metadata={"help": "gpus per worker: N or a list"})
-    mem_per_worker: str | None = field(default=None, metadata={"help": "memory (GB) per worker: N or a list"})
-    max_tasks_per_worker: int = field(default=32, metadata={"help": "cap on concurrent tasks of one worker"})
-    heartbeat: float = field(default=60.0, metadata={"help": "silence (s) after which a rank is declared lost"})
-    kill_grace: float = field(default=2.0, metadata={"help": "seconds between SIGTERM and SIGKILL on timeout"})
-    skip_failed: bool = field(default=False, metadata={"help": "on restart, also skip tasks that finally failed"})
-    local_workers: int = field(default=1, metadata={"help": "worker threads when not under mpirun/srun"})
-    progress: bool = field(default=True, metadata={"help": "show the live progress line on rank 0"})
+    timeout: float | None = field(default=None, metadata={
+        "help": "seconds per attempt; the task's process group is killed", "default_text": "none"})
+    backoff: float = field(default=1.0, metadata={"help": "first retry delay in s, doubled per retry"})
+    backoff_max: float = field(default=60.0, metadata={"help": "cap of the retry delay in s"})
+    workers_per_node: int | None = field(default=None, metadata={
+        "help": "split each node's cpus/gpus/memory among K workers", "default_text": "worker ranks on the node"})
+    cpus_per_worker: str | None = field(default=None, metadata={
+        "help": "override: N, or N1,N2,... per worker in rank order"})
+    gpus_per_worker: str | None = field(default=None, metadata={"help": "override: N, or a comma list"})
+    mem_per_worker: str | None = field(default=None, metadata={"help": "override in GB: N, or a comma list"})
+    max_tasks_per_worker: int = field(default=32, metadata={"help": "cap on one worker's concurrent tasks"})
+    heartbeat: float = field(default=60.0, metadata={"help": "seconds of silence before a rank is declared lost"})
+    kill_grace: float = field(default=2.0, metadata={"help": "seconds from SIGTERM to SIGKILL on timeout"})
+    skip_failed: bool = field(default=False, metadata={"help": "on restart, skip tasks that already failed too"})
+    local_workers: int = field(default=1, metadata={"help": "worker threads when not started by mpirun/srun"})
+    progress: bool = field(default=True, metadata={"help": "the live progress line on rank 0 (--no-progress: none)"})
 
     def __post_init__(self):
         for name in ("retries", "max_tasks_per_worker", "local_workers"):

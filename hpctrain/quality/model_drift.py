@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hpctrain.quality import QualityError
+from hpctrain.rundir import RunDir
 
 # result.json metric -> (key of hpctrain.train.metrics.report or "loss", higher is better)
 METRICS = {"val_accuracy": ("accuracy", True), "val_macro_f1": ("macro_f1", True), "val_loss": ("loss", False)}
@@ -82,10 +83,10 @@ def model_drift(args) -> dict:
         raise QualityError(f"--model: {e}") from None
     result, ckpt = trained.result, trained.checkpoint
     if not isinstance(result.get("metrics"), dict):
-        raise QualityError(f"{str(run / 'result.json')!r} has no metrics; model drift needs a completed run "
+        raise QualityError(f"{str(RunDir(run).result)!r} has no metrics; model drift needs a completed run "
                            "with metrics")
     if metric not in result["metrics"] or result["metrics"][metric] is None:
-        raise QualityError(f"{str(run / 'result.json')!r} has no {metric!r} (metrics: {sorted(result['metrics'])}); "
+        raise QualityError(f"{str(RunDir(run).result)!r} has no {metric!r} (metrics: {sorted(result['metrics'])}); "
                            "train with a validation split, or choose another --metric")
     cur = load_manifest(args.dirs[0], args.cur_split, "current shard directory")
     check_out_dir(args.out, cur)

@@ -10,6 +10,7 @@ like the trainer does. Use it to smoke-test requeue on a new cluster:
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from typing import Callable
 from hpctrain.env import rank_info
 from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_json
+from hpctrain.rundir import RunDir
 
 
 def step_params(params: list[float], step: int) -> list[float]:
@@ -48,13 +50,18 @@ class CounterTask:
     permanent_error: bool = False  # raise a ConfigError at start (stands in for a bad config)
     scale: float = 1.0  # a "hyperparameter" for sweeps: the final metric is loss * scale
 
+    def __post_init__(self) -> None:
+        # NaN and inf pass a '< 0' test; a NaN sleep raises deep inside time.sleep on the node
+        if not (math.isfinite(self.step_s) and self.step_s >= 0):
+            raise ConfigError(f"--counter-step-s must be a finite number of seconds >= 0, got {self.step_s}")
+
     def __call__(self, run_dir: Path, stop_requested: Callable[[], bool]) -> str:
         if self.permanent_error:
             raise ConfigError("counter: permanent_error is set (a stand-in for a bad config key); "
                               "fix the config and submit again")
-        run_dir = Path(run_dir)
+        run = RunDir(run_dir)
         rank = rank_info().rank
-        ckpt = run_dir / "checkpoints" / "counter.json"
+        ckpt = run.checkpoints / "counter.json"
         step, params = 0, [0.0] * self.dim
         if ckpt.is_file():
             state = json.loads(ckpt.read_text())
@@ -69,14 +76,13 @@ class CounterTask:
             step += 1
             if rank == 0:
                 atomic_write_json(ckpt, {"step": step, "params": params})
-                append_jsonl(run_dir / "metrics.jsonl", {"step": step, "loss": loss(params)}, fsync=False)
-            marker = run_dir / "checkpoints" / "crashed-once"
+                append_jsonl(run.metrics, {"step": step, "loss": loss(params)}, fsync=False)
+            marker = run.checkpoints / "crashed-once"
             if self.crash_once_at is not None and step == self.crash_once_at and not marker.exists():
                 marker.write_text("1")
                 print(f"counter: killing myself at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
         if rank == 0:
-            atomic_write_json(run_dir / "result.json", {"status": "completed", "step": step, "epoch": 0,
-                                                        "metrics": {"loss": loss(params) * self.scale},
-                                                        "params": params})
+            run.write_result({"status": "completed", "step": step, "epoch": 0,
+                              "metrics": {"loss": loss(params) * self.scale}, "params": params})
         return "completed"

@@ -16,7 +16,6 @@ submits, starts one process per rank and, locally, restarts tasks that exit with
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from hpctrain.errors import ClusterError, HpctrainError
+from hpctrain.rundir import RunDir
 from hpctrain.slurm import journal
 from hpctrain.slurm.environment import JobFacts, job_facts, seconds_left, show_job
 from hpctrain.slurm.requeue import PreemptionFlag, RequeuePolicy, classify_interrupt, decide_requeue
@@ -52,14 +52,6 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, (HpctrainError, ImportError, SyntaxError, FileNotFoundError, NotADirectoryError))
 
 
-def result_completed(run_dir: Path) -> bool:
-    path = Path(run_dir) / "result.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 @dataclass(kw_only=True)
 class TrainTask:
     """The real trainer as a task: the config snapshot in the run dir plus overrides."""
@@ -79,7 +71,7 @@ class TrainTask:
 def _redirect_local_logs(run_dir: Path, rank: int) -> None:
     # srun writes rank logs on Slurm; the local executor logs into submitit's folder, so
     # point this process's stdout/stderr at the same per-rank file Slurm would use.
-    log = run_dir / "logs" / f"rank-{rank}.log"
+    log = RunDir(run_dir).rank_log(rank)
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -89,11 +81,37 @@ def _redirect_local_logs(run_dir: Path, rank: int) -> None:
     os.close(fd)
 
 
+class HoldForSignal:
+    """A stop poll whose ``at``-th call waits until the signal has arrived, then says stop.
+
+    A testing aid (``--test-hold-at``): the task stops at a known step boundary on any machine
+    speed, instead of racing the signal against the end of the run. It holds once per run:
+    the marker rank 0 writes when it starts waiting turns it off for every later attempt.
+    """
+
+    def __init__(self, is_set: Callable[[], bool], at: int, marker: Path, *, is_root: bool, wait_s: float = 0.05):
+        self.is_set, self.at, self.marker, self.is_root, self.wait_s = is_set, at, marker, is_root, wait_s
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if self.calls == self.at:
+            if self.is_root:
+                from hpctrain.fileio import atomic_write_text
+
+                atomic_write_text(self.marker, f"{os.getpid()}\n")
+            print(f"hpctrain: --test-hold-at {self.at}: waiting for the signal", flush=True)
+            while not self.is_set():
+                time.sleep(self.wait_s)
+        return self.is_set()
+
+
 @dataclass(kw_only=True)
 class RunJob:
     run_dir: str
     task: Task
     policy: RequeuePolicy = field(default_factory=RequeuePolicy)
+    hold_at: int | None = None  # testing aid: see HoldForSignal
 
     def __call__(self) -> str:
         run_dir = Path(self.run_dir)
@@ -102,7 +120,7 @@ class RunJob:
             _redirect_local_logs(run_dir, facts.rank)
         flag = PreemptionFlag(self.policy.signal).install()
         started = time.monotonic()
-        if result_completed(run_dir):
+        if RunDir(run_dir).is_completed():
             # the double-requeue case: the work is done, touch nothing and leave at once
             flag.uninstall()
             if facts.is_root:
@@ -112,11 +130,15 @@ class RunJob:
         if facts.is_root:
             journal.record(run_dir, "started", job_id=facts.job_id, restart_count=facts.restart_count,
                            ntasks=facts.ntasks)
-        pid_dir = run_dir / "slurm" / "pids"
-        pid_dir.mkdir(parents=True, exist_ok=True)
-        (pid_dir / f"rank-{facts.rank}.pid").write_text(f"{os.getpid()}\n")
+        pid_file = RunDir(run_dir).pid_file(facts.rank)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+        stop: Callable[[], bool] = flag.is_set
+        marker = RunDir(run_dir).hold_marker
+        if self.hold_at is not None and not marker.exists():
+            stop = HoldForSignal(flag.is_set, self.hold_at, marker, is_root=facts.is_root)
         try:
-            outcome = self.task(run_dir, flag.is_set)
+            outcome = self.task(run_dir, stop)
         except BaseException as e:
             flag.uninstall()
             if not isinstance(e, (SystemExit, KeyboardInterrupt)):
@@ -185,3 +207,35 @@ def _seconds_left(facts: JobFacts, policy: RequeuePolicy, started: float) -> flo
     from datetime import datetime
 
     return seconds_left(rec, datetime.now())
+
+
+def train_requeue_aware(cfg, policy: RequeuePolicy, *, hold_at: int | None = None, train: Callable | None = None):
+    """``hpctrain train --requeue``: train ``cfg`` inside :class:`RunJob` (what 'hpctrain submit' jobs run).
+
+    Returns (exit status, TrainResult): (None, result) when this call trained to completion,
+    (status, None) when there is nothing to report -- 0 for a run already completed (a double
+    requeue), for a non-root rank, or for a requeue under way; 3 when rank 0 gave up.
+    ``hold_at``: see :class:`HoldForSignal`; ``train`` replaces the trainer (tests).
+    """
+    from hpctrain.env import rank_info
+
+    if train is None:
+        from hpctrain.train.trainer import train
+
+    run_dir = Path(cfg.run.dir).resolve()
+    box = []
+
+    def task(_run_dir, stop_requested):
+        box.append(train(cfg, stop_requested=stop_requested))
+        return "completed" if box[-1].status == "completed" else "interrupted"
+
+    outcome = RunJob(run_dir=str(run_dir), task=task, policy=policy, hold_at=hold_at)()
+    if outcome == "completed":
+        return (None, box[-1]) if box else (0, None)
+    if not rank_info().is_root:
+        # exit 0: with --kill-on-bad-exit a non-zero status would kill rank 0 before it requeues
+        return 0, None
+    # rank 0: 0 when the job is requeued (or Slurm's SIGTERM leaves that to Slurm), 3 when it gave up
+    state = journal.fold(journal.read_events(run_dir)).state
+    return (0 if state in ("REQUEUED", "INTERRUPTED") else 3), None
+

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hpctrain.fileio import append_jsonl
+from hpctrain.rundir import EVENTS, RunDir
 
-EVENTS = "slurm/events.jsonl"
+__all__ = ["EVENTS", "TERMINAL", "RunState", "damaged_lines", "events_path", "fold", "read_events", "record",
+           "scan_events"]
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def events_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / EVENTS
+    return RunDir(run_dir).events
 
 
 def record(run_dir: str | os.PathLike, event: str, **data: Any) -> dict:

@@ -93,11 +93,16 @@ def classify_interrupt(*, got_sigterm: bool, seconds_left: float | None, signal_
 
 @dataclass(kw_only=True, slots=True)
 class RequeuePolicy:
+    # The CLI flags (hpctrain submit, sweep, train --requeue) are generated from these fields
+    # (hpctrain.config.add_flags): the defaults and help texts below are the only ones.
     max_timeouts: int = field(default=3, metadata={"help": "requeues after hitting the time limit (then FAILED)"})
-    max_preemptions: int | None = field(default=None, metadata={"help": "requeues after preemption; None = unlimited"})
-    signal: str = field(default=DEFAULT_SIGNAL, metadata={"help": "signal Slurm sends before the end"})
-    signal_delay_s: int = field(default=DEFAULT_SIGNAL_DELAY_S,
-                                metadata={"help": "seconds before the time limit that the signal is sent"})
+    max_preemptions: int | None = field(default=None, metadata={"help": "requeues after preemption",
+                                                                "default_text": "unlimited"})
+    signal: str = field(default=DEFAULT_SIGNAL, metadata={
+        "help": "signal Slurm sends before the end ('#SBATCH --signal'); USR1 is refused (NCCL uses it)"})
+    signal_delay_s: int = field(default=DEFAULT_SIGNAL_DELAY_S, metadata={
+        "flag": "--signal-delay", "metavar": "S",
+        "help": "seconds before the time limit that the signal is sent; tells a time limit from a preemption"})
 
     def __post_init__(self) -> None:
         from hpctrain.errors import ConfigError

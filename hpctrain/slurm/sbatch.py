@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpctrain.errors import ConfigError
+from hpctrain.rundir import LOGS, RunDir, trial_name
 from hpctrain.slurm.environment import parse_time_limit
 from hpctrain.slurm.requeue import DEFAULT_SIGNAL, DEFAULT_SIGNAL_DELAY_S, signal_number
 
@@ -29,28 +30,34 @@ _MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
 class JobSpec:
     """Everything the sbatch script says; built by `hpctrain submit`/`sweep`, rendered by render_sbatch."""
 
+    # The resource and queue flags of hpctrain submit/sweep are generated from these fields
+    # (hpctrain.config.add_flags, CLI_FIELDS): the defaults and help texts below are the only ones.
     name: str = field(metadata={"help": "run name; the job name is a Slurm-safe version of it"})
     run_dir: Path = field(metadata={"help": "absolute run dir, stable across requeues and retries"})
-    nodes: int = 1
-    ntasks_per_node: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str | None = field(default=None, metadata={"help": "memory per node, e.g. 16G"})
-    time: str | None = field(default=None, metadata={"help": "time limit in Slurm syntax (MM, HH:MM:SS, D-HH:MM)"})
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    exclusive: bool = False
+    nodes: int = field(default=1, metadata={"help": "nodes"})
+    ntasks_per_node: int = field(default=1, metadata={"help": "ranks per node (one srun task each)"})
+    gpus_per_node: int = field(default=0, metadata={"help": "GPUs per node"})
+    cpus_per_task: int = field(default=1, metadata={"help": "CPUs per rank"})
+    mem: str | None = field(default=None, metadata={"help": "memory per node, e.g. 32G"})
+    time: str | None = field(default=None, metadata={"help": "time limit (Slurm syntax: MM, HH:MM:SS, D-HH:MM)"})
+    partition: str | None = field(default=None, metadata={"help": "Slurm partition"})
+    account: str | None = field(default=None, metadata={"help": "Slurm account"})
+    qos: str | None = field(default=None, metadata={"help": "Slurm QOS"})
+    constraint: str | None = field(default=None, metadata={"help": "node features (sbatch --constraint)"})
+    exclusive: bool = field(default=False, metadata={"help": "whole nodes (sbatch --exclusive)"})
+    # the same two as RequeuePolicy's, whose flags set both
     signal: str = DEFAULT_SIGNAL
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
     array_size: int | None = field(default=None, metadata={"help": "job array of this many trials (sweeps)"})
     array_parallelism: int | None = field(default=None, metadata={"help": "at most this many trials at once (%P)"})
     array_offset: int = field(default=0, metadata={"help": "index of the first trial (Bayesian waves continue)"})
     begin: str | None = field(default=None, metadata={"help": "sbatch --begin (retry backoff), e.g. now+30"})
-    setup: list[str] = field(default_factory=list, metadata={"help": "shell lines run before srun (module load ...)"})
+    setup: list[str] = field(default_factory=list, metadata={
+        "metavar": "LINE", "help": "shell line run before srun, e.g. 'module load cuda' (repeatable)"})
     mpi: str | None = field(default=None, metadata={
-        "help": "srun --mpi plugin (e.g. pmix) for the mpi/horovod comm backends; None: the site default"})
+        "help": "srun --mpi plugin for comm.backend mpi/horovod (default: pmix when several ranks and "
+                "'srun --mpi=list' offers it; with the site default 'none' MPI_Init aborts); comm.backend torch "
+                "needs none"})
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -96,7 +103,12 @@ class JobSpec:
 
     @property
     def submitit_dir(self) -> Path:
-        return self.run_dir / "slurm" / "submitit"
+        return RunDir(self.run_dir).submitit
+
+
+# JobSpec fields that are command-line flags ("resources" and "queue"); the rest are derived
+RESOURCE_FIELDS = ("nodes", "ntasks_per_node", "gpus_per_node", "cpus_per_task", "mem")
+QUEUE_FIELDS = ("time", "partition", "account", "qos", "constraint", "exclusive", "mpi", "setup")
 
 
 def check_path(path: Path, what: str) -> None:
@@ -129,14 +141,14 @@ def pattern_path(path: Path | str) -> str:
 
 def rank_log_pattern(spec: JobSpec) -> str:
     if spec.array_size is not None:
-        return pattern_path(spec.run_dir / "trials") + "/trial-%a/logs/rank-%t.log"
-    return pattern_path(spec.run_dir / "logs") + "/rank-%t.log"
+        return pattern_path(RunDir(spec.run_dir).trials) + f"/{trial_name('%a')}/{LOGS}/rank-%t.log"
+    return pattern_path(RunDir(spec.run_dir).logs) + "/rank-%t.log"
 
 
 def batch_log_pattern(spec: JobSpec) -> str:
     if spec.array_size is not None:
-        return pattern_path(spec.run_dir / "logs") + "/batch-%A_%a.log"
-    return pattern_path(spec.run_dir / "logs") + "/batch.log"
+        return pattern_path(RunDir(spec.run_dir).logs) + "/batch-%A_%a.log"
+    return pattern_path(RunDir(spec.run_dir).batch_log)
 
 
 def render_sbatch(spec: JobSpec) -> str:
@@ -168,7 +180,8 @@ def render_sbatch(spec: JobSpec) -> str:
         lines.append("")
     py = shlex.quote(spec.python)
     if spec.array_size is not None:
-        lines.append(f"run_dir={shlex.quote(str(spec.run_dir / 'trials'))}/trial-\"$SLURM_ARRAY_TASK_ID\"")
+        trial = trial_name('"$SLURM_ARRAY_TASK_ID"')
+        lines.append(f"run_dir={shlex.quote(str(RunDir(spec.run_dir).trials))}/{trial}")
     else:
         lines.append(f"run_dir={shlex.quote(str(spec.run_dir))}")
     lines += [
@@ -186,7 +199,7 @@ def render_sbatch(spec: JobSpec) -> str:
         "rc=$?",
         "",
         "# completed, requeued, retried (with backoff) or failed: decided from the run dir, not from rc alone",
-        f"{py} -m hpctrain.slurm.retry --run-dir \"$run_dir\" --exit-code \"$rc\"",
+        f"{py} -m hpctrain.slurm.after_step --run-dir \"$run_dir\" --exit-code \"$rc\"",
         "",
     ]
     return "\n".join(lines)

@@ -101,7 +101,7 @@ class ScriptTask:
 
 def _mark_completed(run_dir: Path) -> None:
     from hpctrain.env import rank_info
-    from hpctrain.fileio import atomic_write_json
+    from hpctrain.rundir import RunDir
 
     if rank_info().is_root:
-        atomic_write_json(run_dir / "result.json", {"status": "completed"})
+        RunDir(run_dir).write_result({"status": "completed"})

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpctrain import rundir
 from hpctrain.errors import ClusterError, HpctrainError
+from hpctrain.rundir import RunDir, is_run_dir
 from hpctrain.slurm import journal
 from hpctrain.slurm.wait import SETTLE_S, Observation, change_line, end_message, wait_until_final
 
@@ -89,11 +91,6 @@ def runs_base(runs_dir: str | None, environ=None) -> Path:
     return base
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / journal.EVENTS).is_file() or (path / "slurm" / "submission.pkl").is_file() or \
-        (path / "sweep.json").is_file()
-
-
 def resolve_run(arg: str, base: Path | None = None) -> Path:
     """A run given as a path or as a name under the runs base dir."""
     base = default_base() if base is None else base
@@ -125,14 +122,12 @@ def _tail_lines(path: Path, n: int, max_bytes: int = 1 << 16) -> list[str]:
 
 def last_progress(run_dir: Path) -> tuple[int | None, dict]:
     """(last step, last metrics) from result.json, else the last line of metrics.jsonl."""
-    try:
-        res = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    res = RunDir(run_dir).read_result()
+    if res is not None and isinstance(res.get("metrics") or {}, dict):
         metrics = {k: v for k, v in (res.get("metrics") or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return res.get("step"), metrics
-    except (OSError, ValueError, AttributeError):
-        pass
-    for line in reversed(_tail_lines(run_dir / "metrics.jsonl", 5)):
+    for line in reversed(_tail_lines(RunDir(run_dir).metrics, 5)):
         try:
             rec = json.loads(line)
         except ValueError:
@@ -147,15 +142,12 @@ def placement_of(run_dir: Path) -> str:
     (no training run, or one written before placements were recorded)."""
     from hpctrain.env import placement_line
 
-    try:
-        ranks = json.loads((run_dir / "config.resolved.json").read_text(encoding="utf-8"))["cluster"]["ranks"]
-        return placement_line(ranks) if ranks and all(isinstance(r, dict) and "node" in r for r in ranks) else ""
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    ranks = RunDir(run_dir).placement()
+    return placement_line(ranks) if ranks and all(isinstance(r, dict) and "node" in r for r in ranks) else ""
 
 
 def rank_log(run_dir: Path, rank: int) -> Path:
-    return run_dir / "logs" / f"rank-{rank}.log"
+    return RunDir(run_dir).rank_log(rank)
 
 
 def log_tail(run_dir: Path, rank: int, n: int = 20) -> list[str]:
@@ -231,7 +223,7 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
 
 def damaged_records(run_dir: Path) -> list[str]:
     """Warnings for files of a run dir that status does not need but that are unreadable."""
-    spec = Path(run_dir) / "slurm" / "spec.json"
+    spec = RunDir(run_dir).spec
     if not spec.is_file():
         return []
     try:
@@ -318,21 +310,20 @@ def cancel_run(run_dir: Path) -> list[str]:
     would turn a COMPLETED run into a CANCELLED one.
     """
     from hpctrain.slurm.runner import run_cmd
-    from hpctrain.slurm.sweep import is_sweep_dir, load_sweep, trial_dir
-
     run_dir = Path(run_dir)
     st = journal.fold(journal.read_events(run_dir))
     ids = []
-    if is_sweep_dir(run_dir):
-        meta = load_sweep(run_dir)
-        states = [journal.fold(journal.read_events(trial_dir(run_dir, t["index"]))).state for t in meta["trials"]]
+    if rundir.is_sweep_dir(run_dir):
+        meta = rundir.load_sweep(run_dir)
+        states = [journal.fold(journal.read_events(rundir.trial_dir(run_dir, t["index"]))).state
+                  for t in meta["trials"]]
         planned = meta.get("planned", len(states))
         if states and len(states) >= planned and all(x in journal.TERMINAL for x in states):
             counts = ", ".join(f"{x}={states.count(x)}" for x in sorted(set(states)))
             raise RunEnded(f"sweep {run_dir.name!r} has already ended: all {len(states)} trials ended ({counts}); "
                            "nothing to cancel", "ENDED")
         ids = [str(j) for j in meta["job_ids"]]
-        for trial in sorted((run_dir / "trials").glob("trial-*")):
+        for trial in RunDir(run_dir).trial_dirs():
             ids += [j for j in journal.fold(journal.read_events(trial)).job_ids if "_" not in j]
     elif st.state in journal.TERMINAL:
         raise RunEnded(f"run {run_dir.name!r} has already ended ({st.state}" + (f": {st.reason}" if st.reason else "")

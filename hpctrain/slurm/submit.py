@@ -3,7 +3,8 @@ submitit's LocalExecutor for ``--cluster local``.
 
 The run dir is keyed by the run name, never by the job id, and holds everything a later
 attempt needs: ``slurm/submission.pkl`` (the spec, the job callable, the retry policy),
-``slurm/events.jsonl``, per-rank logs in ``logs/`` and the trainer's checkpoints.
+``slurm/events.jsonl``, per-rank logs in ``logs/`` and the trainer's checkpoints (its layout:
+:mod:`hpctrain.rundir`). ``--cluster local`` is :mod:`hpctrain.slurm.local`.
 """
 
 from __future__ import annotations
@@ -12,21 +13,18 @@ import dataclasses
 import logging
 import os
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hpctrain.errors import ClusterError, ConfigError
+from hpctrain.errors import ClusterError
+from hpctrain.rundir import RunDir, trial_dir
 from hpctrain.slurm import journal
-from hpctrain.slurm.job import RunJob, result_completed
-from hpctrain.slurm.retry import RetryPolicy, decide_retry
+from hpctrain.slurm.job import RunJob
+from hpctrain.slurm.retry import RetryPolicy
 from hpctrain.slurm.runner import run_cmd
 from hpctrain.slurm.sbatch import JobSpec, render_sbatch
-
-SUBMISSION = "slurm/submission.pkl"
-
 
 @dataclass(kw_only=True)
 class Submission:
@@ -42,9 +40,9 @@ def save_submission(sub: Submission) -> None:
     from hpctrain.fileio import atomic_write_bytes, atomic_write_json
     from hpctrain.config import to_dict
 
-    run_dir = Path(sub.job.run_dir)
-    atomic_write_bytes(run_dir / SUBMISSION, cloudpickle.dumps(sub))
-    atomic_write_json(run_dir / "slurm" / "spec.json", {"cluster": sub.cluster, "spec": to_dict(sub.spec),
+    run = RunDir(sub.job.run_dir)
+    atomic_write_bytes(run.submission, cloudpickle.dumps(sub))
+    atomic_write_json(run.spec, {"cluster": sub.cluster, "spec": to_dict(sub.spec),
                                                         "retry": to_dict(sub.retry),
                                                         "policy": to_dict(sub.job.policy)})
 
@@ -52,7 +50,7 @@ def save_submission(sub: Submission) -> None:
 def load_submission(run_dir: str | os.PathLike) -> Submission:
     import pickle
 
-    path = Path(run_dir) / SUBMISSION
+    path = RunDir(run_dir).submission
     try:
         return pickle.loads(path.read_bytes())
     except FileNotFoundError:
@@ -172,11 +170,11 @@ def make_slurm_executor(spec: JobSpec):
 
 
 def prepare_dirs(spec: JobSpec) -> None:
-    (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    RunDir(spec.run_dir).make_dirs()
     spec.submitit_dir.mkdir(parents=True, exist_ok=True)
     if spec.array_size is not None:
         for i in range(spec.array_offset, spec.array_offset + spec.array_size):
-            (spec.run_dir / "trials" / f"trial-{i}" / "logs").mkdir(parents=True, exist_ok=True)
+            RunDir(trial_dir(spec.run_dir, i)).make_dirs()
 
 
 def active_job(run_dir: Path) -> tuple[str, str] | None:
@@ -215,63 +213,3 @@ def resubmit(run_dir: Path, *, delay_s: float, reason: str) -> str:
     job = ex.submit(sub.job)
     journal.record(run_dir, "retry", job_id=str(job.job_id), delay_s=delay_s, reason=reason)
     return str(job.job_id)
-
-
-def run_local(sub: Submission, *, poll_s: float = 0.2, echo=print) -> int:
-    """``--cluster local``: submitit's LocalExecutor, supervised in the foreground.
-
-    The local controller restarts tasks that exit 144 (our requeue); crashes are retried
-    here with the same decision function the Slurm after-step uses.
-    """
-    submitit = _import_submitit()
-    from hpctrain.slurm.environment import parse_time_limit
-
-    spec = sub.spec
-    if spec.nodes != 1:
-        raise ConfigError(f"--cluster local runs on one node, got --nodes {spec.nodes}")
-    from hpctrain.slurm.job import TrainTask
-
-    if isinstance(sub.job.task, TrainTask) and spec.ntasks_per_node != 1:
-        # submitit's local tasks are separate processes with no MPI wiring between them, so no
-        # collective could join them into one training run
-        raise ConfigError(f"--cluster local trains one rank, got --ntasks-per-node {spec.ntasks_per_node}; "
-                          "for several local ranks use 'hpctrain launch -n N -- hpctrain train CONFIG'")
-    prepare_dirs(spec)
-    save_submission(sub)
-    os.environ["SUBMITIT_PREEMPT_SIGNAL"] = spec.signal.upper().removeprefix("SIG")
-    limit_s = parse_time_limit(spec.time) if spec.time else None
-    ex = submitit.LocalExecutor(folder=spec.submitit_dir)
-    ex.update_parameters(timeout_min=(limit_s or 7 * 24 * 3600) / 60, tasks_per_node=spec.ntasks_per_node,
-                         signal_delay_s=spec.signal_delay_s)
-    run_dir = spec.run_dir
-    fresh = True
-    while True:
-        job = ex.submit(sub.job)
-        jid = f"local-{job.job_id}"
-        journal.record(run_dir, "submitted", job_id=jid, fresh=fresh,
-                       attempt=0 if fresh else journal.fold(journal.read_events(run_dir)).retries)
-        fresh = False
-        echo(f"hpctrain: local job {jid} started (logs: {run_dir / 'logs'})")
-        proc = job._process
-        while proc.poll() is None:
-            time.sleep(poll_s)
-        rc = proc.returncode
-        st = journal.fold(journal.read_events(run_dir))
-        decision = decide_retry(st, exit_code=rc, completed=result_completed(run_dir), policy=sub.retry)
-        if decision.action == "none":
-            ok = result_completed(run_dir)
-            if not ok and st.state not in journal.TERMINAL:
-                journal.record(run_dir, "gave_up", job_id=jid, reason=f"local controller ended (exit {rc}) "
-                               f"in state {st.state}; submitit restarts a local job at most 6 times")
-            return 0 if ok else 1
-        if not st.crashed and st.state != "FAILED":
-            journal.record(run_dir, "failed", job_id=jid, permanent=False, exit_code=rc,
-                           message=f"job exited with code {rc}")
-        if decision.action == "fail":
-            journal.record(run_dir, "gave_up", job_id=jid, reason=decision.reason)
-            echo(f"hpctrain: {decision.reason}")
-            return 1
-        journal.record(run_dir, "retry", job_id=jid, delay_s=decision.delay_s, reason=decision.reason)
-        echo(f"hpctrain: {decision.reason}; waiting {decision.delay_s:.0f} s")
-        time.sleep(decision.delay_s)
-

@@ -20,9 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from hpctrain import rundir
 from hpctrain.errors import ClusterError, ConfigError
-from hpctrain.fileio import atomic_path, atomic_write_json
+from hpctrain.fileio import atomic_path
+from hpctrain.rundir import RunDir
 from hpctrain.slurm import journal
+from hpctrain.slurm.job import RunJob
+from hpctrain.slurm.sbatch import JobSpec
+from hpctrain.slurm.status import run_status
+from hpctrain.slurm.submit import Submission, make_slurm_executor, prepare_dirs, save_submission
 
 _DIST = re.compile(r"^\s*(uniform|loguniform|int|choice)\s*\((.*)\)\s*$")
 
@@ -167,56 +173,22 @@ def to_overrides(point: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------- sweep dir
 
-def is_sweep_dir(path: Path) -> bool:
-    return (Path(path) / "sweep.json").is_file()
-
-
-def trial_dir(sweep_dir: Path, index: int) -> Path:
-    return Path(sweep_dir) / "trials" / f"trial-{index}"
-
-
-def load_sweep(sweep_dir: Path) -> dict:
-    """The sweep's record; ConfigError naming the file when it is damaged (a full disk, an editor)."""
-    path = Path(sweep_dir) / "sweep.json"
-    fix = (f"the sweep's record of its trials and jobs is damaged. Restore it from a backup, or remove "
-           f"{str(sweep_dir)!r} and run the sweep again (each trial's own run dir is under trials/)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{str(path)!r} is not UTF-8 text (byte {e.start}); {fix}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                          f"{fix}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    ok = (isinstance(meta, dict) and isinstance(meta.get("trials"), list) and isinstance(meta.get("job_ids"), list)
-          and isinstance(meta.get("metric"), str) and meta.get("mode") in ("min", "max")
-          and all(isinstance(t, dict) and isinstance(t.get("index"), int) and isinstance(t.get("params"), dict)
-                  for t in meta["trials"]))
-    if not ok:
-        raise ConfigError(f"{str(path)!r} is not a sweep record (expected an object with 'trials' (each with "
-                          f"'index' and 'params'), 'job_ids', 'metric' and 'mode'); {fix}")
-    return meta
-
-
-def save_sweep(sweep_dir: Path, meta: dict) -> None:
-    atomic_write_json(Path(sweep_dir) / "sweep.json", meta)
+# The sweep dir's layout and its record belong to hpctrain.rundir; these names stay importable here.
+is_sweep_dir = rundir.is_sweep_dir
+trial_dir = rundir.trial_dir
+load_sweep = rundir.load_sweep
+save_sweep = rundir.save_sweep
 
 
 def trial_metric(run_dir: Path, metric: str) -> float | None:
-    try:
-        res = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if res.get("status") != "completed":
+    res = RunDir(run_dir).read_result()
+    if res is None or res.get("status") != "completed":
         return None
     value = (res.get("metrics") or {}).get(metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def sweep_rows(sweep_dir: Path, *, live: bool = True) -> list[dict]:
-    from hpctrain.slurm.status import run_status
-
     meta = load_sweep(sweep_dir)
     rows = []
     for t in meta["trials"]:
@@ -236,7 +208,7 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
 
 
 def write_results(sweep_dir: Path, rows: list[dict]) -> Path:
-    path = Path(sweep_dir) / "results.csv"
+    path = RunDir(sweep_dir).sweep_results
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -281,10 +253,6 @@ def submit_array(sub_template, sweep_dir: Path, points: list[dict], first_index:
                  make_task: TaskFactory) -> str:
     """One Slurm array for ``points`` (trial indices first_index...); each trial also gets a
     single-job submission of its own, so a crashed trial is retried alone."""
-    from hpctrain.slurm.job import RunJob
-    from hpctrain.slurm.sbatch import JobSpec
-    from hpctrain.slurm.submit import Submission, make_slurm_executor, prepare_dirs, save_submission
-
     base: JobSpec = sub_template.spec
     array_spec = dataclasses.replace(base, run_dir=Path(sweep_dir), array_size=len(points), array_offset=first_index,
                                      array_parallelism=min(parallel or len(points), len(points)))
@@ -293,7 +261,8 @@ def submit_array(sub_template, sweep_dir: Path, points: list[dict], first_index:
     for k, point in enumerate(points):
         i = first_index + k
         d = trial_dir(sweep_dir, i)
-        job = RunJob(run_dir=str(d), task=make_task(point, i), policy=sub_template.job.policy)
+        job = RunJob(run_dir=str(d), task=make_task(point, i), policy=sub_template.job.policy,
+                     hold_at=sub_template.job.hold_at)
         spec_i = dataclasses.replace(base, name=f"{base.name}-t{i}", run_dir=d)
         prepare_dirs(spec_i)
         save_submission(Submission(spec=spec_i, job=job, retry=sub_template.retry, cluster="slurm"))
@@ -308,8 +277,6 @@ def submit_array(sub_template, sweep_dir: Path, points: list[dict], first_index:
 
 def wait_trials(sweep_dir: Path, indices: list[int], *, timeout_s: float | None = None, poll_s: float = 3.0,
                 on_update: Callable[[str], None] | None = None) -> None:
-    from hpctrain.slurm.status import run_status
-
     t0 = time.monotonic()
     last = ""
     while True:
@@ -379,7 +346,7 @@ def journal_storage(sweep_dir: Path):
     import optuna
 
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    path = str(Path(sweep_dir) / "optuna.journal")
+    path = str(RunDir(sweep_dir).optuna_journal)
     journal_mod = optuna.storages.journal
     if hasattr(journal_mod, "JournalFileBackend"):
         backend = journal_mod.JournalFileBackend(path, lock_obj=journal_mod.JournalFileOpenLock(path))

@@ -22,7 +22,6 @@ from hpctrain.fileio import atomic_path, atomic_write_json, sha256_file
 
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
 LATEST = "latest"
-BEST = "best.pt"
 
 
 class CheckpointError(HpctrainError):

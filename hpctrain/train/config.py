@@ -110,7 +110,8 @@ class ModelConfig:
         "help": "transfer learning: a checkpoint (.pt from a run dir) whose weights initialise the model; "
                 "the head is replaced when the class count differs"})
     freeze: list[str] = field(default_factory=list, metadata={
-        "help": "glob patterns of parameter names to freeze (e.g. 'features.*'); see 'hpctrain train --params'"})
+        "help": "glob patterns of parameter names to freeze (e.g. 'features.*'); a pattern that matches "
+                "nothing fails, listing the model's parameter names"})
 
     def __post_init__(self):
         for i, h in enumerate(self.hidden):
@@ -268,7 +269,8 @@ class ImputationConfig:
 class CheckpointConfig:
     every_steps: int = field(default=0, metadata={"help": "checkpoint every N optimizer steps (0: off)"})
     every_epoch: bool = field(default=True, metadata={"help": "checkpoint at the end of every epoch"})
-    keep: int = field(default=3, metadata={"help": "keep the newest K step checkpoints (best.pt is kept apart)"})
+    keep: int = field(default=3, metadata={
+        "help": "keep the newest K step checkpoints (final.pt, written at the end, is kept apart)"})
     resume: bool = field(default=True, metadata={"help": "resume from the newest valid checkpoint in the run dir"})
 
     def __post_init__(self):

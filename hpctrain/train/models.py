@@ -1,6 +1,7 @@
 """The model registry: the three built-in families (MLP for tables, a small CNN for images, a
-small attention classifier whose attention weights the explain command reads) and any
-``torch.nn.Module`` a user names by import path (``model.module: "pkg.mod:factory"``).
+small attention classifier that records its attention weights: ``feature_attention``, a
+per-feature importance) and any ``torch.nn.Module`` a user names by import path
+(``model.module: "pkg.mod:factory"``).
 
 A factory is called as ``factory(**model.args, sample_shape=..., num_outputs=...)`` and must
 return an ``nn.Module`` mapping a batch ``(N, *sample_shape)`` to ``(N, num_outputs)``; the
@@ -82,7 +83,7 @@ class AttentionClassifier(nn.Module):
 
     After every forward, ``last_attention`` holds one (batch, heads, tokens, tokens) tensor
     per layer; :meth:`feature_attention` turns the last layer's [CLS] row into a per-feature
-    importance (what ``hpctrain explain`` reports).
+    importance (there is no explain command yet; this is the hook one would read).
     """
 
     def __init__(self, n_features: int, num_classes: int, embed_dim: int = 32, heads: int = 4, layers: int = 1,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from hpctrain.rundir import RunDir
+
 
 def read_metrics(path: Path) -> list[dict]:
     rows = []
@@ -30,9 +32,9 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
     from hpctrain.fileio import atomic_path
 
     run_dir = Path(run_dir)
-    out = run_dir / "plots"
+    out = RunDir(run_dir).plots
     out.mkdir(parents=True, exist_ok=True)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(RunDir(run_dir).metrics)
     steps = [r for r in rows if r.get("kind") == "step"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
     written = []

@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 
 from hpctrain.env import RankInfo
-from hpctrain.fileio import atomic_write_json
+from hpctrain.rundir import RESOLVED, RunDir  # noqa: F401 - RESOLVED: public name, kept here
 from hpctrain.train.config import Plan, TrainConfig
-
-RESOLVED = "config.resolved.json"
-
 
 def versions() -> dict:
     import importlib.metadata as md
@@ -52,7 +49,7 @@ def cluster_facts(info: RankInfo, placement: list[dict] | None = None) -> dict:
 def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan, placement: list[dict] | None = None) -> None:
     from hpctrain.config import to_dict
 
-    atomic_write_json(Path(cfg.run.dir) / RESOLVED, {
+    RunDir(cfg.run.dir).write_resolved({
         "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
             "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
             "global_batch": plan.global_batch, "peak_lr": plan.lr},

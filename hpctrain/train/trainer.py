@@ -26,14 +26,13 @@ import numpy as np
 
 from hpctrain.env import RankInfo, placement_line, rank_info
 from hpctrain.errors import ConfigError
-from hpctrain.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from hpctrain.fileio import append_jsonl, atomic_write_text
+from hpctrain.rundir import METRICS, RESULT, RunDir  # noqa: F401 - RESULT: public name, kept here
 from hpctrain.train.build import get_comm, make_optimizer
 from hpctrain.train.config import Plan, TrainConfig, check_runtime
 from hpctrain.train.provenance import RESOLVED, write_resolved  # noqa: F401 - RESOLVED: public name, kept here
 from hpctrain.train.rng import rng_state, seed_all, set_rng_state
 
-RESULT = "result.json"
-METRICS = "metrics.jsonl"
 
 
 @dataclass(slots=True)
@@ -47,12 +46,7 @@ class TrainResult:
 
 
 def read_result(run_dir: Path) -> dict | None:
-    p = Path(run_dir) / RESULT
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
+    return RunDir(run_dir).read_result()
 
 
 def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
@@ -103,7 +97,7 @@ class Trainer:
 
         self.cfg, self.info, self.plan, self.stop_requested = cfg, info, plan, stop_requested
         self.run_dir = Path(cfg.run.dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = RunDir(self.run_dir).checkpoints
         self.torch = torch
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
@@ -347,7 +341,7 @@ class Trainer:
         if self.root and cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            self.tb = SummaryWriter(str(RunDir(self.run_dir).tensorboard))
         progress = _Progress(cfg.logging.progress and self.root, self.total_steps)
         accum = self.plan.accum
         stop_early = self.early.enabled and self.early.bad_epochs >= self.early.patience
@@ -454,9 +448,9 @@ class Trainer:
         if self.root:
             payload = self._payload(None, states)
             C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
-            C.save_file(self.ckpt_dir / "final.pt", payload)
-            atomic_write_json(self.run_dir / RESULT, {"status": "completed", "step": self.step, "epoch": self.epoch,
-                                                      "metrics": metrics})
+            C.save_file(RunDir(self.run_dir).final_checkpoint, payload)
+            RunDir(self.run_dir).write_result({"status": "completed", "step": self.step, "epoch": self.epoch,
+                                               "metrics": metrics})
             if cfg.logging.plots:
                 from hpctrain.train.plots import write_plots
 
