@@ -100,7 +100,6 @@ def test_script_preempted_by_usr2_resumes_to_the_uninterrupted_weights(project):
     got = load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1])
     want = load(sorted((ref / "checkpoints").glob("step-*.pt"))[-1])
     assert got["step"] == want["step"] == 3 * 60
-    assert (run_dir / "checkpoints" / "step-00000039.pt").is_file()  # the preemption checkpoint
     for k, v in want["objects"]["model"].items():
         assert torch.equal(got["objects"]["model"][k], v), k
 
