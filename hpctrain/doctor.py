@@ -124,6 +124,22 @@ def check_submitit() -> Check:
     return Check("submitit", True, submitit.__version__, required=False)
 
 
+def check_serve() -> Check:
+    """export/compress/serve: the [serve] extra."""
+    import importlib.metadata as md
+
+    found, missing = [], []
+    for pkg in ("safetensors", "uvicorn", "starlette", "prometheus-client"):
+        try:
+            found.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            missing.append(pkg)
+    if missing:
+        return Check("serve", False, f"missing {', '.join(missing)} (hpctrain export/compress/serve)",
+                     "pip install -e '.[serve]' (scripts/setup.sh installs it)", required=False)
+    return Check("serve", True, ", ".join(found), required=False)
+
+
 def check_slurm_commands() -> Check:
     names = ["sbatch", "srun", "squeue", "scontrol", "scancel"]
     missing = [n for n in names if not shutil.which(n)]
@@ -157,7 +173,7 @@ def check_gpus() -> Check:
 
 PROBES: list[Callable[[], Check]] = [
     check_python, check_torch, check_horovod, check_mpi4py, check_mpirun, check_h5py, check_numba,
-    check_submitit, check_slurm_commands, check_slurm_controller, check_gpus,
+    check_submitit, check_serve, check_slurm_commands, check_slurm_controller, check_gpus,
 ]
 
 

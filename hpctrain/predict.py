@@ -107,7 +107,12 @@ def _predict_regression(trained: TrainedRun, m, split: str | None, out: Path, sh
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
-    """The final (or newest valid) checkpoint of a completed run, as a :class:`TrainedRun`."""
+    """The final (or newest valid) checkpoint of a completed run, as a :class:`TrainedRun`;
+    or a model artifact written by ``hpctrain export``/``compress`` (either is accepted)."""
+    from hpctrain.serve.artifact import is_artifact, load_artifact
+
+    if is_artifact(run_dir):
+        return load_artifact(run_dir)
 
     from hpctrain.train import checkpoint as C
     from hpctrain.train.config import load_config

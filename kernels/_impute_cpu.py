@@ -374,9 +374,9 @@ def _median_from_segments(buf, seg, nb):
         r_hi = k_hi - below
         hi = np.float64(select_inplace(cand, r_hi))
         if k_lo == k_hi:
-            out[j] = hi
+            out[j] = hi + 0.0  # + 0.0: a zero median is +0.0, as scikit-learn gives (-0.0 + 0.0 == +0.0)
         else:
-            out[j] = (np.float64(cand[:r_hi].max()) + hi) / 2.0
+            out[j] = (np.float64(cand[:r_hi].max()) + hi) / 2.0 + 0.0
     return out
 
 
@@ -470,7 +470,8 @@ def _bracket_resolve(buf, off, lo, hi, tot, k_lo, k_hi):
             else:
                 pair[q] = hi[j]
         if ok[j]:
-            out[j] = pair[1] if k_lo[j] == k_hi[j] else (pair[0] + pair[1]) / 2.0
+            # + 0.0: a zero median is +0.0, as scikit-learn gives (-0.0 + 0.0 == +0.0)
+            out[j] = (pair[1] if k_lo[j] == k_hi[j] else (pair[0] + pair[1]) / 2.0) + 0.0
     return out, ok
 
 

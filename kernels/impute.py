@@ -221,7 +221,7 @@ def fit_statistics(chunks: Callable[[], Iterable[np.ndarray]], n_features: int, 
             ranks = np.stack([(count - 1) // 2, count // 2], axis=1)
             ranks[empty] = -1
             sel = radix_select(chunks, ranks, comm, first=first)
-            stats = (sel[:, 0] + sel[:, 1]) / 2.0
+            stats = (sel[:, 0] + sel[:, 1]) / 2.0 + 0.0  # a zero median is +0.0, as in scikit-learn
     elif strategy == "most_frequent":
         if in_memory is not None and comm.size == 1:
             buf, off = K.compact_columns(in_memory, count)

@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Gradient-exchange bandwidth and training weak scaling, side by side in one run.
 
-    hpctrain launch -n 2 -- python scripts/bench_comm.py [--sizes 1,4,16,64] [--batch 256] [--json out.json]
+    hpctrain launch -n 2 -- python scripts/bench_comm.py [--sizes 1,4,16,64] [--batches 16,256] [--json out.json]
 
 Part 1, allreduce of float32 buffers (sizes in MB) through:
-  raw-inplace   Allreduce(IN_PLACE, buf) on a numpy buffer;
-  raw-mpi4py    Allreduce(send, recv): the other raw form. The faster raw median is the limit;
-  raw-bucket    Allreduce(IN_PLACE) on the very numpy buffers the mpi path reduces (the exchange's
-                flat buckets, at most comm.bucket_mb each), after the same backward: the
-                like-for-like limit of the mpi path ("x bucket" column);
+  raw-inplace   Allreduce(IN_PLACE, buf) on a numpy buffer, one message;
+  raw-mpi4py    Allreduce(send, recv), one message;
+  raw-pieces    Allreduce(IN_PLACE) on a separate numpy buffer cut into the very message sizes the
+                mpi backend sends (its buckets hold about comm.bucket_mb of parameters, a larger
+                parameter being its own bucket, and each bucket goes out in messages of at most
+                bucket_mb): the like-for-like raw form of what the backend sends;
+  raw-bucket    the same pieces reduced in place on the exchange's own flat bucket buffers, after
+                the same backward;
   mpi           hpctrain's mpi backend as the trainer drives it: the exchange of a model whose
                 8 gradient tensors total the buffer, after ``exchange.backward(loss)`` (so the
                 1/world averaging is already folded into the gradients): in-place Allreduce
@@ -17,6 +20,9 @@ Part 1, allreduce of float32 buffers (sizes in MB) through:
                 averaging pass over the bucket (what any caller not using exchange.backward pays);
   horovod       hvd.allreduce_ (average) at this process's HOROVOD_* settings;
   torch-gloo    torch.distributed.all_reduce + divide.
+The limit at each size is the FASTEST raw form measured at that size in the same phase (every
+raw-* row); "x limit" = limit / the path's time. Target: the mpi path >= 0.9x the limit at every
+size from 1 MB.
 Before every timed call the path's input is rewritten, untimed (by the backward that produces
 the gradients for the mpi paths, by a copy for the others): each reduces freshly written data.
 Every repeat runs every path once, in a rotated order, so a change of machine load between
@@ -26,11 +32,15 @@ bus bandwidth, and limit / time (1.0 = as fast as raw MPI). Phase A runs with on
 Horovod's background thread slows every other MPI call in its process (see main()).
 
 Part 2, training throughput of the demo CNN (channels 32,64 as in docs/examples/digits_cnn.yaml)
-on 1x8x8 inputs, in-memory batches of --batch samples per rank (weak scaling: the per-rank
-batch is the same on 1 and 2 ranks), 1 torch thread per rank. Rounds alternate 1 rank (the
-other rank sleeps, it does not spin), 2 ranks training at once with no exchange (the machine's
-ceiling for two concurrent processes), and 2 ranks through the mpi and horovod backends; the
-median round counts. Weak-scaling efficiency = samples/s on 2 ranks / (2 x samples/s on 1 rank).
+on 1x8x8 inputs, in-memory batches, at each --batches size per rank (default 16, the demo's own,
+and 256; weak scaling: the per-rank batch is the same on 1 and 2 ranks), 1 torch thread per
+rank. Rounds alternate 1 rank (the other rank sleeps, it does not spin), 2 ranks training at
+once with no exchange (the machine's ceiling for two concurrent processes, measured in each
+phase), and 2 ranks through the backend of the phase (mpi in A, horovod in B); the median round
+counts. Weak-scaling efficiency = samples/s on 2 ranks / (2 x samples/s on 1 rank). Target:
+efficiency >= 0.9; a result counts as met only if the no-exchange ceiling of the same phase,
+batch and run is above it (a backend cannot beat no exchange at all: if it seems to, the
+machine's load moved between rounds and the row proves nothing).
 """
 
 from __future__ import annotations
@@ -97,10 +107,15 @@ def bench_size(mb, comm, backends, repeats, phase):
         "raw-inplace": (rewrite(buf), lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)),
         "raw-mpi4py": (rewrite(send), lambda: comm.Allreduce(send, recv, op=MPI.SUM)),
     }
+    # the backend's own message cut (pieces of at most bucket_mb of each bucket), on a separate buffer
+    bucket_pieces = [piece for f in ex.flat for piece in ex._chunks(f, f)]
+    sizes = [len(piece) for piece in bucket_pieces]
+    sep = np.empty(sum(sizes), np.float32)
+    sep_pieces = np.split(sep, np.cumsum(sizes)[:-1])
+    paths["raw-pieces"] = (rewrite(sep), lambda: [comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM) for a in sep_pieces])
     if phase == "A":
-        bucket_arrays = [f.numpy() for f in ex.flat]
         paths["raw-bucket"] = (mpi_prep(True), lambda: [comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
-                                                        for a in bucket_arrays])
+                                                        for a in bucket_pieces])
         paths["mpi"] = (mpi_prep(True), ex.synchronize)
         paths["mpi+divide"] = (mpi_prep(False), ex.synchronize)
     else:
@@ -124,15 +139,16 @@ def bench_size(mb, comm, backends, repeats, phase):
             if r >= 3:
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
-    limit = min(med["raw-inplace"], med["raw-mpi4py"])
-    bucket = med.get("raw-bucket")
+    raw = [k for k in names if k.startswith("raw-")]
+    limit_path = min(raw, key=med.get)  # the fastest raw form at this size, in this phase
+    limit = med[limit_path]
     rows = []
     for name in names:
         sec = med[name]
         busbw = 2 * (size - 1) / size * n * 4 / sec / 1e9
         rows.append({"phase": phase, "size_mb": mb, "path": name, "ms": sec * 1e3, "busbw_GBps": busbw,
-                     "ratio_to_raw": limit / sec, "repeats": repeats,
-                     "ratio_to_raw_bucket": bucket / sec if bucket else None})
+                     "ratio_to_raw": limit / sec, "limit_path": limit_path, "repeats": repeats,
+                     "pieces": len(sizes)})
     return rows
 
 
@@ -180,12 +196,12 @@ def bench_training(comm, steps: int, batch: int, rounds: int, phase: str):
     setups = {}
     model, opt = new_model()
     n_params = sum(p.numel() for p in model.parameters())
-    if phase == "A":
-        setups["1 rank"] = (model, Plain(opt))
-        model, opt = new_model()
-        # Both ranks train at once with no exchange at all: what two concurrent processes get from
-        # the machine (shared cores, caches, memory bandwidth), the ceiling of any backend's scaling.
-        setups["2 ranks (no exchange)"] = (model, Plain(opt))
+    setups["1 rank"] = (model, Plain(opt))
+    model, opt = new_model()
+    # Both ranks train at once with no exchange at all: what two concurrent processes get from
+    # the machine (shared cores, caches, memory bandwidth), the ceiling of any backend's scaling.
+    # Measured in each phase: in phase B Horovod's background thread runs beside it.
+    setups["2 ranks (no exchange)"] = (model, Plain(opt))
     for backend in ("mpi",) if phase == "A" else ("horovod",):
         model, opt = new_model()
         setups[f"2 ranks ({backend})"] = (model, shared_comm(backend).gradient_exchange(model, opt))
@@ -214,7 +230,7 @@ def bench_training(comm, steps: int, batch: int, rounds: int, phase: str):
         k = sorted(range(len(vals)), key=lambda i: vals[i][0])[len(vals) // 2]  # the median round
         out[name] = {"samples_per_s": vals[k][0], "step_ms": vals[k][1] * 1e3, "step_call_ms": vals[k][2] * 1e3,
                      "all_samples_per_s": [round(v[0]) for v in vals]}
-    out["_meta"] = {"batch_per_rank": batch, "steps": steps, "rounds": rounds, "params": n_params}
+    out["_meta"] = {"batch_per_rank": batch, "steps": steps, "rounds": rounds, "params": n_params, "phase": phase}
     return out
 
 
@@ -223,8 +239,10 @@ def main() -> int:
     ap.add_argument("--sizes", default="1,4,16,64", help="buffer sizes in MB")
     ap.add_argument("--repeats", type=int, default=0,
                     help="allreduce repeats per size (0: 200 up to 4 MB, 60 up to 16 MB, 15 above)")
-    ap.add_argument("--steps", type=int, default=60, help="training steps per throughput measurement")
-    ap.add_argument("--batch", type=int, default=256, help="training samples per rank per step")
+    ap.add_argument("--steps", type=int, default=60,
+                    help="training steps per round at batch 256 (smaller batches run proportionally more steps)")
+    ap.add_argument("--batches", default="16,256",
+                    help="training samples per rank per step, one weak-scaling measurement each (16: the demo's)")
     ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median counts)")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--json", help="also write the results here (rank 0)")
@@ -242,7 +260,8 @@ def main() -> int:
 
     sizes = [float(s) for s in args.sizes.split(",")]
     rows = []
-    train: dict | None = None
+    train: list[dict] = []
+    batches = [int(b) for b in args.batches.split(",")]
     # Phase A before Horovod and gloo start: Horovod's background thread runs a negotiation
     # collective every cycle even when idle, which slows every other MPI call and steals CPU
     # from a 2-core run. A job using the mpi backend never starts it, so the mpi backend (and
@@ -256,31 +275,46 @@ def main() -> int:
             reps = args.repeats or (200 if mb <= 4 else 60 if mb <= 16 else 15)
             rows += bench_size(mb, comm, backends, reps, phase)
         if not args.skip_training:
-            got = bench_training(comm, args.steps, args.batch, args.rounds, phase)
-            if got is not None:
-                meta = got.pop("_meta")
-                train = {**(train or {}), **got, "_meta": meta}
+            for batch in batches:
+                steps = max(args.steps, args.steps * 256 // batch)
+                got = bench_training(comm, steps, batch, args.rounds, phase)
+                if got is not None:
+                    train.append(got)
     if comm.rank == 0:
         env = {k: v for k, v in os.environ.items() if k.startswith(("HOROVOD_", "OMPI_MCA_mpi_", "OMPI_MCA_btl"))}
         print(f"# allreduce, {comm.size} ranks, float32; environment: {env}")
         print("# phase A: only MPI initialised (mpi backend); phase B: Horovod and torch gloo started too")
-        print(f"{'ph':>2} {'MB':>4} {'path':<12} {'ms':>9} {'busbw GB/s':>11} {'x limit':>7} {'x bucket':>8}")
+        print("# x limit = the fastest raw-* row of the same size and phase / the path's time")
+        print(f"{'ph':>2} {'MB':>4} {'path':<12} {'ms':>9} {'busbw GB/s':>11} {'x limit':>7}")
         for r in sorted(rows, key=lambda r: (r["size_mb"], r["phase"])):
-            xb = f"{r['ratio_to_raw_bucket']:>8.2f}" if r["ratio_to_raw_bucket"] else ""
+            mark = ""
+            if r["path"] == r["limit_path"]:
+                mark = "  <- limit"
+            elif r["path"] == "mpi" and r["size_mb"] >= 1:
+                mark = "  target >= 0.9: " + ("met" if r["ratio_to_raw"] >= 0.9 else "NOT met")
             print(f"{r['phase']:>2} {r['size_mb']:>4g} {r['path']:<12} {r['ms']:>9.3f} {r['busbw_GBps']:>11.2f} "
-                  f"{r['ratio_to_raw']:>7.2f} {xb}")
-        if train:
-            m = train.pop("_meta")
-            base = train["1 rank"]["samples_per_s"]
-            print(f"\n# training throughput, demo CNN (channels 32,64; {m['params']} parameters), 1x8x8 inputs, "
-                  f"batch {m['batch_per_rank']} per rank, 1 torch thread per rank, {m['steps']} steps x "
+                  f"{r['ratio_to_raw']:>7.2f}{mark}")
+        for t in train:
+            m = t["_meta"]
+            base = t["1 rank"]["samples_per_s"]
+            print(f"\n# phase {m['phase']}: training throughput, demo CNN (channels 32,64; {m['params']} parameters), "
+                  f"1x8x8 inputs, batch {m['batch_per_rank']} per rank, 1 torch thread per rank, {m['steps']} steps x "
                   f"{m['rounds']} rounds (median round)")
-            for k, v in train.items():
-                ratio = v["samples_per_s"] / (comm.size * base)
-                eff = "" if k == "1 rank" else f"  weak-scaling efficiency {ratio:.2f}"
+            eff = {k: v["samples_per_s"] / (comm.size * base) for k, v in t.items() if k not in ("_meta", "1 rank")}
+            ceiling = eff["2 ranks (no exchange)"]
+            for k, v in t.items():
+                if k == "_meta":
+                    continue
+                note = ""
+                if k in eff:
+                    note = f"  weak-scaling efficiency {eff[k]:.2f}"
+                    if k != "2 ranks (no exchange)":
+                        verdict = ("met" if eff[k] >= 0.9 and ceiling > eff[k] else
+                                   "not counted (above the no-exchange ceiling of this run)" if eff[k] >= 0.9 else
+                                   "NOT met")
+                        note += f"  (ceiling {ceiling:.2f}; target >= 0.9: {verdict})"
                 print(f"{k:<22} {v['samples_per_s']:>8.0f} samples/s  step {v['step_ms']:6.2f} ms "
-                      f"(of which step() {v['step_call_ms']:5.2f} ms)  rounds {v['all_samples_per_s']}{eff}")
-            train["_meta"] = m
+                      f"(of which step() {v['step_call_ms']:5.2f} ms)  rounds {v['all_samples_per_s']}{note}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"allreduce": rows, "training": train}, f, indent=2)

@@ -13,8 +13,11 @@ before any timing; ``cache=True`` then also saves later processes most of that c
   python scripts/bench_kernels.py --json out.json      # the figures as JSON too
 
 Imputation input: rows x cols float32 with a share of NaN; fit + transform (a copy, as
-sklearn returns). Augmentation: flip + crop + noise + cutout on N x 3 x 32 x 32 batches,
-against the same operations written with vectorised torch CPU tensor ops.
+sklearn returns); the median's result is compared with sklearn's byte for byte. Augmentation:
+flip + crop + noise + cutout on N x 3 x 32 x 32 batches, against the fastest of three torch CPU
+versions of the same operations (out of place; flip folded into a flat gather of the padded
+batch; the same gather from the unpadded batch), which the script first checks give the same
+output element for element under the same random draws (torch.equal), failing otherwise.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def bench_impute(rows: int, cols: int, nan: float, repeat: int) -> list[dict]:
             equal = {"max_rel_diff_vs_sklearn": rel_sk, "max_rel_diff_vs_float64_exact": rel_exact,
                      "sklearn_max_rel_diff_vs_float64_exact": rel_sk_exact}
         else:
-            equal = {"equal_to_sklearn": bool(np.array_equal(ours, sk))}
+            equal = {"equal_to_sklearn": ours.tobytes() == sk.tobytes()}  # bytes: tells -0.0 from +0.0
         row = {"bench": f"impute {strategy}", "shape": [rows, cols], "nan_share": nan,
                "sklearn_s": min(t_sk), "numpy_s": min(t_np), "hpctrain_s": min(t_ours),
                "speedup_vs_sklearn": min(t_sk) / min(t_ours), "speedup_vs_numpy": min(t_np) / min(t_ours),
@@ -117,7 +120,8 @@ def bench_impute(rows: int, cols: int, nan: float, repeat: int) -> list[dict]:
 
 
 def torch_chain(x, g):
-    """flip + crop (zero padding) + noise + cutout with vectorised torch CPU ops."""
+    """flip + crop (zero padding) + noise + cutout with vectorised torch CPU ops, each step out of
+    place, as the operations read one by one. The reference for the faster versions below."""
     import torch
     import torch.nn.functional as F
 
@@ -142,6 +146,82 @@ def torch_chain(x, g):
     return x.masked_fill(m[:, None], 0.0)
 
 
+def _cutout_(out, g):
+    """Cutout in place, with the reference's draws (centre y, centre x, on) in its order."""
+    import torch
+
+    n, _, h, w = out.shape
+    cy = torch.randint(0, h, (n,), generator=g)
+    cx = torch.randint(0, w, (n,), generator=g)
+    on = torch.rand(n, generator=g) < 0.5
+    ys, xs = torch.arange(h), torch.arange(w)
+    my = (ys[None] >= (cy - 4)[:, None]) & (ys[None] < (cy + 4)[:, None]) & on[:, None]
+    mx = (xs[None] >= (cx - 4)[:, None]) & (xs[None] < (cx + 4)[:, None])
+    return out.masked_fill_((my[:, :, None] & mx[:, None, :])[:, None], 0.0)
+
+
+def _noise_(out, g):
+    import torch
+
+    noise = torch.randn(out.shape, generator=g)
+    noise.mul_(0.1)  # the same two roundings as x + 0.1 * randn
+    return out.add_(noise)
+
+
+def torch_gather_padded(x, g):
+    """The same output, faster: the flip folded into the crop's column index, the crop one flat
+    ``gather`` of the padded batch, noise and cutout in place."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    dy = torch.randint(0, 9, (n,), generator=g)
+    dx = torch.randint(0, 9, (n,), generator=g)
+    xp = F.pad(x, (4, 4, 4, 4))
+    j = torch.arange(w)
+    cols = torch.where(flip[:, None], (w + 7 - dx)[:, None] - j, dx[:, None] + j)  # flipped: read mirrored
+    rows = dy[:, None] + torch.arange(h)
+    sp = (rows[:, :, None] * (w + 8) + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
+    out = xp.reshape(n, c, -1).gather(2, sp).reshape(n, c, h, w)
+    return _cutout_(_noise_(out, g), g)
+
+
+def torch_gather_clamped(x, g):
+    """The same output without the padded copy: gather from the input at clamped indices, then
+    zero the pixels that fall in the padding (before the noise, as the reference pads zeros)."""
+    import torch
+
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=g) < 0.5
+    dy = torch.randint(0, 9, (n,), generator=g)
+    dx = torch.randint(0, 9, (n,), generator=g)
+    j = torch.arange(w)
+    cols = torch.where(flip[:, None], (w + 3 - dx)[:, None] - j, dx[:, None] - 4 + j)  # unpadded coordinates
+    rows = dy[:, None] - 4 + torch.arange(h)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    sp = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).reshape(n, 1, h * w)
+    out = x.reshape(n, c, -1).gather(2, sp.expand(n, c, h * w)).reshape(n, c, h, w)
+    out.masked_fill_(~inside[:, None], 0.0)
+    return _cutout_(_noise_(out, g), g)
+
+
+TORCH_PEERS = {"out of place": torch_chain, "gather, padded": torch_gather_padded,
+               "gather, clamped": torch_gather_clamped}
+
+
+def check_torch_peers(x) -> None:
+    """Every torch version gives the reference's output, element for element, under the same draws."""
+    import torch
+
+    ref = torch_chain(x, torch.Generator().manual_seed(123))
+    for name, fn in TORCH_PEERS.items():
+        got = fn(x, torch.Generator().manual_seed(123))
+        if not torch.equal(got, ref):
+            raise SystemExit(f"bench: torch peer {name!r} differs from the reference chain "
+                             f"({int((got != ref).sum())} elements); fix it before timing anything")
+
+
 def bench_augment(n: int, repeat: int) -> list[dict]:
     import numba
     import torch
@@ -152,19 +232,26 @@ def bench_augment(n: int, repeat: int) -> list[dict]:
     x = np.random.default_rng(1).random((n, 3, 32, 32), dtype=np.float32)
     xt = torch.from_numpy(x)
     g = torch.Generator().manual_seed(0)
-    torch_chain(xt[:8], g)
+    check_torch_peers(xt[:256])
+    for fn in TORCH_PEERS.values():
+        fn(xt[:8], g)
     fused = build_pipeline(AUG_CHAIN, 0)
     single = build_pipeline(AUG_CHAIN, 0)
     single.fuse = False
     single(x[:8])
-    t_t, t_f, t_s = [], [], []
+    t_peer: dict[str, list[float]] = {k: [] for k in TORCH_PEERS}
+    t_f, t_s = [], []
     for _ in range(repeat):
-        t_t.append(_time(lambda: torch_chain(xt, g)))
+        for name, fn in TORCH_PEERS.items():
+            t_peer[name].append(_time(lambda fn=fn: fn(xt, g)))
         t_f.append(_time(lambda: fused(x)))
         t_s.append(_time(lambda: single(x)))
-    return [{"bench": "augment flip+crop+noise+cutout", "shape": [n, 3, 32, 32], "torch_s": min(t_t),
+    best = {k: min(v) for k, v in t_peer.items()}
+    strongest = min(best, key=best.get)
+    return [{"bench": "augment flip+crop+noise+cutout", "shape": [n, 3, 32, 32], "torch_s": best[strongest],
+             "torch_peer": strongest, "torch_peers_s": best,
              "hpctrain_fused_s": min(t_f), "hpctrain_unfused_s": min(t_s),
-             "speedup_vs_torch": min(t_t) / min(t_f), "speedup_unfused_vs_torch": min(t_t) / min(t_s),
+             "speedup_vs_torch": best[strongest] / min(t_f), "speedup_unfused_vs_torch": best[strongest] / min(t_s),
              "target": AUGMENT_TARGET, "threads": numba.get_num_threads()}]
 
 
@@ -240,14 +327,14 @@ def bench_gpu(rows: int, cols: int, nan: float, n_img: int, repeat: int, copy_mi
         cuda.synchronize()
         times.append(event_time(lambda: fill_kernel[blocks, threads](work, work, full, False)))
     best = min(times[1:]) if len(times) > 1 else times[0]
-    ok = bool(np.array_equal(work.copy_to_host(), expected))
+    ok = work.copy_to_host().tobytes() == expected.tobytes()
     # In place, only the 32-byte sectors holding a NaN are written back; the copy row below
     # moves exactly read + write bytes, like the copy it is compared with.
     gbs = 2 * x.nbytes / best / 1e9
     rows_out.append({"kernel": "impute transform (in place)", "shape": [rows, cols], "seconds": best, "GB_s": gbs,
                      "fraction_of_copy": gbs / copy_gbs, "equal_to_cpu": ok})
     t = timed(lambda: fill_kernel[blocks, threads](src, work, full, True))
-    ok = bool(np.array_equal(work.copy_to_host(), expected))
+    ok = work.copy_to_host().tobytes() == expected.tobytes()
     gbs = 2 * x.nbytes / t / 1e9
     rows_out.append({"kernel": "impute transform (copy)", "shape": [rows, cols], "seconds": t, "GB_s": gbs,
                      "fraction_of_copy": gbs / copy_gbs, "equal_to_cpu": ok})
@@ -319,17 +406,22 @@ def main(argv=None) -> int:
         print(f"\n{'benchmark':<34}{'sklearn s':>11}{'numpy s':>10}{'hpctrain s':>12}{'x sklearn':>11}"
               f"{'x numpy':>9}{'target':>8}  result check")
         for r in imp:
-            check = (f"equal to sklearn: {r['equal_to_sklearn']}" if "equal_to_sklearn" in r else
+            check = (f"equal to sklearn byte for byte: {r['equal_to_sklearn']}" if "equal_to_sklearn" in r else
                      f"max rel diff vs sklearn {r['max_rel_diff_vs_sklearn']:.1e}, vs float64 exact "
                      f"{r['max_rel_diff_vs_float64_exact']:.1e} (sklearn vs exact "
                      f"{r['sklearn_max_rel_diff_vs_float64_exact']:.1e})")
             print(f"{r['bench'] + ' {}x{}'.format(*r['shape']):<34}{r['sklearn_s']:>11.3f}{r['numpy_s']:>10.3f}"
                   f"{r['hpctrain_s']:>12.3f}{r['speedup_vs_sklearn']:>10.1f}x{r['speedup_vs_numpy']:>8.1f}x"
-                  f"{r['target']:>7.0f}x  {check}")
-        print(f"\n{'benchmark':<44}{'torch s':>9}{'fused s':>9}{'unfused s':>11}{'x torch':>9}{'target':>8}")
+                  f"{r['target']:>7.0f}x  {'met' if r['speedup_vs_sklearn'] >= r['target'] else 'NOT met'}; {check}")
         for r in aug:
+            peers = ", ".join(f"{k} {v:.3f} s" for k, v in r["torch_peers_s"].items())
+            print(f"\ntorch versions (all equal to the reference under the same draws, checked with torch.equal): "
+                  f"{peers}; the fastest, {r['torch_peer']!r}, is the peer")
+        print(f"{'benchmark':<44}{'torch s':>9}{'fused s':>9}{'unfused s':>11}{'x torch':>9}{'target':>8}")
+        for r in aug:
+            verdict = "met" if r["speedup_vs_torch"] >= r["target"] else "NOT met"
             print(f"{r['bench'] + ' N={}'.format(r['shape'][0]):<44}{r['torch_s']:>9.3f}{r['hpctrain_fused_s']:>9.3f}"
-                  f"{r['hpctrain_unfused_s']:>11.3f}{r['speedup_vs_torch']:>8.1f}x{r['target']:>7.0f}x")
+                  f"{r['hpctrain_unfused_s']:>11.3f}{r['speedup_vs_torch']:>8.1f}x{r['target']:>7.0f}x  {verdict}")
 
     if args.gpu or args.gpu_only:
         rows = args.gpu_rows or (2_000_000 if args.quick else args.rows)

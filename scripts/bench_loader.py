@@ -1,18 +1,31 @@
 #!/usr/bin/env python
-"""Loader throughput: raw slab reads (a) vs ShardLoader (b) vs naive per-sample Dataset (c).
+"""Loader throughput: the limit (a), ShardLoader (b), two informed torch peers (d, e), a naive peer (c).
 
-    python scripts/bench_loader.py                     # ~1 GB of float32 in /tmp, one process
-    python scripts/bench_loader.py --gb 0.2 --naive-samples 5000
+    python scripts/bench_loader.py                     # ~1 GiB of float32 in /tmp
+    python scripts/bench_loader.py --gb 0.2 --naive-samples 5000 --repeat 3
 
-Each phase runs in its own child process so its peak RSS is its own; RSS is reported as
-the peak minus the child's RSS after imports (the data it held, not the interpreter).
-Each of (a) and (b) makes --repeat full passes and reports the fastest.
-The files are written once (kept for re-runs unless --fresh) and are in the page cache
-while timed, so this measures the CPU path of reading, as a warm cache on a parallel
-file system would; all three phases read the same files.
+(a)  the limit: the same x and y rows read sequentially in 32-chunk slabs with read_direct into
+     one preallocated buffer, every file opened once (in the first pass) and kept open,
+     chunk cache off.
+(b)  ShardLoader: shuffled torch batches (reader thread + assembler thread).
+(d)  informed torch peer: Dataset item = one batch, a contiguous slice of a shard read with one
+     h5py call; DataLoader(batch_size=None, num_workers=2, persistent_workers=True); batches
+     in uniform random order.
+(e)  the same with an item of one whole chunk (a contiguous run of 4096 rows here), runs in
+     random order, rows permuted inside the run by the worker, cut into batches by the main
+     process: one DataLoader hand-off per run instead of per batch.
+(c)  naive: one dset[i] per sample, DataLoader(shuffle=True); timed on a subset (about 1000x
+     slower), its full-epoch time scaled from that rate.
 
-(c) is about 1000x slower, so it is timed on a fixed random subset (--naive-samples)
-and its full-epoch time is scaled from that rate; its output says so.
+Each timed process makes two passes: the first includes one-off costs (opening files, first
+touch, thread or worker start), the second is the steady state of a later epoch. (a), (b), (d)
+and (e) run --repeat rounds, each a fresh process, in a rotated order; for each contender the
+process with the fastest first pass is shown as a whole row (and, separately, the one with the
+fastest second pass): never the best of each column taken from different processes. Every
+process's figures are printed too. Peak RSS is the process's peak minus its RSS after imports.
+The files are written once (kept for re-runs unless --fresh) and are in the page cache while
+timed, so this measures the CPU path of reading. Last, the batch-mixing measure: distinct
+source slabs per ShardLoader batch against a uniform random permutation.
 """
 
 from __future__ import annotations
@@ -64,6 +77,10 @@ def write_data(out: Path, gb: float, features: int, shards: int, compression: st
 
 
 def phase_raw(d: Path, args) -> dict:
+    """The limit: the same x and y rows read sequentially, each shard in slabs of whole chunks
+    straight into one preallocated buffer (``read_direct``), no shuffle, no copy. Every file is
+    opened once, with the chunk cache off (reads cover whole chunks, so a cache only adds a
+    copy), and kept open for the second pass."""
     import numpy as np
 
     from hpctrain.data.shards import Manifest, h5_open
@@ -72,32 +89,39 @@ def phase_raw(d: Path, args) -> dict:
 
     m = Manifest.load(d)
     base = rss_mb()
-    slab = m.chunk_rows * 16
-    buf = np.empty((slab, *m.schema.sample_shape), np.float32)
+    slab = m.chunk_rows * args.raw_slab_chunks
+    xbuf = np.empty((slab, *m.schema.sample_shape), np.float32)
+    ybuf = np.empty(slab, np.int64)
+    cache = {} if args.raw_cache_mb < 0 else {"rdcc_nbytes": int(args.raw_cache_mb * 2**20)}
+    files: list = []  # opened in the first pass (as (b) opens its files), kept open for the second
 
     def one_pass() -> int:
+        if not files:
+            files.extend(h5_open(m.path(s), **cache) for s in m.shards)
         n = 0
-        for s in m.shards:
-            with h5_open(m.path(s)) as f:
-                x = f["x"]
-                for a in range(0, s.rows, slab):
-                    b = min(a + slab, s.rows)
-                    x.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
-                    n += b - a
+        for f, s in zip(files, m.shards):
+            x, y = f["x"], f["y"]
+            for a in range(0, s.rows, slab):
+                b = min(a + slab, s.rows)
+                x.read_direct(xbuf, np.s_[a:b], np.s_[0:b - a])
+                y.read_direct(ybuf, np.s_[a:b], np.s_[0:b - a])
+                n += b - a
         return n
 
-    return timed_passes(one_pass, base, note=f"slabs of {slab} rows")
+    cache_note = "HDF5 default chunk cache" if args.raw_cache_mb < 0 else f"chunk cache {args.raw_cache_mb:g} MiB"
+    return timed_passes(one_pass, base, note=f"slabs of {slab} rows, x and y, files open once, {cache_note}")
 
 
-def timed_passes(one_pass, base: float, **extra) -> dict:
+def timed_passes(one_pass, base: float, cpu=time.process_time, **extra) -> dict:
     """Two passes in this process: the first includes one-off costs (first touch of buffers,
-    opening files), the second is the steady state of a multi-epoch run."""
+    thread or worker start), the second is the steady state of a multi-epoch run. ``cpu`` is
+    the CPU-seconds clock of everything doing the work (the process, plus its workers if any)."""
     out: dict = {}
     for key in ("", "warm_"):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu()
         n = one_pass()
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        out.update({f"{key}samples": n, f"{key}seconds": dt, f"{key}rate": n / dt, f"{key}cpu_rate": n / cpu})
+        dt, used = time.perf_counter() - t0, cpu() - c0
+        out.update({f"{key}samples": n, f"{key}seconds": dt, f"{key}rate": n / dt, f"{key}cpu_rate": n / used})
     return {**out, "peak_mb": peak_mb() - base, **extra}
 
 
@@ -132,6 +156,109 @@ def phase_loader(d: Path, args) -> dict:
     bound = (nbuf * L.buffer_rows * (row + 16) + blocks * g * args.batch * row) / 2**20
     r.update(bound_mb=bound, note=f"bound: {nbuf} shuffle buffer(s) of {L.buffer_rows} rows (+ indices) + {blocks} "
                                   f"blocks of {g} batches x {args.batch} = {bound:.1f} MiB")
+    return r
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def phase_informed(d: Path, args, runs: bool) -> dict:
+    """What a user who knows HDF5 writes with torch's own tools: a map-style Dataset whose item is
+    a contiguous slice of one shard, read with one h5py call per dataset, fed by
+    ``DataLoader(batch_size=None, num_workers=2, persistent_workers=True)``; each worker opens the
+    files it needs once and keeps them. ``runs=False``: an item is one batch, the batches in a
+    uniform random order. ``runs=True``: an item is a run of one whole chunk (many batches), the
+    runs in random order; the worker permutes the run's rows and the main process cuts it into
+    batch views. That pays the DataLoader's per-item hand-off (pickling, a queue, shared memory)
+    once per run instead of once per batch, but every batch then comes from a single chunk."""
+    import h5py
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset, Sampler
+
+    from hpctrain.data.shards import Manifest, default_file_locking
+
+    default_file_locking()
+    torch.set_num_threads(1)
+    m = Manifest.load(d)
+    B = args.batch
+    span = m.chunk_rows if runs else B
+
+    class Slices(Dataset):
+        def __init__(self) -> None:
+            self.index = [(i, a, min(a + span, s.rows)) for i, s in enumerate(m.shards)
+                          for a in range(0, s.rows, span)]
+            self.files: dict = {}
+            self.pid = -1
+            self.epoch = 0  # persistent workers keep their own copy: a run's row order repeats per epoch
+
+        def __len__(self) -> int:
+            return len(self.index)
+
+        def __getitem__(self, k):
+            i, a, b = self.index[k]
+            if self.pid != os.getpid():  # never reuse handles inherited across fork
+                self.files, self.pid = {}, os.getpid()
+            if i not in self.files:
+                f = h5py.File(m.path(m.shards[i]), "r", locking=False)
+                self.files[i] = (f["x"], f["y"])
+            xd, yd = self.files[i]
+            x, y = xd[a:b], yd[a:b]
+            if runs:  # rows shuffled inside the run
+                p = np.random.default_rng([k, self.epoch]).permutation(b - a)
+                x, y = np.take(x, p, axis=0), np.take(y, p)
+            return torch.from_numpy(x), torch.from_numpy(y)
+
+    ds = Slices()
+
+    class Order(Sampler):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return len(ds)
+
+        def __iter__(self):
+            return iter(np.random.default_rng([self.epoch, 7]).permutation(len(ds)).tolist())
+
+    sampler = Order()
+    dl = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=2, persistent_workers=True)
+    base = rss_mb()
+    workers: list[int] = []
+
+    def cpu() -> float:
+        return time.process_time() + sum(proc_cpu(p) for p in workers)
+
+    def one_pass() -> int:
+        n = 0
+        it = iter(dl)
+        if not workers:
+            workers.extend(w.pid for w in it._workers)
+        for x, y in it:
+            for xb, _yb in zip(x.split(B), y.split(B)):
+                n += xb.shape[0]
+        sampler.epoch += 1
+        return n
+
+    # The workers start (fork) inside the first pass, as they do in a training job's first epoch.
+    r = timed_passes(one_pass, base, cpu=cpu)
+    wpeak = [proc_peak_mb(p) for p in workers]
+    r["note"] = (f"item = a run of {span} rows (one chunk), rows permuted in the worker" if runs
+                 else f"item = one batch of {span} rows, uniform random order") + \
+        "; peak: main process only (workers' peak RSS incl. shared pages: " + \
+        ", ".join(f"{w:.0f}" for w in wpeak) + " MiB)"
     return r
 
 
@@ -181,7 +308,67 @@ def phase_naive(d: Path, args) -> dict:
                     f"{len(ds) / (n / dt):.0f} s"}
 
 
-PHASES = {"a": phase_raw, "b": phase_loader, "c": phase_naive}
+def phase_mixing(d: Path, args) -> dict:
+    """How mixed a ShardLoader batch is: distinct source slabs (and shards) per batch, against the
+    same counts for a uniform random permutation of all rows cut into batches of the same size.
+    Rows are identified by the bit patterns of their first two features (unique in this data)."""
+    import numpy as np
+
+    from hpctrain.data.loader import ShardLoader
+    from hpctrain.data.shards import Manifest, h5_open
+
+    m = Manifest.load(d)
+    L = ShardLoader(d, 0, 1, args.batch, shuffle=True, seed=0, prefetch=0, buffer_rows=args.buffer_rows)
+    slab_rows = m.chunk_rows * L.slab_chunks
+    keys, shard_of, slab_of = [], [], []
+    for i, s in enumerate(m.shards):
+        with h5_open(m.path(s)) as f:
+            x2 = np.ascontiguousarray(f["x"][:, :2])
+        keys.append(x2.view(np.uint64).ravel())
+        shard_of.append(np.full(s.rows, i))
+        slab_of.append(np.arange(s.rows) // slab_rows)
+    keys_all = np.concatenate(keys)
+    order = np.argsort(keys_all)
+    sorted_keys = keys_all[order]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):
+        raise SystemExit("bench: two rows share their first two features; cannot identify rows")
+    shard_all, slab_all = np.concatenate(shard_of), np.concatenate(slab_of)
+    slab_id = shard_all * (1 + int(slab_all.max())) + slab_all
+    n_batches = min(args.mixing_batches, len(L))
+
+    def counts(rows_per_batch) -> tuple[float, float]:
+        sl = [len(np.unique(slab_id[r])) for r in rows_per_batch]
+        sh = [len(np.unique(shard_all[r])) for r in rows_per_batch]
+        return float(np.mean(sl)), float(np.mean(sh))
+
+    ours = []
+    for k, (x, _y) in enumerate(L.iter_numpy(0)):
+        if k >= n_batches:
+            break
+        key = np.ascontiguousarray(x[:, :2]).view(np.uint64).ravel()
+        ours.append(order[np.searchsorted(sorted_keys, key)])
+    perm = np.random.default_rng(0).permutation(len(keys_all))
+    uniform = [perm[k * args.batch:(k + 1) * args.batch] for k in range(n_batches)]
+    o_sl, o_sh = counts(ours)
+    u_sl, u_sh = counts(uniform)
+    return {"batches": n_batches, "slab_rows": slab_rows, "slabs": int(len(np.unique(slab_id))),
+            "shards": len(m.shards), "buffer_rows": L.buffer_rows, "loader_slabs_per_batch": o_sl,
+            "uniform_slabs_per_batch": u_sl, "loader_shards_per_batch": o_sh, "uniform_shards_per_batch": u_sh}
+
+
+PHASES = {"a": phase_raw, "b": phase_loader, "c": phase_naive,
+          "d": lambda d, a: phase_informed(d, a, runs=False), "e": lambda d, a: phase_informed(d, a, runs=True),
+          "m": phase_mixing}
+
+
+NAMES = {"a": "(a) raw slab reads (limit)", "b": "(b) ShardLoader, shuffled",
+         "d": "(d) informed peer, batch order", "e": "(e) informed peer, runs",
+         "c": "(c) naive per-sample Dataset"}
+
+
+def best_row(rows: list[dict], key: str) -> dict:
+    """The whole row of the one process whose ``key`` was highest (never a column-wise maximum)."""
+    return max(rows, key=lambda r: r[key])
 
 
 def main() -> int:
@@ -194,10 +381,17 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--buffer-rows", type=int, default=None, help="shuffle buffer (default: ~64 MiB of samples)")
+    ap.add_argument("--raw-slab-chunks", type=int, default=32,
+                    help="chunks per read of the limit (a); 32: a whole default shard per read")
+    ap.add_argument("--raw-cache-mb", type=float, default=0.0,
+                    help="HDF5 chunk cache of the limit (a) in MiB (default 0: off; -1: HDF5's default)")
     ap.add_argument("--naive-samples", type=int, default=20_000, help="subset size timed for (c)")
+    ap.add_argument("--mixing-batches", type=int, default=2000, help="batches of epoch 0 the mixing measure reads")
     ap.add_argument("--repeat", type=int, default=5,
-                    help="alternating passes of (a) and (b); the fastest of each is reported")
+                    help="rounds of (a), (b), (d), (e), each a fresh process; the fastest process of each is shown")
+    ap.add_argument("--peer-d-rounds", type=int, default=2, help="rounds that include the slow peer (d)")
     ap.add_argument("--fresh", action="store_true", help="rewrite the data even if it is there")
+    ap.add_argument("--json", help="also write every process's figures here")
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--epoch", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,54 +402,74 @@ def main() -> int:
     if args.fresh and (d / "manifest.json").exists():
         (d / "manifest.json").unlink()
     write_data(d, args.gb, args.features, args.shards, args.compression)
-    results: dict = {}
-    runs: dict = {}
-    names = {"a": "(a) raw h5py slab reads", "b": "(b) ShardLoader, shuffled, torch",
-             "c": "(c) naive Dataset+DataLoader"}
-    passthru = [a for a in sys.argv[1:] if a != "--fresh"]
-    # (a) and (b) alternate, each pass in a fresh process, so both see the same (shared-machine)
-    # load; the fastest pass of each is reported, with the largest peak memory.
-    order = [x for i in range(args.repeat) for x in (("a", i), ("b", i))] + [("c", 0)]
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores",
+          flush=True)
+    runs: dict[str, list[dict]] = {}
+    passthru = [a for a in sys.argv[1:] if a not in ("--fresh",)]
+    if "--json" in passthru:
+        k = passthru.index("--json")
+        del passthru[k:k + 2]
+    # Every round runs each contender once, each in a fresh process and in a rotated order, so all
+    # see the same (shared-machine) load; then (c) once, and the mixing measure.
+    timed = ["a", "b", "d", "e"]
+    # (d) is an order of magnitude slower than the others (a pass takes ~30 s): it runs in the
+    # first --peer-d-rounds rounds only.
+    order = [(p, i) for i in range(args.repeat) for p in timed[i % 4:] + timed[:i % 4]
+             if p != "d" or i < args.peer_d_rounds] + [("c", 0), ("m", 0)]
     for p, i in order:
         out = subprocess.run([sys.executable, __file__, *passthru, "--phase", p, "--epoch", str(i)],
                              capture_output=True, text=True)
         if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
+            print(f"phase {p} failed:\n{out.stderr}", file=sys.stderr)
             return 1
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        runs.setdefault(p, []).append(r)
-        if p in results:
-            peak = max(results[p]["peak_mb"], r["peak_mb"])
-            best = {k: max(results[p][k], r[k]) for k in ("cpu_rate", "warm_rate", "warm_cpu_rate") if k in r}
-            if r["rate"] > results[p]["rate"]:
-                results[p] = r
-            results[p].update(best, peak_mb=peak)
-            continue
-        results[p] = r
-    for p in ("a", "b", "c"):
-        r = results[p]
-        print(f"{names[p]:34s} {r['rate']:>11,.0f} samples/s {r['cpu_rate']:>11,.0f} per CPU-s  "
-              f"peak +{r['peak_mb']:6.1f} MiB  "
-              f"({r['samples']} samples in {r['seconds']:.2f} s; {r['note']})", flush=True)
-    ab = results["b"]["rate"] / results["a"]["rate"]
-    bc = results["b"]["rate"] / results["c"]["rate"]
-    print(f"(a) and (b): fastest of {args.repeat} alternating full passes, each in a fresh process (the machine "
-          "may be shared); (c): one timed subset")
-    cab = results["b"]["cpu_rate"] / results["a"]["cpu_rate"]
-    cbc = results["b"]["cpu_rate"] / results["c"]["cpu_rate"]
-    print(f"(b)/(a) = {ab:.2f} wall, {cab:.2f} per CPU-second  (target >= 0.7): first pass in each process")
-    wab = results["b"]["warm_rate"] / results["a"]["warm_rate"]
-    wcab = results["b"]["warm_cpu_rate"] / results["a"]["warm_cpu_rate"]
-    print(f"(b)/(a) = {wab:.2f} wall, {wcab:.2f} per CPU-second: second pass (a later epoch for (b)), "
-          f"{results['a']['warm_rate']:,.0f} vs {results['b']['warm_rate']:,.0f} samples/s")
-    pairs = [f"{rb['rate'] / ra['rate']:.2f}/{rb['warm_rate'] / ra['warm_rate']:.2f}"
-             for ra, rb in zip(runs["a"], runs["b"])]
-    print("(b)/(a) wall of each alternating pair, first/second pass: " + " ".join(pairs))
-    print(f"(b)/(c) = {bc:,.0f} wall, {cbc:,.0f} per CPU-second  (target >= 100)")
-    print("per CPU-second counts every thread's CPU time, so it is the ratio of work per sample and "
-          "depends far less on what else runs on the machine; (b) includes its prefetch thread")
-    print(f"(b) peak +{results['b']['peak_mb']:.1f} MiB vs stated bound {results['b']['bound_mb']:.1f} MiB "
-          "(buffer + blocks in flight; the fixed HDF5/allocator overhead is about (a)'s peak minus its 16 MiB slab)")
+        runs.setdefault(p, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    first = {p: best_row(runs[p], "rate") for p in timed + ["c"]}
+    warm = {p: best_row(runs[p], "warm_rate") for p in timed}
+    print(f"\nfirst pass of each process; per contender the fastest of its processes ({args.repeat}; (d): "
+          f"{min(args.repeat, args.peer_d_rounds)}; (c): 1), whole row (its second pass is shown beside it):")
+    for p in ("a", "b", "d", "e", "c"):
+        r = first[p]
+        second = f"{r['warm_rate']:>11,.0f}" if "warm_rate" in r else f"{'':>11}"
+        print(f"{NAMES[p]:32s} {r['rate']:>11,.0f} samples/s {r['cpu_rate']:>11,.0f} per CPU-s  2nd pass "
+              f"{second}  peak +{r['peak_mb']:6.1f} MiB  ({r['note']})", flush=True)
+    print("second pass: the process with the fastest second pass, whole row:")
+    for p in timed:
+        r = warm[p]
+        print(f"{NAMES[p]:32s} {r['warm_rate']:>11,.0f} samples/s {r['warm_cpu_rate']:>11,.0f} per CPU-s")
+    peer = max(("d", "e"), key=lambda p: first[p]["rate"])
+    wpeer = max(("d", "e"), key=lambda p: warm[p]["warm_rate"])
+    ab, wab = first["b"]["rate"] / first["a"]["rate"], warm["b"]["warm_rate"] / warm["a"]["warm_rate"]
+    bp, wbp = first["b"]["rate"] / first[peer]["rate"], warm["b"]["warm_rate"] / warm[wpeer]["warm_rate"]
+    bc = first["b"]["rate"] / first["c"]["rate"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print(f"\n(b)/(a) first pass  = {ab:.2f} wall, {first['b']['cpu_rate'] / first['a']['cpu_rate']:.2f} per CPU-s  "
+          f"(target >= 0.7: {verdict(ab >= 0.7)})")
+    print(f"(b)/(a) second pass = {wab:.2f} wall, {warm['b']['warm_cpu_rate'] / warm['a']['warm_cpu_rate']:.2f} "
+          f"per CPU-s  ({verdict(wab >= 0.7)})")
+    print(f"(b)/strongest informed peer {NAMES[peer]}: first pass {bp:.2f}  (target > 1: {verdict(bp > 1)}); "
+          f"second pass vs {NAMES[wpeer]}: {wbp:.2f} ({verdict(wbp > 1)})")
+    print(f"(b)/(c) = {bc:,.0f} wall  (target >= 100: {verdict(bc >= 100)})")
+    for p in ("a", "b", "d", "e"):
+        pairs = " ".join(f"{r['rate']:,.0f}/{r['warm_rate']:,.0f}" for r in runs[p])
+        print(f"every process of {NAMES[p]}, samples/s first/second pass: {pairs}")
+    ratios = " ".join(f"{rb['rate'] / ra['rate']:.2f}/{rb['warm_rate'] / ra['warm_rate']:.2f}"
+                      for ra, rb in zip(runs["a"], runs["b"]))
+    print(f"(b)/(a) of each round, first/second pass: {ratios}")
+    print("per CPU-s counts every thread's (and (d)/(e): every worker's) CPU time")
+    print(f"(b) peak +{first['b']['peak_mb']:.1f} MiB (largest of all (b) processes: "
+          f"+{max(r['peak_mb'] for r in runs['b']):.1f}) vs stated bound {first['b']['bound_mb']:.1f} MiB")
+    mx = runs["m"][0]
+    print(f"\nbatch mixing, epoch 0, world size 1, first {mx['batches']} batches of {args.batch}: distinct source "
+          f"slabs ({mx['slab_rows']} rows, {mx['slabs']} in all) per batch: ShardLoader "
+          f"{mx['loader_slabs_per_batch']:.1f}, uniform permutation {mx['uniform_slabs_per_batch']:.1f}; "
+          f"distinct shards (of {mx['shards']}) per batch: {mx['loader_shards_per_batch']:.1f} vs "
+          f"{mx['uniform_shards_per_batch']:.1f}  (shuffle buffer {mx['buffer_rows']} rows)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=2))
     return 0
 
 

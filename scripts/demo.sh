@@ -10,6 +10,7 @@
 #   6. train the CNN on 2 ranks through Horovod, imputation and augmentation in-process;
 #      evaluate on the held-out split, print macro F1 and write the plots
 #   7. the same training as a Slurm job on the local cluster via 'hpctrain submit'
+#   8. compress the model (int8), serve it over HTTP and send it a few requests
 #
 # Everything lands under $HPCTRAIN_DEMO_DIR (default runs/demo). Takes a few minutes on 2 cores.
 set -euo pipefail
@@ -86,6 +87,37 @@ hpctrain submit docs/examples/digits_cnn.yaml --ntasks-per-node 2 --time 10 --pa
 hpctrain status "$srun_run" || true
 if [ "$rc" = 124 ]; then hpctrain cancel "$srun_run" || true; fi  # waiting never cancels; the demo cleans up
 [ "$rc" = 0 ] || { echo "demo: the Slurm job did not complete (hpctrain submit --wait exit $rc)" >&2; exit 1; }
+
+stage "8. compress the CNN (static int8, guarded by macro F1), serve it, send it a few requests"
+model=$out/models/digits-int8
+hpctrain compress "$run" --out "$model" --force
+port=${HPCTRAIN_DEMO_PORT:-8765}
+hpctrain serve "$model" --port "$port" > "$out/serve.log" 2>&1 &
+serve_pid=$!
+trap '[ "$started" = 1 ] && scripts/local-cluster.sh stop; kill -TERM "$serve_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do  # up to 30 s for the model to load
+    curl -sf "localhost:$port/ready" >/dev/null 2>&1 && break
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$out/serve.log" >&2; echo "demo: the server exited" >&2; exit 1; }
+    sleep 0.1
+done
+body=$(python - "$data" <<'PY'
+# three validation digits as the request body; null marks a missing pixel (imputed by the server)
+import json, math, sys
+from hpctrain.data.shards import iter_arrays
+_, x, y = next(iter(iter_arrays(sys.argv[1], "val")))
+rows = [[None if math.isnan(v) else float(v) for v in r.reshape(-1)] for r in x[:3]]
+print(json.dumps({"instances": rows}))
+PY
+)
+echo "$body" > "$out/request.json"
+curl -sf "localhost:$port/predict" -H 'Content-Type: application/json' -d @"$out/request.json" | python -c '
+import json, sys
+r = json.load(sys.stdin)
+print("predicted digits:", r["labels"], "with probability", [round(max(p), 3) for p in r["probabilities"]])'
+curl -sf "localhost:$port/metrics" | grep -E '^hpctrain_requests_total' || true
+kill -TERM "$serve_pid"; wait "$serve_pid" || true
+echo "serve it yourself:  hpctrain serve $model --port $port"
+echo "and ask it:         curl -s localhost:$port/predict -H 'Content-Type: application/json' -d @$out/request.json"
 
 stage "done in $((SECONDS - t0)) s"
 echo "profile report: $out/profile/report.html"

@@ -25,7 +25,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- system packages ---------------------------------------------------------------------
 # chromium: the data-quality report is checked in a real headless browser by the tests.
-apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2 chromium)
+# wrk: the HTTP load generator of scripts/bench_serve.py; curl: the demo asks the server.
+apt_pkgs=(openmpi-bin libopenmpi-dev slurm-wlm slurm-client munge cmake g++ make procps iproute2 chromium wrk curl)
 if [ "${HPCTRAIN_NO_APT:-0}" != 1 ]; then
     missing=()
     for p in "${apt_pkgs[@]}"; do
@@ -72,8 +73,8 @@ if ! "$venv/bin/python" -c "import mpi4py.MPI" 2>/dev/null; then
     "${pip[@]}" install --no-binary mpi4py "mpi4py>=4,<5"
 fi
 
-log "pip install -e .[dev]"
-"${pip[@]}" install -e ".[dev]" "torch==$torch_ver"
+log "pip install -e .[dev,serve]"
+"${pip[@]}" install -e ".[dev,serve]" "torch==$torch_ver"
 
 # --- Horovod 0.28.1, patched to C++17 and cached by (python, torch, MPI) ----------------------
 hvd_ok() { "$venv/bin/python" - <<'PY' 2>/dev/null
