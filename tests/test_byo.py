@@ -468,3 +468,37 @@ def test_submit_script_records_where_the_code_is(tmp_path, monkeypatch):
         parse("--script", "train.py", "--set", "a.b=1")
     with pytest.raises(ConfigError, match=r"unexpected arguments \['b'\]; only --script"):
         parse("cfg.yaml", "b")
+
+
+def test_a_regression_model_is_exported_and_served_as_floats(tmp_path, diabetes):
+    """export -> artifact -> the real HTTP server: float predictions equal to the run's own."""
+    pytest.importorskip("safetensors")
+    pytest.importorskip("starlette")
+    import json
+
+    from serve_helpers import val_rows  # noqa: F401 - the serve tests' helpers are importable here
+    from test_serve import Server, predict, request
+
+    from hpctrain.cli import main
+    from hpctrain.data.shards import iter_arrays
+    from hpctrain.predict import load_run
+    from hpctrain.train.trainer import train
+
+    assert train(cfg(diabetes, tmp_path / "run", run={"epochs": 3}, model={"module": "mlp", "args": {"hidden": [8]}},
+                     checkpoint={"every_steps": 0})).status == "completed"
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    x, _ = (np.concatenate(a) for a in zip(*[(x, y) for _, x, y in iter_arrays(diabetes, split="val")]))
+    want = load_run(tmp_path / "run").predict(x)
+    art = load_run(tmp_path / "model")
+    assert art.regression and np.array_equal(art.predict(x), want)
+    s = Server(tmp_path / "model")
+    try:
+        status, body = predict(s.port, x[:5].tolist())
+        assert status == 200, body
+        assert body["predictions"] == pytest.approx(want[:5].tolist(), rel=1e-6)
+        assert all(isinstance(v, float) for v in body["predictions"])
+        status, meta = request(s.port, "GET", "/metadata")
+        assert status == 200 and meta["task"] == "regression" and meta["targets"] == 1
+    finally:
+        assert s.stop() == 0
+    assert json.loads((tmp_path / "model" / "artifact.json").read_text())["targets"] == 1
