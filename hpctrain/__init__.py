@@ -8,3 +8,5 @@ none of them installed.
 __version__ = "0.1.0"
 
 from hpctrain.errors import HpctrainError  # noqa: E402,F401
+# the session API for a user's own training loop (hpctrain/userloop.py: light to import)
+from hpctrain.userloop import Preempted, session  # noqa: E402,F401

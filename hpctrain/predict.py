@@ -35,9 +35,14 @@ class TrainedRun:
     sample_shape: tuple[int, ...]
     model: Any  # torch.nn.Module
     preprocess: Any  # hpctrain.train.data.Preprocess, without augmentation
+    targets: int = 0  # regression: float outputs per sample (0: a classifier)
+
+    @property
+    def regression(self) -> bool:
+        return self.targets > 0
 
     def logits(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """Raw scores, shape (N, classes), for float32 samples of ``sample_shape`` (or flat)."""
+        """Raw outputs, shape (N, classes) or (N, targets), for float32 samples of ``sample_shape`` (or flat)."""
         import torch
 
         a = np.asarray(x)
@@ -55,7 +60,7 @@ class TrainedRun:
                                f"pass (N, *{self.sample_shape}) or (N, {per})")
         if x.shape[1:] != self.sample_shape:
             x = x.reshape((-1,) + self.sample_shape)
-        out = np.empty((len(x), len(self.classes)), dtype=np.float32)
+        out = np.empty((len(x), self.targets or len(self.classes)), dtype=np.float32)
         with torch.no_grad():
             for lo in range(0, len(x), batch_size):
                 xb = self.preprocess.features(torch.from_numpy(np.ascontiguousarray(x[lo:lo + batch_size])))
@@ -63,14 +68,42 @@ class TrainedRun:
         return out
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.regression:
+            raise PredictError(f"{str(self.run_dir)!r} is a regression model: it has no class probabilities; use "
+                               "predict()")
         z = self.logits(x)
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class ids (the dataset's labels, not indices)."""
+        """Class ids (the dataset's labels, not indices); for regression the float predictions,
+        (N,) for one target and (N, targets) for several."""
+        if self.regression:
+            out = self.logits(x)
+            return out[:, 0] if self.targets == 1 else out
         return np.asarray(self.classes, dtype=np.int64)[self.logits(x).argmax(axis=1)]
+
+
+def _predict_regression(trained: TrainedRun, m, split: str | None, out: Path, shards) -> dict:
+    from hpctrain.fileio import atomic_path
+    from hpctrain.train.metrics import regression_report, regression_sums
+
+    files, rows, labels, preds = [], [], [], []
+    for name, x, y in _chunks(m, split):
+        files.append(np.full(len(y), name))
+        rows.append(np.arange(len(y), dtype=np.int64))
+        labels.append(y)
+        preds.append(trained.predict(x))
+    if not labels:
+        raise PredictError(f"shards {str(shards)!r} have no rows in split {split or 'all'!r}")
+    label, pred = np.concatenate(labels), np.concatenate(preds)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, shard=np.concatenate(files), row=np.concatenate(rows), label=label, pred=pred)
+    rep = regression_report(regression_sums(pred.reshape(len(pred), -1), label.reshape(len(label), -1)))
+    return {"out": str(out), "rows": int(len(label)), "mse": rep["mse"], "mae": rep["mae"], "r2": rep["r2"],
+            "checkpoint": str(trained.checkpoint)}
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
@@ -118,11 +151,12 @@ def load_run(run_dir: str | Path) -> TrainedRun:
         raise PredictError(f"the run was trained with imputer statistics {str(imputer)!r}, which are not there "
                            "(relative paths are taken from the current directory); run from the directory the "
                            "run was trained in, or restore the file")
-    model = model_from_config(cfg.model, shape, len(classes))
+    targets = int(payload.get("targets") or 0)
+    model = model_from_config(cfg.model, shape, targets or len(classes), targets > 0)
     model.load_state_dict(payload["model"])
     model.eval()
     prep = Preprocess(classes, imputer, cfg.imputation.on_nan, [], cfg.run.seed, 0)
-    return TrainedRun(run, path, result, cfg, classes, shape, model, prep)
+    return TrainedRun(run, path, result, cfg, classes, shape, model, prep, targets)
 
 
 def _chunks(manifest, split: str | None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -150,6 +184,11 @@ def predict_shards(run_dir: str | Path, shards: str | Path, out: str | Path, *, 
     out = Path(out)
     if out.suffix != ".npz":
         raise PredictError(f"--out {str(out)!r}: predictions are written as .npz; give a file name ending in .npz")
+    if m.schema.targets != trained.targets:
+        raise PredictError(f"shards {str(shards)!r} hold {m.schema.targets or 'no'} regression target(s), the model "
+                           f"was trained on {trained.targets or 'class labels'}; pass shards of the same task")
+    if trained.regression:
+        return _predict_regression(trained, m, split, out, shards)
     files, rows, labels, preds, probas = [], [], [], [], []
     for name, x, y in _chunks(m, split):
         p = trained.predict_proba(x)

@@ -19,5 +19,6 @@ def run(args):
     from hpctrain.predict import predict_shards
 
     s = predict_shards(args.run, args.shards, args.out, split=args.split)
-    print(f"predicted {s['rows']} rows with {s['checkpoint']}: accuracy {s['accuracy']:.4f}; wrote {s['out']}")
+    score = f"R^2 {s['r2']:.4f}, MSE {s['mse']:.4g}" if "r2" in s else f"accuracy {s['accuracy']:.4f}"
+    print(f"predicted {s['rows']} rows with {s['checkpoint']}: {score}; wrote {s['out']}")
     return 0

@@ -26,6 +26,9 @@ def add_arguments(p):
     g.add_argument("--shards", type=int, help="about this many training shards (equal sizes)")
     g.add_argument("--rows-per-shard", type=int, help="rows per shard file")
     p.add_argument("--label", help="label column (name; an index for .npy). Default: label/target/y/class")
+    p.add_argument("--task", choices=["classification", "regression"], default="classification",
+                   help="regression: keep the labels as float targets (one column, or y (N, k) of a .npz); "
+                        "e.g. sklearn:diabetes, synthetic:regression?rows=2000&features=10&targets=2")
     p.add_argument("--compression", choices=["none", "lzf", "gzip"], default="lzf", help="HDF5 filter (default lzf)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and the split (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="share of rows per class held out as 'val'")
@@ -57,11 +60,11 @@ def _write(args):
     t0 = time.perf_counter()
     m = write_shards(args.input, args.out, shards=args.shards, rows_per_shard=args.rows_per_shard, label=args.label,
                      compression=args.compression, seed=args.seed, val_fraction=args.val_fraction,
-                     shuffle=not args.no_shuffle, overwrite=args.force)
+                     shuffle=not args.no_shuffle, overwrite=args.force, task=args.task)
     dt = time.perf_counter() - t0
+    what = (f"{m.schema.targets} float target(s)" if m.schema.regression else f"{len(m.schema.classes)} classes")
     print(f"wrote {m.rows()} rows ({m.rows('train')} train, {m.rows('val')} val) in {len(m.shards)} shards "
-          f"to {args.out} in {dt:.1f} s; sample shape {tuple(m.schema.sample_shape)}, "
-          f"{len(m.schema.classes)} classes")
+          f"to {args.out} in {dt:.1f} s; sample shape {tuple(m.schema.sample_shape)}, {what}")
     note = inf_note(m)
     if note:
         print(note)
@@ -132,10 +135,15 @@ def _info(args):
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
+    labels = (f"{m.schema.targets} regression target(s)" if m.schema.regression else f"{len(d['classes'])} classes")
     print(f"{d['dir']}: format v{d['version']}, sample shape {tuple(d['sample_shape'])} ({d['features']} features), "
-          f"{len(d['classes'])} classes")
+          f"{labels}")
     for split, s in d["splits"].items():
         counts = s["class_counts"]
+        if not counts:  # regression: no classes to count
+            print(f"  {split:5s} {s['rows']:>10d} rows in {s['shards']:>4d} shards; "
+                  f"missing {100 * s['missing_share']:.2f}% ({s['columns_with_missing']} columns)")
+            continue
         lo, hi = min(counts.values()), max(counts.values())
         ratio = f"{hi / lo:.1f}" if lo else "inf"
         inf = f"; {s['inf_values']} infinite values" if s["inf_values"] else ""

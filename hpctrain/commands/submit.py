@@ -15,6 +15,12 @@ is resubmitted up to --retries times with backoff; bad config/import errors are 
   hpctrain submit run.yaml --cluster local      # same job logic, no Slurm (foreground)
   hpctrain submit --counter 300 --time 5        # smoke-test requeue with a tiny built-in task
   hpctrain submit run.yaml --wait --wait-timeout 7200   # block until it has really finished
+  hpctrain submit --script train.py --ntasks-per-node 2 -- --data shards/x   # your own script
+
+--script runs your Python script on every rank as the job (see docs/your-model.md): with
+hpctrain.session() in it, it gets the same requeue, retry and status handling as a config
+run. The working directory and PYTHONPATH of this shell are recorded so the job finds your
+code; the run dir is <runs>/<--name or the script's name>.
 
 --wait prints one line per state change (requeues and retries are waited through) and exits
 0 when the run COMPLETED, 1 when it ended otherwise (FAILED, CANCELLED), 2 for bad input,
@@ -23,7 +29,9 @@ is resubmitted up to --retries times with backoff; bad config/import errors are 
 
 
 def add_arguments(p):
-    p.add_argument("config", nargs="?", help="training config (YAML); omit with --counter")
+    p.add_argument("config", nargs="?", help="training config (YAML); omit with --counter or --script")
+    p.add_argument("script_args", nargs="*", metavar="-- ARGS", help="with --script: the script's arguments")
+    p.add_argument("--script", metavar="SCRIPT.py", help="run your own training script as the job (hpctrain.session)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set optimizer.lr=0.01 (repeatable)")
     add_job_arguments(p)
@@ -52,8 +60,8 @@ def add_job_arguments(p):
     m.add_argument("--cluster", choices=["slurm", "local"], default="slurm")
     m.add_argument("--dry-run", action="store_true", help="print the exact sbatch script, submit nothing")
     m.add_argument("--runs-dir", help="the run dir is RUNS_DIR/<name> (default: run.dir of the config, which is "
-                                      "runs/<run.name> unless set; for --counter $HPCTRAIN_RUNS or runs); refused "
-                                      "when run.dir is set in the config or by --set")
+                                      "runs/<run.name> unless set; for --counter and --script $HPCTRAIN_RUNS or "
+                                      "runs); refused when run.dir is set in the config or by --set")
     c = p.add_argument_group("built-in smoke-test task (instead of CONFIG)")
     c.add_argument("--counter", type=int, metavar="STEPS", help="run a tiny resumable counter of STEPS steps")
     c.add_argument("--counter-step-s", type=float, default=0.1, help="seconds per counter step")
@@ -74,7 +82,12 @@ def request_from_args(args):
     if args.counter is not None:
         counter = CounterTask(steps=args.counter, step_s=args.counter_step_s, crash_once_at=args.counter_crash_at,
                               permanent_error=args.counter_fail)
-    return SubmitRequest(config=args.config, overrides=list(args.overrides), name=args.name, runs_dir=args.runs_dir,
+    config, script_args = args.config, list(getattr(args, "script_args", None) or [])
+    if getattr(args, "script", None):
+        # after '--' argparse hands every word to the positionals, the first one to CONFIG
+        config, script_args = None, ([args.config] if args.config else []) + script_args
+    return SubmitRequest(config=config, overrides=list(args.overrides), name=args.name, runs_dir=args.runs_dir,
+                         script=getattr(args, "script", None), script_args=script_args,
                          cluster=args.cluster, job=flag_values(JobSpec, args, RESOURCE_FIELDS + QUEUE_FIELDS),
                          requeue=RequeuePolicy(**flag_values(RequeuePolicy, args)),
                          retry=RetryPolicy(**flag_values(RetryPolicy, args, ("retries", "backoff_s"))),

@@ -35,8 +35,8 @@ def add_arguments(p):
     s.add_argument("--seed", type=int, default=0, help="seed of the random/Optuna sampler")
     s.add_argument("--parallel", type=int, help="trials running at once (array %%P; bayes wave size)")
     s.add_argument("--metric", default=None,
-                   help="result.json metric to rank trials by: val_loss (the default), val_accuracy, val_macro_f1 "
-                        "or best_epoch; loss (the default) for --counter")
+                   help="result.json metric to rank trials by: val_loss (the default), val_accuracy, val_macro_f1, "
+                        "val_r2/val_mse/val_mae (regression) or best_epoch; loss (the default) for --counter")
     s.add_argument("--mode", choices=["min", "max"], default="min")
     s.add_argument("--no-wait", action="store_true", help="submit and return (grid/random only)")
     s.add_argument("--wait-timeout", type=float, default=None, help="stop waiting after this many seconds")

@@ -97,7 +97,10 @@ def run(args):
         return outcome
     if info.is_root:
         m = result.metrics
-        if "val_macro_f1" in m:
+        if "val_r2" in m:
+            print(f"hpctrain train: {result.status} at step {result.step} (epoch {result.epoch}): "
+                  f"val R^2 {m['val_r2']:.4f}, MSE {m['val_mse']:.4g}, MAE {m['val_mae']:.4g}; run dir {cfg.run.dir}")
+        elif "val_macro_f1" in m:
             print(f"hpctrain train: {result.status} at step {result.step} (epoch {result.epoch}): "
                   f"val macro F1 {m['val_macro_f1']:.4f}, accuracy {m['val_accuracy']:.4f}; run dir {cfg.run.dir}")
         else:

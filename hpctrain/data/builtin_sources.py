@@ -18,7 +18,8 @@ from hpctrain.data.cells import (
 from hpctrain.data.file_sources import _memory_source
 from hpctrain.data.shards import ShardError
 
-SKLEARN = ("digits", "breast_cancer", "wine", "iris")
+SKLEARN = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+SKLEARN_REGRESSION = ("diabetes",)  # float targets: shard these with --task regression
 COMMON_PARAMS = {"missing": float, "imbalance": float, "seed": int}
 SKLEARN_PARAMS = {**COMMON_PARAMS, "flat": int}
 SYNTH_PARAMS = {**COMMON_PARAMS, "rows": int, "features": int, "classes": int, "shape": str, "sep": float}
@@ -89,7 +90,7 @@ def inject(chunks: Iterator[Chunk], classes: list[int], *, missing: float, imbal
         yield x, y
 
 
-def sklearn_source(name: str, query: str, spec: str) -> Source:
+def sklearn_source(name: str, query: str, spec: str, regression: bool = False) -> Source:
     p = _params(query, SKLEARN_PARAMS, spec)
     if name not in SKLEARN:
         raise ShardError(f"{spec!r}: unknown scikit-learn dataset {name!r}; choose one of "
@@ -99,8 +100,15 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
     datasets = require("sklearn.datasets", repr(spec))
     b = getattr(datasets, f"load_{name}")()
     x = np.asarray(b.data, dtype=np.float32)
-    y = np.asarray(b.target, dtype=np.int64)
     names = [str(v) for v in getattr(b, "feature_names", [f"f{i}" for i in range(x.shape[1])])]
+    if (name in SKLEARN_REGRESSION) != regression:
+        raise ShardError(f"{spec!r} is a {'regression' if name in SKLEARN_REGRESSION else 'classification'} "
+                         f"dataset; {'pass' if name in SKLEARN_REGRESSION else 'drop'} --task regression")
+    if regression:
+        if p.get("imbalance", 1.0) > 1 or p.get("missing", 0.0) > 0:
+            raise ShardError(f"{spec!r}: imbalance= and missing= are for class labels; remove them")
+        return _memory_source(spec, x, np.asarray(b.target, dtype=np.float32), names, params=p, targets=1)
+    y = np.asarray(b.target, dtype=np.int64)
     if name == "digits" and not p.get("flat"):
         x = x.reshape(-1, 1, 8, 8)  # an image dataset: (C, H, W) for the CNN; ?flat=1 keeps 64 columns
     classes = sorted(int(c) for c in np.unique(y))
@@ -115,9 +123,37 @@ def sklearn_source(name: str, query: str, spec: str) -> Source:
     return src
 
 
-def synthetic_source(kind: str, query: str, spec: str) -> Source:
+def synthetic_regression(query: str, spec: str) -> Source:
+    """``synthetic:regression?rows=&features=&targets=&noise=&seed=``: y = x W + noise (one or several targets)."""
+    p = _params(query, {"rows": int, "features": int, "targets": int, "noise": float, "seed": int}, spec)
+    rows, d, k, seed = p.get("rows", 2000), p.get("features", 10), p.get("targets", 1), p.get("seed", 0)
+    if not (1 <= rows <= SYNTH_MAX_ROWS and 1 <= d <= 10_000 and 1 <= k <= 1000):
+        raise ShardError(f"{spec!r}: need 1 <= rows <= {SYNTH_MAX_ROWS:,}, 1 <= features <= 10000 and "
+                         "1 <= targets <= 1000")
+    w = np.random.default_rng([seed, 1]).standard_normal((d, k)).astype(np.float32)
+    step = max(1, CHUNK_CELLS * 8 // d)
+
+    def read() -> Iterator[Chunk]:
+        for i, s in enumerate(range(0, rows, step)):
+            n = min(step, rows - s)
+            rng = np.random.default_rng([seed, 2, i])
+            x = rng.standard_normal((n, d), dtype=np.float32)
+            y = x @ w + p.get("noise", 0.1) * rng.standard_normal((n, k), dtype=np.float32)
+            yield x, (y[:, 0] if k == 1 else y)
+
+    return Source(name=spec, feature_names=[f"f{i}" for i in range(d)], sample_shape=(d,), rows=rows, read=read,
+                  params=p, targets=k)
+
+
+def synthetic_source(kind: str, query: str, spec: str, regression: bool = False) -> Source:
+    if (kind == "regression") != regression:
+        raise ShardError(f"{spec!r}: synthetic:{kind} {'needs' if kind == 'regression' else 'is not for'} "
+                         "--task regression")
+    if kind == "regression":
+        return synthetic_regression(query, spec)
     if kind != "classification":
-        raise ShardError(f"{spec!r}: unknown synthetic kind {kind!r}; use synthetic:classification?rows=...")
+        raise ShardError(f"{spec!r}: unknown synthetic kind {kind!r}; use synthetic:classification?rows=... or "
+                         "synthetic:regression?rows=...")
     p = _params(query, SYNTH_PARAMS, spec)
     rows, n_classes, seed = p.get("rows", 10_000), p.get("classes", 2), p.get("seed", 0)
     if "shape" in p:

@@ -32,6 +32,7 @@ class Source:
     in_memory: bool = False
     count_rows: Callable[[], int] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    targets: int = 0  # regression: float targets per row (0: class labels)
 
     def chunks(self) -> Iterator[Chunk]:
         return self.read()
@@ -124,14 +125,31 @@ def _check_overflow(block: np.ndarray, parsed: np.ndarray, names: list[str], lin
                          "inf or -inf for a value that is meant to be infinite)")
 
 
+def _float_targets(y: np.ndarray, src: str, offset: int = 0, lines: list[int] | None = None) -> np.ndarray:
+    """Regression targets as float32; a non-finite one (or one beyond float32) names its row."""
+    y = np.asarray(y)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+        raise ShardError(f"{src}: regression targets of dtype {y.dtype} are not numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = y.astype(np.float32)
+    bad = ~np.isfinite(f.reshape(len(f), -1)).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = _where(lines, i) if lines is not None else f"row {offset + i + 1}"
+        raise ShardError(f"{src}: {where}: regression target {y[i].tolist()!r} is missing, infinite or beyond "
+                         "float32; drop or fix those rows")
+    return f
+
+
 class LabelParser:
     """Integer labels pass through; string labels get ids in order of first appearance.
     The first chunk decides which, for the whole input."""
 
-    def __init__(self, src: str, column: str) -> None:
+    def __init__(self, src: str, column: str, regression: bool = False) -> None:
         self.src, self.column = src, column
         self.names: dict[str, int] | None = None
-        self.numeric: bool | None = None
+        self.numeric: bool | None = True if regression else None
+        self.regression = regression
 
     def __call__(self, col: np.ndarray, lines: list[int] | None) -> np.ndarray:
         col = np.char.strip(np.asarray(col).astype(str))
@@ -150,7 +168,10 @@ class LabelParser:
             except ValueError:
                 i = next(i for i, s in enumerate(col.tolist()) if not _is_number(s))
                 raise ShardError(f"{self.src}: {_where(lines, i)}: label {str(col[i])!r} in column {self.column!r} "
-                                 "is not a number, but earlier labels were numbers") from None
+                                 "is not a number" + ("; regression targets must be numbers" if self.regression
+                                                      else ", but earlier labels were numbers")) from None
+            if self.regression:
+                return _float_targets(v, self.src, lines=lines)
             bad = ~np.isfinite(v) | (v != np.round(np.nan_to_num(v))) | (np.abs(np.nan_to_num(v)) >= 2**62)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])

@@ -14,6 +14,7 @@ from hpctrain.data.cells import (
     Chunk,
     LabelParser,
     Source,
+    _float_targets,
     _resolve_label,
     strings_to_float,
     to_float32,
@@ -21,7 +22,7 @@ from hpctrain.data.cells import (
 from hpctrain.data.shards import ShardError
 
 
-def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -> Source:
+def csv_source(path: Path, *, label: str | None, delimiter: str | None = None, regression: bool = False) -> Source:
     src = str(path)
     delim = delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     try:
@@ -45,9 +46,9 @@ def csv_source(path: Path, *, label: str | None, delimiter: str | None = None) -
         raise ShardError(f"{src}: only the label column {columns[li]!r}; expected feature columns too")
     names = [columns[i] for i in feat_idx]
     chunk_rows = max(64, CHUNK_CELLS // len(columns))
-    labels = LabelParser(src, columns[li])
+    labels = LabelParser(src, columns[li], regression)
     s = Source(name=src, feature_names=names, sample_shape=(len(names),), rows=None, read=lambda: iter(()),
-               label=columns[li])
+               label=columns[li], targets=int(regression))
 
     def convert(rows: list[list[str]], lines: list[int]) -> Chunk:
         block = np.array(rows, dtype=str)
@@ -117,7 +118,7 @@ def _numpy_load_error(src: str, kind: str, magic: bytes, e: Exception) -> ShardE
     return ShardError(f"{src} is not a readable {kind} file ({e}); it is truncated or corrupt: write it again")
 
 
-def npy_source(path: Path, *, label: str | None) -> Source:
+def npy_source(path: Path, *, label: str | None, regression: bool = False) -> Source:
     src = str(path)
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -139,10 +140,11 @@ def npy_source(path: Path, *, label: str | None) -> Source:
     def read() -> Iterator[Chunk]:
         for s in range(0, len(a), step):
             block = np.asarray(a[s:s + step])
-            yield to_float32(block[:, feat], [f"c{i}" for i in feat], None, src, s), _int_labels(block[:, li], src, s)
+            y = _float_targets(block[:, li], src, s) if regression else _int_labels(block[:, li], src, s)
+            yield to_float32(block[:, feat], [f"c{i}" for i in feat], None, src, s), y
 
     return Source(name=src, feature_names=[f"c{i}" for i in feat], sample_shape=(len(feat),), rows=len(a),
-                  read=read, label=f"c{li}")
+                  read=read, label=f"c{li}", targets=int(regression))
 
 
 def _int_labels(y: np.ndarray, src: str, offset: int = 0) -> np.ndarray:
@@ -158,7 +160,7 @@ def _int_labels(y: np.ndarray, src: str, offset: int = 0) -> np.ndarray:
     raise ShardError(f"{src}: labels of dtype {y.dtype} are not integers")
 
 
-def npz_source(path: Path) -> Source:
+def npz_source(path: Path, regression: bool = False) -> Source:
     src = str(path)
     try:
         z = np.load(path, allow_pickle=False)
@@ -172,8 +174,9 @@ def npz_source(path: Path) -> Source:
         names_arr = z["feature_names"] if "feature_names" in keys else None
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise _numpy_load_error(src, ".npz", ZIP_MAGIC, e) from None
-    if x.ndim < 1 or len(x) != len(y) or y.ndim != 1:
-        raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and y (N,)")
+    if x.ndim < 1 or len(x) != len(y) or not (y.ndim == 1 or (regression and y.ndim == 2 and y.shape[1] >= 1)):
+        want = "y (N,) or (N, targets)" if regression else "y (N,)"
+        raise ShardError(f"{src}: x has shape {x.shape} and y {y.shape}; expected x (N, ...) and {want}")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise ShardError(f"{src}: x has dtype {x.dtype}; expected numbers")
     if x.ndim == 1:
@@ -182,6 +185,10 @@ def npz_source(path: Path) -> Source:
     names = [str(v) for v in names_arr] if names_arr is not None else [f"f{i}" for i in range(n_feat)]
     if len(names) != n_feat:
         raise ShardError(f"{src}: {len(names)} feature_names for {n_feat} features")
+    if regression:
+        yy = _float_targets(y, src)
+        return _memory_source(src, to_float32(x, names, None, src), yy, names,
+                              targets=1 if yy.ndim == 1 else yy.shape[1])
     yy = _int_labels(y, src)
     return _memory_source(src, to_float32(x, names, None, src), yy, names)
 

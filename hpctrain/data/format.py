@@ -25,7 +25,7 @@ _SHARD_NAME = re.compile(r"^(train|val)-\d{5,}\.h5$")
 # hpctrain refuses with "upgrade hpctrain"), so within version 1 an unknown key is a hand edit
 # or a typo and is refused rather than ignored: ignoring "shard" for "shards" hides a mistake.
 MANIFEST_KEYS = ("format", "version", "schema", "meta", "shards")
-SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names")
+SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names", "targets")
 SHARD_KEYS = ("file", "rows", "sha256", "split", "class_counts", "stats")
 STATS_KEYS = ("count", "nan_count", "inf_count", "sum", "sumsq", "min", "max")
 COMPRESSIONS = ("none", "lzf", "gzip")

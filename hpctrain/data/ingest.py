@@ -21,12 +21,18 @@ from hpctrain.data.file_sources import csv_source, npy_source, npz_source, parqu
 from hpctrain.data.shards import Manifest, ShardError, ShardWriter, default_rows_per_shard
 
 
-def open_source(spec: str, *, label: str | None = None) -> Source:
-    """The Source for an input path or a ``sklearn:``/``synthetic:`` spec."""
+def open_source(spec: str, *, label: str | None = None, task: str = "classification") -> Source:
+    """The Source for an input path or a ``sklearn:``/``synthetic:`` spec; ``task="regression"``
+    reads the label column as float targets."""
+    if task not in ("classification", "regression"):
+        raise ShardError(f"--task {task!r}: expected classification or regression")
+    reg = task == "regression"
     if spec.startswith("sklearn:") or spec.startswith("synthetic:"):
         kind, _, rest = spec.partition(":")
         name, _, query = rest.partition("?")
-        return sklearn_source(name, query, spec) if kind == "sklearn" else synthetic_source(name, query, spec)
+        if kind == "sklearn":
+            return sklearn_source(name, query, spec, reg)
+        return synthetic_source(name, query, spec, reg)
     path = Path(spec)
     if not path.exists():
         raise ShardError(f"input {spec!r} does not exist; pass a CSV/TSV, .npy/.npz or .parquet file, or "
@@ -39,12 +45,15 @@ def open_source(spec: str, *, label: str | None = None) -> Source:
         raise ShardError(f"input {spec!r} is empty")
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".tab", ".txt"):
-        return csv_source(path, label=label)
+        return csv_source(path, label=label, regression=reg)
     if suffix == ".npy":
-        return npy_source(path, label=label)
+        return npy_source(path, label=label, regression=reg)
     if suffix == ".npz":
-        return npz_source(path)
+        return npz_source(path, reg)
     if suffix in (".parquet", ".pq"):
+        if reg:
+            raise ShardError(f"input {spec!r}: --task regression reads CSV/TSV, .npy and .npz; convert the Parquet "
+                             "file to CSV first")
         return parquet_source(path, label=label)
     raise ShardError(f"input {spec!r}: unknown format {suffix!r}; expected .csv, .tsv, .npy, .npz or .parquet")
 
@@ -80,14 +89,14 @@ class SplitAssigner:
 
 def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None, rows_per_shard: int | None = None,
                  label: str | None = None, compression: str = "lzf", seed: int = 0, val_fraction: float = 0.0,
-                 shuffle: bool = True, overwrite: bool = False) -> Manifest:
+                 shuffle: bool = True, overwrite: bool = False, task: str = "classification") -> Manifest:
     """Convert input ``spec`` to a shard directory ``out`` in bounded memory; returns its manifest."""
     if shards is not None and rows_per_shard is not None:
         raise ShardError("give --shards or --rows-per-shard, not both")
     if shards is not None and shards < 1:
         raise ShardError(f"--shards {shards}: expected at least 1")
     check_seed(seed)
-    src = open_source(spec, label=label)
+    src = open_source(spec, label=label, task=task)
     if shards is not None:
         total = src.total_rows()
         if total == 0:
@@ -104,15 +113,18 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
     split = SplitAssigner(val_fraction, seed)
     meta = {"source": spec, "label": src.label, "seed": seed, "val_fraction": val_fraction, "shuffled": shuffle,
             "params": src.params}
+    if src.targets:
+        meta["task"] = "regression"
     writer = ShardWriter(out, feature_names=src.feature_names, sample_shape=src.sample_shape,
                          rows_per_shard=rows_per_shard, compression=compression, classes=src.classes, meta=meta,
-                         shuffle_seed=seed if shuffle else None, overwrite=overwrite)
+                         shuffle_seed=seed if shuffle else None, overwrite=overwrite, targets=src.targets)
     with writer:
         chunks = src.chunks()
         if shuffle and src.in_memory:
             chunks = _shuffled(chunks, seed)
         for x, y in chunks:
-            v = split(y)
+            # regression: one stratum (the split is even over the input's order, not per class)
+            v = split(np.zeros(len(y), np.int64) if src.targets else y)
             if v.any():
                 writer.add(x[~v], y[~v], "train")
                 writer.add(x[v], y[v], "val")

@@ -253,6 +253,9 @@ class ShardLoader:
             raise ShardError(f"sampling {sampling!r} is not one of 'none', 'oversample'")
         self.sampling = sampling
         self._class_weight = None
+        if sampling == "oversample" and self.manifest.schema.regression:
+            raise ShardError("sampling='oversample' needs class labels; these shards hold regression targets: "
+                             "use sampling='none'")
         if sampling == "oversample":
             counts = self.manifest.class_counts(split)
             top = max(counts) + 1 if counts else 1
@@ -449,7 +452,9 @@ class ShardLoader:
         iteration running at the same time finds none spare and allocates its own."""
         bufs, self._spare_buffers = self._spare_buffers, None
         if bufs is None or len(bufs) != nbuf or len(bufs[0][1]) != cap:
-            bufs = [(np.empty((cap, *self.sample_shape), np.float32), np.empty(cap, np.int64)) for _ in range(nbuf)]
+            sch = self.manifest.schema
+            bufs = [(np.empty((cap, *self.sample_shape), np.float32), np.empty((cap, *sch.y_shape), sch.y_dtype))
+                    for _ in range(nbuf)]
         return bufs
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:

@@ -38,6 +38,22 @@ class Schema:
     classes: list[int] = field(default_factory=list, metadata={"help": "sorted label values seen"})
     class_names: list[str] | None = field(default=None,
                                           metadata={"help": "names of the classes when the labels were strings"})
+    targets: int = field(default=0, metadata={
+        "help": "regression: float targets per row (y float32 of shape (N,) for 1, (N, k) for k); "
+                "0: classification (y int64 class ids)"})
+
+    @property
+    def regression(self) -> bool:
+        return self.targets > 0
+
+    @property
+    def y_shape(self) -> tuple[int, ...]:
+        """The shape of one row's label: () for class ids and one target, (k,) for k targets."""
+        return (self.targets,) if self.targets > 1 else ()
+
+    @property
+    def y_dtype(self):
+        return np.float32 if self.regression else np.int64
 
     @property
     def n_features(self) -> int:
@@ -48,6 +64,8 @@ class Schema:
              "classes": [int(c) for c in self.classes]}
         if self.class_names is not None:
             d["class_names"] = list(self.class_names)
+        if self.targets:
+            d["targets"] = int(self.targets)
         return d
 
     @classmethod
@@ -74,8 +92,11 @@ class Schema:
         cn = d.get("class_names")
         if cn is not None and (not isinstance(cn, list) or not all(isinstance(v, str) for v in cn)):
             raise _bad_field(where, "class_names", cn, "a list of strings (or absent)")
+        targets = d.get("targets", 0)
+        if not _is_int(targets) or targets < 0 or (targets and classes):
+            raise _bad_field(where, "targets", targets, "a non-negative integer, and no classes when positive")
         s = cls(dtype=d["dtype"], sample_shape=tuple(shape), feature_names=list(names), classes=list(classes),
-                class_names=list(cn) if cn is not None else None)
+                class_names=list(cn) if cn is not None else None, targets=targets)
         if s.dtype != "float32":
             raise ShardError(f"manifest schema dtype is {s.dtype!r}; this hpctrain reads only 'float32'")
         if len(s.feature_names) != s.n_features:
@@ -99,7 +120,7 @@ class ShardInfo:
                 "stats": self.stats.to_json()}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], n_features: int) -> ShardInfo:
+    def from_json(cls, d: Mapping[str, Any], n_features: int, regression: bool = False) -> ShardInfo:
         if not isinstance(d, Mapping):
             raise ShardError(f"manifest shard entry {d!r:.80} is not a mapping; expected file, rows, sha256, split, "
                              "class_counts and stats")
@@ -137,7 +158,7 @@ class ShardInfo:
             raise ShardError(f"manifest shard {info.file!r} has split {info.split!r}; expected one of {SPLITS}")
         if info.rows < 1:
             raise ShardError(f"manifest shard {info.file!r} has {info.rows} rows; expected at least 1")
-        if sum(counts.values()) != info.rows:
+        if sum(counts.values()) != info.rows and not (regression and not counts):  # regression: no classes
             raise ShardError(f"manifest shard {info.file!r}: class_counts add up to {sum(counts.values())} rows, "
                              f"rows is {info.rows}; the manifest was edited or is corrupt: re-create the shard "
                              "directory")
@@ -274,7 +295,7 @@ class Manifest:
             raise ShardError(f"{str(mpath)!r} lacks a 'schema' mapping or a 'shards' list")
         try:
             schema = Schema.from_json(d["schema"])
-            shards = [ShardInfo.from_json(s, schema.n_features) for s in d["shards"]]
+            shards = [ShardInfo.from_json(s, schema.n_features, schema.regression) for s in d["shards"]]
         except ShardError as e:
             raise ShardError(f"{str(mpath)!r}: {e}") from None
         if not shards:

@@ -37,8 +37,10 @@ def check_datasets(m: Manifest, s: ShardInfo, f) -> tuple[Any, Any]:
     if tuple(x.shape) != want or x.dtype != np.float32:
         raise ShardError(f"shard {str(path)!r}: x is {x.dtype}{tuple(x.shape)}, manifest says float32{want}; "
                          "the shard does not belong to this manifest: re-create the directory")
-    if tuple(y.shape) != (s.rows,) or y.dtype != np.int64:
-        raise ShardError(f"shard {str(path)!r}: y is {y.dtype}{tuple(y.shape)}, manifest says int64({s.rows},)")
+    ywant = (s.rows, *m.schema.y_shape)
+    if tuple(y.shape) != ywant or y.dtype != m.schema.y_dtype:
+        raise ShardError(f"shard {str(path)!r}: y is {y.dtype}{tuple(y.shape)}, manifest says "
+                         f"{np.dtype(m.schema.y_dtype).name}{ywant}")
     return x, y
 
 
@@ -91,6 +93,10 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
                     for a in range(0, s.rows, step):
                         read_rows(path, xd, a, min(a + step, s.rows))
                     y = read_rows(path, yd, 0, s.rows)
+                    if m.schema.regression:
+                        if not np.isfinite(y).all():
+                            problems.append(f"{s.file}: non-finite regression targets")
+                        continue
                     vals, cnt = np.unique(y, return_counts=True)
                     undeclared = sorted(set(vals.tolist()) - set(m.schema.classes))
                     if undeclared:

@@ -4,7 +4,8 @@ A shard directory holds ``<split>-NNNNN.h5`` files and a ``manifest.json`` writt
 atomically. A directory without a manifest is, by definition, not a shard directory: a
 crash while writing leaves no manifest, and readers refuse it.
 
-Each shard file holds ``x`` (float32, N x sample_shape) and ``y`` (int64, N), chunked in
+Each shard file holds ``x`` (float32, N x sample_shape) and ``y`` (int64 class ids, N; or
+float32 regression targets, N or N x k when the schema's ``targets`` is k > 0), chunked in
 about 1 MiB row blocks (the loader reads whole chunks), with fletcher32 on every chunk.
 
 Column statistics (see :class:`ColumnStats`) are mergeable, so profiling and imputation can

@@ -1,12 +1,15 @@
-"""Input readers for ``hpctrain shard``: each yields bounded chunks of (x float32, y int64).
+"""Input readers for ``hpctrain shard``: each yields bounded chunks of (x float32, y int64),
+or y float32 targets with ``task="regression"`` (``hpctrain shard --task regression``).
 
 Supported inputs (see docs/data.md):
 
 - ``*.csv`` / ``*.tsv`` (header required), streamed with the csv module;
 - ``*.npy`` (2-D, label column chosen by ``--label``, memory-mapped) and ``*.npz`` (``x``, ``y``);
 - ``*.parquet`` through pyarrow, streamed by record batch;
-- ``sklearn:digits|breast_cancer|wine|iris`` (shipped with scikit-learn, no download);
-- ``synthetic:classification?rows=&features=&classes=&imbalance=&missing=&seed=&shape=``.
+- ``sklearn:digits|breast_cancer|wine|iris`` (shipped with scikit-learn, no download), and
+  ``sklearn:diabetes`` (float targets: regression only);
+- ``synthetic:classification?rows=&features=&classes=&imbalance=&missing=&seed=&shape=``;
+- ``synthetic:regression?rows=&features=&targets=&noise=&seed=`` (regression only).
 
 Built-in specs accept ``?missing=F&imbalance=R&seed=S`` to inject missing values (each
 feature value NaN with probability F) and class imbalance (class k of C kept with

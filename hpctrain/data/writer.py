@@ -52,8 +52,14 @@ class ShardWriter:
                  sample_shape: Sequence[int], rows_per_shard: int | None = None, compression: str | None = "lzf",
                  classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                  meta: Mapping[str, Any] | None = None, shuffle_seed: int | None = None,
-                 overwrite: bool = False, locking: bool | None = None) -> None:
+                 overwrite: bool = False, locking: bool | None = None, targets: int = 0) -> None:
         self.root = Path(out_dir)
+        # targets > 0: regression, y holds that many float targets per row (no classes)
+        if not isinstance(targets, (int, np.integer)) or isinstance(targets, bool) or targets < 0:
+            raise ShardError(f"targets={targets!r}: expected 0 (class labels) or the number of regression targets")
+        if targets and classes is not None:
+            raise ShardError("classes are for class labels; a regression writer (targets > 0) takes none")
+        self.targets = int(targets)
         # a string is iterable: "12" would become the shape (1, 2)
         if isinstance(sample_shape, (str, bytes)) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sample_shape):
@@ -132,6 +138,9 @@ class ShardWriter:
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ShardError(f"rows of shape {tuple(x.shape[1:])} added to a writer of sample shape "
                              f"{self.sample_shape}; every input must have the same shape")
+        if self.targets:
+            self._add_targets(x, y, split)
+            return
         if y.shape != (len(x),):
             raise ShardError(f"{len(x)} samples but labels of shape {y.shape}; expected ({len(x)},)")
         if len(x) == 0:
@@ -160,6 +169,28 @@ class ShardWriter:
             unknown = np.setdiff1d(np.unique(y), self.classes)
             if unknown.size:
                 raise ShardError(f"label(s) {unknown[:5].tolist()} are not among the declared classes {self.classes}")
+        self._buf[split].append((x.astype(np.float32, copy=False), y))
+        self._buf_rows[split] += len(x)
+        while self._buf_rows[split] >= self.rows_per_shard:
+            self._flush(split, self.rows_per_shard)
+
+    def _add_targets(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
+        want = (len(x),) if self.targets == 1 else (len(x), self.targets)
+        if self.targets == 1 and y.shape == (len(x), 1):
+            y = y[:, 0]
+        if y.shape != want:
+            raise ShardError(f"{len(x)} samples but regression targets of shape {y.shape}; expected {want}")
+        if len(x) == 0:
+            return
+        if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+            raise ShardError(f"features of dtype {x.dtype} are not numeric")
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+            raise ShardError(f"regression targets of dtype {y.dtype} are not numbers")
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            bad = int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])
+            raise ShardError(f"regression target of sample {bad} of this batch is not finite (NaN, inf or beyond "
+                             "float32); drop or fix those rows first")
         self._buf[split].append((x.astype(np.float32, copy=False), y))
         self._buf_rows[split] += len(x)
         while self._buf_rows[split] >= self.rows_per_shard:
@@ -200,7 +231,7 @@ class ShardWriter:
             why = " ".join(str(e).split())[:200]
             raise ShardError(f"writing shard {str(dest)!r} failed ({why}); the file system may be full or over "
                              "quota: free space, or choose an --out on a file system with more room") from e
-        vals, cnt = np.unique(y, return_counts=True)
+        vals, cnt = np.unique(y, return_counts=True) if not self.targets else ([], [])
         return ShardInfo(file=name, rows=len(x), sha256=digest, split=split,
                          class_counts={int(k): int(v) for k, v in zip(vals, cnt)},
                          stats=ColumnStats.from_array(x))
@@ -223,7 +254,8 @@ class ShardWriter:
                     f.create_dataset("feature_names", data=names)
                 f.create_dataset("x", data=x, chunks=(chunk, *self.sample_shape), compression=self.compression,
                                  fletcher32=True)
-                f.create_dataset("y", data=y, chunks=(chunk,), compression=self.compression, fletcher32=True)
+                f.create_dataset("y", data=y, chunks=(chunk, *y.shape[1:]), compression=self.compression,
+                                 fletcher32=True)
             return sha256_file(tmp)
 
     def close(self) -> Manifest:
@@ -241,7 +273,7 @@ class ShardWriter:
         seen = sorted({k for s in self._written for k in s.class_counts})
         classes = self.classes if self.classes is not None else seen
         schema = Schema(sample_shape=self.sample_shape, feature_names=self.feature_names, classes=classes,
-                        class_names=self.class_names)
+                        class_names=self.class_names, targets=self.targets)
         meta = {"compression": self.compression or "none", "chunk_rows": self.chunk_rows,
                 "rows_per_shard": self.rows_per_shard, **self.meta}
         shards = sorted(self._written, key=lambda s: (SPLITS.index(s.split), s.file))

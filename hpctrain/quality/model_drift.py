@@ -31,6 +31,10 @@ def score(trained, manifest, split: str | None) -> dict:
     from hpctrain.train.metrics import confusion, report
 
     classes, shape = trained.classes, trained.sample_shape
+    if getattr(trained, "regression", False):
+        raise QualityError(f"{str(trained.run_dir)!r} is a regression model; model-level drift compares accuracy, "
+                           "macro F1 and cross-entropy of a classifier. Compare features with 'hpctrain drift "
+                           "REF CUR' (without --model), or score the new shards with 'hpctrain predict' (R^2)")
     if tuple(manifest.schema.sample_shape) != shape:
         raise QualityError(f"current shards {str(manifest.root)!r} have sample shape "
                            f"{tuple(manifest.schema.sample_shape)}, the model was trained on {shape}; "

@@ -95,7 +95,7 @@ def _safe_json(obj: Any) -> Any:
 
 def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_shape, classes, class_names,
                    feature_names, imputer: dict | None, on_nan: str, metrics: dict, provenance: dict,
-                   extra: dict | None = None, force: bool = False) -> Path:
+                   extra: dict | None = None, force: bool = False, targets: int = 0) -> Path:
     """Write an artifact directory (weights first, manifest last). ``state`` maps names to tensors."""
     from safetensors.torch import save_file
 
@@ -126,7 +126,7 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
         "weights": {"file": name, "sha256": digest, "bytes": (out / name).stat().st_size},
         "model": train_config.get("model"), "train_config": train_config,
         "sample_shape": [int(v) for v in sample_shape], "classes": [int(c) for c in classes],
-        "class_names": class_names,
+        "class_names": class_names, "targets": int(targets),  # targets > 0: a regression model
         "input_schema": {"dtype": "float32", "sample_shape": [int(v) for v in sample_shape],
                          "n_features": int(math.prod(sample_shape)), "feature_names": feature_names,
                          "missing": "imputed" if imputer is not None else
@@ -162,7 +162,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, force: bool = False) -> 
                           sample_shape=trained.sample_shape, classes=trained.classes,
                           class_names=schema["class_names"], feature_names=schema["feature_names"],
                           imputer=imp.to_json() if imp is not None else None, on_nan=cfg.imputation.on_nan,
-                          metrics=trained.result.get("metrics") or {}, provenance=prov, force=force)
+                          metrics=trained.result.get("metrics") or {}, provenance=prov, force=force,
+                          targets=trained.targets)
     m = _read_manifest(path)
     return {"out": str(path), "weights": m["weights"]["file"], "bytes": m["weights"]["bytes"],
             "params": sum(int(t.numel()) for t in trained.model.state_dict().values())}
@@ -225,12 +226,13 @@ def load_artifact(path: str | Path):
         cfg = load_config(m["train_config"])
         classes = [int(c) for c in m["classes"]]
         shape = tuple(int(v) for v in m["sample_shape"])
+        targets = int(m.get("targets") or 0)
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{str(path / MANIFEST)!r} is malformed ({type(e).__name__}: {e}); re-export") from None
     except HpctrainError as e:
         raise ArtifactError(f"{str(path / MANIFEST)!r}: its train_config is invalid ({e}); re-export") from None
     state = load_weights(path, m)
-    model = build_model(m, cfg, shape, len(classes), state)
+    model = build_model(m, cfg, shape, targets or len(classes), state, regression=targets > 0)
     imputer = None
     if m.get("imputer") is not None:
         from hpctrain.kernels.impute import Imputer
@@ -240,14 +242,15 @@ def load_artifact(path: str | Path):
     prep.imputer = imputer
     result = {"status": "completed", "metrics": m.get("metrics") or {},
               "step": (m.get("provenance") or {}).get("step"), "artifact": m}
-    return TrainedRun(path, path / m["weights"]["file"], result, cfg, classes, shape, model, prep)
+    return TrainedRun(path, path / m["weights"]["file"], result, cfg, classes, shape, model, prep, targets)
 
 
-def build_model(manifest: dict, cfg, shape, n_classes: int, state: dict):
-    """The float model of the config, or its compressed form when the manifest says so."""
+def build_model(manifest: dict, cfg, shape, n_classes: int, state: dict, regression: bool = False):
+    """The float model of the config, or its compressed form when the manifest says so.
+    ``n_classes`` is the number of outputs (the regression targets when ``regression``)."""
     from hpctrain.train.models import model_from_config
 
-    model = model_from_config(cfg.model, shape, n_classes)
+    model = model_from_config(cfg.model, shape, n_classes, regression)
     comp = manifest.get("compression")
     if comp:
         from hpctrain.serve.compress import restore

@@ -321,6 +321,9 @@ def compress_run(src: str | Path, out: str | Path, *, quantize: str = "auto", pr
     if not max_drop >= 0:
         raise CompressError(f"--max-drop {max_drop}: expected >= 0 (a macro F1 difference, e.g. 0.01)")
     trained = load_run(src)
+    if trained.regression:
+        raise CompressError(f"{str(src)!r} is a regression model; compression's guard compares macro F1 of a "
+                            "classifier. Serve the float export ('hpctrain export') instead")
     art = trained.result.get("artifact") or {}
     if art.get("compression"):
         raise CompressError(f"{str(src)!r} is already compressed; compress the run dir or its float export")

@@ -65,6 +65,9 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
         raise UpdateError(f"{str(run_dir)!r} is a model artifact; update continues from a run dir (it needs the "
                           "run's checkpoint and training shards)")
     trained = load_run(run_dir)
+    if trained.regression:
+        raise UpdateError(f"{str(run_dir)!r} is a regression model; 'hpctrain update' mixes class-labelled "
+                          "replay rows. Retrain with 'hpctrain train' and model.init_from on the new shards")
     old = trained.config
     out = Path(out)
     if RunDir(out).result.exists() or RunDir(out).checkpoints.exists():

@@ -74,11 +74,17 @@ class Loaded:
                                           ("set to 0" if prep.on_nan == "zero" else "rejected")}}
         self.labels = [str(n) for n in names] if names and len(names) == len(self.classes) else \
             [str(c) for c in self.classes]
-        self.meta.update({"model": str(path), "classes": self.classes.tolist(), "class_names": names,
+        self.regression = trained.regression
+        self.meta.update({"task": "regression" if trained.regression else "classification",
+                          "targets": trained.targets,
+                          "model": str(path), "classes": self.classes.tolist(), "class_names": names,
                           "metrics": _finite(trained.result.get("metrics") or {}),
                           "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, Loaded]:
+        """Class probabilities, or a regression model's raw outputs (N, targets)."""
+        if self.regression:
+            return self.trained.logits(x), self
         return self.trained.predict_proba(x), self
 
 
@@ -209,6 +215,9 @@ class Service:
             except HpctrainError as e:
                 # the model's own input checks (e.g. an inf that imputation leaves alone)
                 return _error(422, str(e))
+            if used.regression:  # float predictions: (N,) for one target, (N, k) for several
+                out = proba[:, 0] if proba.shape[1] == 1 else proba
+                return _json({"predictions": out.tolist(), "version": used.meta["version"]})
             idx = proba.argmax(axis=1)
             return _json({"predictions": used.classes[idx].tolist(), "labels": [used.labels[i] for i in idx],
                           "probabilities": proba.tolist(), "classes": used.classes.tolist(),

@@ -40,6 +40,8 @@ class SubmitRequest:
     requeue: RequeuePolicy = field(default_factory=RequeuePolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     counter: CounterTask | None = None  # the built-in smoke-test task instead of a config
+    script: str | None = None          # a user's training script (hpctrain.session) instead of a config
+    script_args: list[str] = field(default_factory=list)  # its arguments (after '--' on the command line)
     hold_at: int | None = None         # testing aid: see hpctrain.slurm.job.HoldForSignal
 
     def __post_init__(self) -> None:
@@ -48,6 +50,11 @@ class SubmitRequest:
         if bad:
             raise ConfigError(f"SubmitRequest.job: {bad} are set by hpctrain itself (the name, run dir, signal "
                               "and array come from the request); leave them out")
+        if self.script is not None and (self.config or self.counter is not None or self.overrides):
+            raise ConfigError("--script runs your own script instead of a config: drop CONFIG.yaml, --counter and "
+                              "--set (pass the script's own arguments after '--')")
+        if self.script_args and self.script is None:
+            raise ConfigError(f"unexpected arguments {self.script_args}; only --script takes arguments after '--'")
         if self.hold_at is not None and self.hold_at < 1:
             raise ConfigError(f"--test-hold-at must be >= 1 (a step boundary), got {self.hold_at}")
 
@@ -73,6 +80,13 @@ def build_submission(req: SubmitRequest, *, name: str | None = None, run_dir: st
     ``name``, ``run_dir`` and ``task`` override what the request implies (sweeps use them).
     """
     cfg = None
+    if task is None and req.script is not None:
+        from hpctrain.slurm.script import ScriptTask
+
+        task = ScriptTask.record(req.script, req.script_args)  # cwd and PYTHONPATH as seen here
+        name = name or req.name or Path(req.script).stem
+        base = Path(req.runs_dir) if req.runs_dir else default_base()
+        run_dir = run_dir or base / name
     if task is None:
         if req.counter is not None:
             if req.config:
@@ -101,12 +115,13 @@ def build_submission(req: SubmitRequest, *, name: str | None = None, run_dir: st
             task = TrainTask(config=str(RunDir(Path(run_dir).resolve()).config_snapshot), overrides=overrides)
     run_dir = Path(run_dir).resolve()
     job = dict(req.job)
-    if (job.get("mpi") is None and cfg is not None and req.cluster != "local"
-            and cfg.comm.backend in ("mpi", "horovod")):
+    # Every rank of these backends calls MPI_Init, a single one too, and a script's backend is
+    # unknown here: under srun without a PMI plugin (the usual site default 'none') Open MPI
+    # aborts, so ask for one whenever srun offers it. --mpi overrides.
+    if (job.get("mpi") is None and req.cluster != "local"
+            and ((cfg is not None and cfg.comm.backend in ("mpi", "horovod")) or req.script is not None)):
         from hpctrain.slurm.environment import auto_mpi_plugin
 
-        # Every rank of these backends calls MPI_Init, a single one too: under srun without a
-        # PMI plugin (the usual site default 'none') Open MPI aborts. --mpi overrides.
         job["mpi"] = auto_mpi_plugin()
     if cfg is not None and cfg.slurm.sbatch:
         from hpctrain.slurm.sbatch_options import merge, parse_cli, parse_mapping

@@ -44,7 +44,8 @@ MAX_TRIALS = 10_000
 # and evaluate; docs/training.md); the val_* ones only with a validation split. The built-in
 # counter task (--counter) reports "loss".
 TRAIN_METRICS = ("best_epoch",)
-TRAIN_VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1")
+# val_r2/val_mse/val_mae: regression runs
+TRAIN_VAL_METRICS = ("val_loss", "val_accuracy", "val_macro_f1", "val_r2", "val_mse", "val_mae")
 COUNTER_METRICS = ("loss",)
 
 

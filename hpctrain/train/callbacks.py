@@ -7,7 +7,7 @@ from typing import Any
 
 
 def mode_of(metric: str) -> str:
-    return "min" if metric.endswith("loss") else "max"
+    return "min" if metric.endswith(("loss", "mse", "mae")) else "max"
 
 
 class EarlyStopping:

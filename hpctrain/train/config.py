@@ -45,6 +45,12 @@ class RunConfig:
         "help": "torch threads per rank (null: torch's default). One per rank avoids oversubscribing cores"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
         "help": "auto: the CUDA device of this rank's local rank when CUDA is present, else CPU"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={
+        "help": "forward/loss under autocast: bf16 (CPU or CUDA), fp16 (CUDA only, with a gradient scaler whose "
+                "state is checkpointed), fp32 (no autocast). Weights and optimizer state stay float32"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the model (the checkpoint keeps the plain parameter names, so a run may resume "
+                "with or without it)"})
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -72,6 +78,9 @@ class DataConfig:
                 "batch_size * world size * comm.backward_passes_per_step (batch_size is then derived)"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle every epoch (seeded: run.seed + epoch)"})
     prefetch: int = field(default=2, metadata={"help": "batches read ahead by the loader"})
+    task: Literal["auto", "classification", "regression"] = field(default="auto", metadata={
+        "help": "auto: what the shards hold (class labels, or float targets written with 'hpctrain shard --task "
+                "regression'); a stated task that the shards do not hold is an error"})
 
     def __post_init__(self):
         _positive("data.batch_size", self.batch_size)
@@ -84,6 +93,12 @@ class DataConfig:
 class ModelConfig:
     kind: Literal["mlp", "cnn", "attention"] = field(default="mlp", metadata={
         "help": "mlp (tables), cnn (images C x H x W), attention (features as tokens; exposes attention weights)"})
+    module: str | None = field(default=None, metadata={
+        "help": "your own model: 'package.module:factory', called as factory(**model.args, sample_shape=..., "
+                "num_outputs=...) and returning a torch.nn.Module (a built-in name mlp/cnn/attention works too). "
+                "Replaces kind/hidden/channels/embed_dim/heads/layers/dropout"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the model.module factory"})
     hidden: list[int] = field(default_factory=lambda: [128, 64], metadata={"help": "mlp: hidden layer widths"})
     channels: list[int] = field(default_factory=lambda: [16, 32], metadata={
         "help": "cnn: channels of each 3x3 conv block"})
@@ -110,6 +125,13 @@ class ModelConfig:
             raise ConfigError(f"model.heads: {self.heads} does not divide model.embed_dim={self.embed_dim}; "
                               "choose heads that divide embed_dim")
         _fraction("model.dropout", self.dropout)
+        if self.args and self.module is None:
+            raise ConfigError("model.args: only used with model.module; set model.module='package.module:factory' "
+                              "or remove model.args")
+        if self.module is not None and self.module not in ("mlp", "cnn", "attention") and (
+                ":" not in self.module or self.module.startswith(":") or self.module.endswith(":")):
+            raise ConfigError(f"model.module: got {self.module!r}, expected 'package.module:factory' (or a built-in "
+                              "name: mlp, cnn, attention)")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -123,6 +145,8 @@ class OptimizerConfig:
     eps: float = field(default=1e-8, metadata={"help": "adam/adamw epsilon"})
     body_lr_scale: float = field(default=1.0, metadata={
         "help": "transfer learning: LR multiplier of the non-head parameters (e.g. 0.1)"})
+    clip_grad_norm: float | None = field(default=None, metadata={
+        "help": "clip the global L2 norm of the averaged gradients to this value before each step (null: off)"})
 
     def __post_init__(self):
         _positive("optimizer.lr", self.lr)
@@ -133,6 +157,8 @@ class OptimizerConfig:
             _fraction(f"optimizer.betas[{i}]", b)
         _positive("optimizer.eps", self.eps)
         _positive("optimizer.body_lr_scale", self.body_lr_scale)
+        if self.clip_grad_norm is not None:
+            _positive("optimizer.clip_grad_norm", self.clip_grad_norm)
         if self.nesterov and self.name != "sgd":
             raise ConfigError("optimizer.nesterov: only meaningful with optimizer.name=sgd")
 
@@ -166,8 +192,10 @@ class RegularizationConfig:
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
     early_stopping: bool = field(default=False, metadata={
         "help": "stop when the monitored validation metric stops improving; restores the best weights"})
-    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss"] = field(default="val_macro_f1", metadata={
-        "help": "validation metric for early stopping, plateau schedules and the 'best' checkpoint"})
+    monitor: Literal["val_macro_f1", "val_accuracy", "val_loss", "val_r2", "val_mse", "val_mae"] = field(
+        default="val_macro_f1", metadata={
+            "help": "validation metric for early stopping, plateau schedules and the 'best' checkpoint (regression: "
+                    "val_r2, val_mse, val_mae or val_loss; the classification default then means val_loss)"})
     patience: int = field(default=3, metadata={"help": "epochs without improvement before stopping"})
     min_delta: float = field(default=0.0, metadata={"help": "smallest change counted as an improvement"})
 
@@ -192,6 +220,34 @@ class ImbalanceConfig:
 
     def __post_init__(self):
         _positive("imbalance.focal_gamma", self.focal_gamma, allow_zero=True)
+
+
+# the built-in losses (hpctrain.train.losses.BUILTIN_LOSSES; named here so loading a config imports no torch)
+LOSS_NAMES = ("cross_entropy", "focal", "mse", "mae")
+
+
+@dataclass(kw_only=True, slots=True)
+class LossConfig:
+    module: str | None = field(default=None, metadata={
+        "help": "the training loss: a built-in (cross_entropy, focal, mse, mae) or your own 'package.module:factory' "
+                "called as factory(**loss.args) and returning a callable (outputs, targets) -> scalar tensor. "
+                "null: imbalance.loss with its class weights"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments of the loss factory"})
+
+    def __post_init__(self):
+        if self.args and self.module is None:
+            raise ConfigError("loss.args: only used with loss.module; set loss.module or remove loss.args")
+        if self.module is not None and ":" not in self.module and self.module not in LOSS_NAMES:
+            raise ConfigError(f"loss.module: got {self.module!r}, expected one of {list(LOSS_NAMES)} or "
+                              "'package.module:factory'")
+
+
+@dataclass(kw_only=True, slots=True)
+class MetricsConfig:
+    extra: list[str] = field(default_factory=list, metadata={
+        "help": "validation metrics beyond the task's own (accuracy/macro F1, or MSE/MAE/R^2): built-ins (accuracy, "
+                "macro_f1, mse, mae, r2) or 'package.module:function' taking (outputs (N, K), targets) as numpy "
+                "arrays and returning a float; computed on the whole validation split, reported as val_<name>"})
 
 
 @dataclass(kw_only=True, slots=True)
@@ -281,6 +337,8 @@ class TrainConfig:
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig,
                                                  metadata={"help": "L1/L2, early stopping"})
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig, metadata={"help": "class imbalance"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the training loss"})
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"help": "extra validation metrics"})
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig, metadata={"help": "augmentation"})
     imputation: ImputationConfig = field(default_factory=ImputationConfig, metadata={"help": "missing values"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
@@ -293,6 +351,17 @@ class TrainConfig:
         if self.data.dir is None:
             raise ConfigError("data.dir: missing; set it to a shard directory written by 'hpctrain shard' "
                               "(e.g. --set data.dir=shards/digits)")
+        if self.loss.module is not None:
+            # these shape the built-in criterion only; silently dropping them would train another loss
+            ignored = [k for k, on in (("imbalance.class_weights", self.imbalance.class_weights != "none"),
+                                       ("imbalance.sampling=weighted", self.imbalance.sampling == "weighted"),
+                                       ("imbalance.loss", self.imbalance.loss != "cross_entropy"),
+                                       ("regularization.label_smoothing", self.regularization.label_smoothing > 0))
+                       if on]
+            if ignored:
+                raise ConfigError(f"loss.module: set together with {', '.join(ignored)}, which only configure the "
+                                  "built-in loss; pass them as loss.args (e.g. loss.module=cross_entropy with "
+                                  "loss.args.label_smoothing=0.1) or drop loss.module")
         if self.model.freeze and self.model.init_from is None:
             raise ConfigError("model.freeze: freezing parameters without model.init_from trains a partly random "
                               "model; set model.init_from to a checkpoint")
@@ -301,8 +370,8 @@ class TrainConfig:
         return to_dict(self)
 
 
-SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "augmentation",
-            "imputation", "checkpoint", "logging", "comm", "slurm")
+SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "metrics",
+            "augmentation", "imputation", "checkpoint", "logging", "comm", "slurm")
 
 
 def load_config(path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
@@ -374,6 +443,13 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
             raise ConfigError(f"augmentation.ops: {e}") from None
     if cfg.regularization.early_stopping and cfg.data.val_split is None:
         raise ConfigError("regularization.early_stopping: needs a validation split; set data.val_split")
+    if cfg.run.precision == "fp16":
+        _check_fp16(cfg.run.device)
+    _check_task(cfg, data_dir)
+    if cfg.model.module is not None or cfg.loss.module is not None or cfg.metrics.extra:
+        if cfg.metrics.extra and cfg.data.val_split is None:
+            raise ConfigError("metrics.extra: validation metrics need a validation split; set data.val_split")
+        check_model(cfg)
     lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
     return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
 
@@ -396,6 +472,102 @@ def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]
     except ShardError as e:
         raise ConfigError(f"data.dir: {e}") from None
     return rows
+
+
+REGRESSION_MONITORS = ("val_r2", "val_mse", "val_mae", "val_loss")
+
+
+def monitor_for(cfg: TrainConfig, regression: bool) -> str:
+    """The monitored metric: with regression, the classification default stands for val_loss."""
+    m = cfg.regularization.monitor
+    return m if not regression or m in REGRESSION_MONITORS else "val_loss"
+
+
+def _check_task(cfg: TrainConfig, data_dir: Path) -> None:
+    from hpctrain.data.shards import Manifest
+
+    regression = Manifest.load(data_dir).schema.regression
+    held = "regression" if regression else "classification"
+    if cfg.data.task not in ("auto", held):
+        fix = ("re-shard with 'hpctrain shard INPUT --task regression'" if cfg.data.task == "regression"
+               else "set data.task=regression (or auto)")
+        raise ConfigError(f"data.task: {cfg.data.task} asked, but {str(data_dir)!r} holds {held} labels; {fix}")
+    if not regression:
+        if cfg.regularization.monitor in ("val_r2", "val_mse", "val_mae"):
+            raise ConfigError(f"regularization.monitor: {cfg.regularization.monitor} is a regression metric and "
+                              "these shards hold class labels; use val_macro_f1, val_accuracy or val_loss")
+        return
+    bad = [(k, v) for k, v, default in (
+        ("imbalance.class_weights", cfg.imbalance.class_weights, "none"),
+        ("imbalance.sampling", cfg.imbalance.sampling, "none"),
+        ("imbalance.loss", cfg.imbalance.loss, "cross_entropy"),
+        ("regularization.label_smoothing", cfg.regularization.label_smoothing, 0.0)) if v != default]
+    if bad:
+        raise ConfigError(f"{bad[0][0]}: {bad[0][1]!r} is for class labels; these shards hold regression targets: "
+                          "remove it (the regression loss is loss.module, default mse)")
+    if cfg.loss.module in ("cross_entropy", "focal"):
+        raise ConfigError(f"loss.module: {cfg.loss.module} is a classification loss; these shards hold regression "
+                          "targets: use mse, mae or your own")
+    if cfg.regularization.monitor == "val_accuracy":  # the default val_macro_f1 stands for val_loss here
+        raise ConfigError(f"regularization.monitor: {cfg.regularization.monitor} is a classification metric; with "
+                          f"regression targets use one of {list(REGRESSION_MONITORS)}")
+
+
+def _check_fp16(device: str) -> None:
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("run.precision=fp16: float16 training needs CUDA (its gradient scaler and fast fp16 "
+                          "kernels are CUDA-only; on CPU fp16 autocast is slow and unscaled gradients underflow); "
+                          "use run.precision=bf16 on CPU, or run on a GPU")
+
+
+def check_model(cfg: TrainConfig) -> None:
+    """Build the configured model (and loss) and run one small batch of the training split through
+    them on CPU, so an import error, a wrong factory signature or an output that does not fit the
+    labels is a one-line error here, at --check time, not a traceback on every rank later."""
+    import numpy as np
+    import torch
+
+    from hpctrain.data.shards import iter_arrays
+    from hpctrain.train.data import describe
+    from hpctrain.train.losses import loss_from_config
+    from hpctrain.train.models import check_output, model_from_config
+
+    info = describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
+    rng = torch.get_rng_state()  # building a model draws random weights: leave the caller's stream alone
+    try:
+        model = model_from_config(cfg.model, info.sample_shape, info.num_outputs, info.regression)
+        _, x, y = next(iter_arrays(cfg.data.dir, split=cfg.data.train_split))
+        x, y = torch.from_numpy(np.ascontiguousarray(x[:2])), torch.from_numpy(np.ascontiguousarray(y[:2]))
+        key = "model.module" if cfg.model.module is not None else "model.kind"
+        what = (f"the {info.targets} regression target(s)" if info.regression
+                else f"the {info.num_classes} classes of the labels")
+        out = check_output(model.train(), x, info.num_outputs, key, what)
+        if cfg.loss.module is not None:
+            target = y if info.regression else torch.searchsorted(torch.tensor(info.classes, dtype=torch.int64), y)
+            loss = loss_from_config(cfg.loss, num_outputs=info.num_outputs)
+            try:
+                value = loss(out, target)
+            except Exception as e:  # noqa: BLE001 - user code: one line naming the key
+                raise ConfigError(f"loss.module: {cfg.loss.module!r} on outputs {tuple(out.shape)} and targets "
+                                  f"{tuple(target.shape)} {target.dtype} raised {type(e).__name__}: {e}") from None
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise ConfigError(f"loss.module: {cfg.loss.module!r} returned "
+                                  f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}"
+                                  ", expected a scalar tensor (reduce over the batch)")
+        if cfg.metrics.extra:
+            from hpctrain.train.metrics import compute_metrics, resolve_metrics
+
+            target = y if info.regression else torch.searchsorted(torch.tensor(info.classes, dtype=torch.int64), y)
+            try:
+                compute_metrics(resolve_metrics(cfg.metrics.extra), out.float().numpy(), target.numpy())
+            except ConfigError:
+                raise
+            except HpctrainError as e:
+                raise ConfigError(str(e)) from None
+    finally:
+        torch.set_rng_state(rng)
 
 
 def _check_imputer(path: Path) -> None:

@@ -22,10 +22,20 @@ class DataInfo:
     class_names: list[str] | None
     train_counts: dict[int, int]
     val_rows: int
+    targets: int = 0  # regression: float targets per row (0: classification)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def regression(self) -> bool:
+        return self.targets > 0
+
+    @property
+    def num_outputs(self) -> int:
+        """What the model's last layer must output per sample: one logit per class, or the targets."""
+        return self.targets if self.targets else len(self.classes)
 
 
 def describe(data_dir: Path, train_split: str, val_split: str | None) -> DataInfo:
@@ -40,6 +50,9 @@ def describe(data_dir: Path, train_split: str, val_split: str | None) -> DataInf
         raise ConfigError(f"data.val_split: {str(data_dir)!r} has no rows in split {val_split!r}; set "
                           "data.val_split=null or re-shard with a validation fraction")
     classes = sorted(int(c) for c in m.schema.classes) or sorted(m.class_counts(train_split))
+    if m.schema.regression:
+        return DataInfo(sample_shape=tuple(m.schema.sample_shape), classes=[], class_names=None, train_counts={},
+                        val_rows=val_rows, targets=m.schema.targets)
     return DataInfo(sample_shape=tuple(m.schema.sample_shape), classes=classes, class_names=m.schema.class_names,
                     train_counts={int(k): int(v) for k, v in m.class_counts(train_split).items()}, val_rows=val_rows)
 
@@ -76,6 +89,7 @@ class Preprocess:
                  seed: int, rank: int):
         import torch
 
+        # regression (no classes): targets pass through as they are
         self.identity = classes == list(range(len(classes)))
         self.classes = torch.tensor(classes, dtype=torch.int64)
         self.imputer = None

@@ -1,8 +1,9 @@
-"""Losses for imbalanced classes: balanced class weights and the focal loss."""
+"""Losses: balanced class weights and the focal loss for imbalanced classes, and the loss
+registry (``loss.module``): built-ins by name, or a user's factory by import path."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +61,44 @@ class Criterion:
         if self.kind == "focal":
             return focal_loss(logits, target, gamma=self.gamma, weight=w)
         return F.cross_entropy(logits, target, weight=w, label_smoothing=self.smoothing)
+
+
+def _cross_entropy(*, label_smoothing: float = 0.0) -> Callable:
+    return Criterion("cross_entropy", label_smoothing=label_smoothing)
+
+
+def _focal(*, gamma: float = 2.0) -> Callable:
+    return Criterion("focal", gamma=gamma)
+
+
+def _regression(fn: Callable) -> Callable[..., Callable]:
+    def factory() -> Callable:
+        def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            # one output and targets of shape (N,) are the same values: compare them as such
+            if out.dim() == 2 and out.shape[1] == 1 and target.dim() == 1:
+                out = out[:, 0]
+            return fn(out, target.to(out.dtype))
+
+        return loss
+
+    return factory
+
+
+# name -> factory(**loss.args) -> callable(outputs, targets) -> scalar tensor
+BUILTIN_LOSSES: dict[str, Callable[..., Callable]] = {
+    "cross_entropy": _cross_entropy, "focal": _focal, "mse": _regression(F.mse_loss), "mae": _regression(F.l1_loss)}
+
+
+def loss_from_config(lcfg, **_: Any) -> Callable:
+    """The callable of a ``loss`` section whose ``module`` is set (built-in name or import path)."""
+    from hpctrain.train.models import call_factory, import_object
+
+    spec = lcfg.module
+    factory = BUILTIN_LOSSES[spec] if spec in BUILTIN_LOSSES else import_object(spec, "loss.module")
+    fn = call_factory(factory, "loss.module", spec, dict(lcfg.args))
+    if not callable(fn):
+        from hpctrain.errors import ConfigError
+
+        raise ConfigError(f"loss.module: {spec!r} returned a {type(fn).__name__}, expected a callable "
+                          "(outputs, targets) -> scalar tensor")
+    return fn

@@ -1,5 +1,12 @@
-"""The three model families: MLP for tables, a small CNN for images, and a small attention
-classifier that records its attention weights (``feature_attention``: a per-feature importance).
+"""The model registry: the three built-in families (MLP for tables, a small CNN for images, a
+small attention classifier that records its attention weights: ``feature_attention``, a
+per-feature importance) and any ``torch.nn.Module`` a user names by import path
+(``model.module: "pkg.mod:factory"``).
+
+A factory is called as ``factory(**model.args, sample_shape=..., num_outputs=...)`` and must
+return an ``nn.Module`` mapping a batch ``(N, *sample_shape)`` to ``(N, num_outputs)``; the
+built-in kinds are entries of the same registry (:data:`BUILTIN_MODELS`). Every failure
+(import, signature, return type, output shape) is a one-line ConfigError naming the key.
 
 Every model splits into ``features`` (the body) and ``head`` (the last Linear), so transfer
 learning can replace the head and give the body its own learning rate. No batch norm: its
@@ -8,8 +15,12 @@ per-rank batch statistics would make N ranks differ from one rank on the same sa
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
-from typing import Sequence
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -128,9 +139,10 @@ class _Block(nn.Module):
 
 def build_model(kind: str, sample_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (128, 64),
                 channels: Sequence[int] = (16, 32), embed_dim: int = 32, heads: int = 4, layers: int = 1,
-                dropout: float = 0.0) -> nn.Module:
+                dropout: float = 0.0, regression: bool = False) -> nn.Module:
+    """``num_classes`` is the number of outputs: classes, or regression targets (``regression=True``)."""
     n_features = int(math.prod(sample_shape))
-    if num_classes < 2:
+    if num_classes < (1 if regression else 2):
         raise ConfigError(f"the data has {num_classes} class(es); a classifier needs at least 2")
     if kind == "mlp":
         return MLP(n_features, num_classes, hidden, dropout)
@@ -141,9 +153,123 @@ def build_model(kind: str, sample_shape: Sequence[int], num_classes: int, *, hid
     raise ConfigError(f"model.kind: got {kind!r}, expected mlp, cnn or attention")
 
 
-def model_from_config(mcfg, sample_shape: Sequence[int], num_classes: int) -> nn.Module:
-    return build_model(mcfg.kind, sample_shape, num_classes, hidden=mcfg.hidden, channels=mcfg.channels,
-                       embed_dim=mcfg.embed_dim, heads=mcfg.heads, layers=mcfg.layers, dropout=mcfg.dropout)
+def _builtin(kind: str) -> Callable[..., nn.Module]:
+    def factory(*, sample_shape: Sequence[int], num_outputs: int, **kw) -> nn.Module:
+        return build_model(kind, sample_shape, num_outputs, regression=num_outputs == 1, **kw)
+
+    factory.__name__ = kind
+    return factory
+
+
+# name -> factory(sample_shape=..., num_outputs=..., **args): what model.kind selects
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {k: _builtin(k) for k in ("mlp", "cnn", "attention")}
+
+
+def import_object(spec: str, key: str) -> Any:
+    """The object named by ``"package.module:attribute"`` (dots allowed in the attribute).
+
+    The current directory is tried last when the module is not found on ``sys.path``: under the
+    ``hpctrain`` console script ``sys.path[0]`` is the script's directory, not the user's project,
+    so a package next to the config would otherwise need PYTHONPATH for no good reason.
+    """
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(f"{key}: got {spec!r}, expected 'package.module:factory' (module path, a colon, "
+                          "the name of a callable in it)")
+    try:
+        mod = _import(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"{key}: cannot import module {mod_name!r} ({type(e).__name__}: {e}); install the "
+                          f"package or add its parent directory to PYTHONPATH (now {os.environ.get('PYTHONPATH', '')!r}"
+                          f", current directory {os.getcwd()!r})") from None
+    except Exception as e:  # noqa: BLE001 - user code failing at import: name it, one line
+        raise ConfigError(f"{key}: importing module {mod_name!r} raised {type(e).__name__}: {e}; fix the module "
+                          "(run 'python -c \"import " + mod_name + "\"' to see the traceback)") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n in dir(mod) if not n.startswith("_"))
+            raise ConfigError(f"{key}: module {mod_name!r} has no attribute {attr!r}; it defines "
+                              f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import(mod_name: str):
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        top = mod_name.split(".")[0]
+        cwd = os.getcwd()
+        if e.name not in (top, mod_name) or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(mod_name)
+
+
+def call_factory(factory: Callable[..., Any], key: str, spec: str, args: Mapping[str, Any], **fixed: Any) -> Any:
+    """``factory(**args, **fixed)`` with a one-line error for a signature that cannot take them
+    or for an exception inside it."""
+    clash = sorted(set(args) & set(fixed))
+    if clash:
+        raise ConfigError(f"{key.rsplit('.', 1)[0]}.args: {clash} are set by hpctrain, not by args; remove them")
+    if not callable(factory):
+        raise ConfigError(f"{key}: {spec!r} is a {type(factory).__name__}, not a callable; name a function or class")
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**args, **fixed)
+        except TypeError as e:
+            wanted = ", ".join([*(f"{k}=" for k in args), *(f"{k}=" for k in fixed)])
+            raise ConfigError(f"{key}: {spec!r}{sig} cannot be called as f({wanted}): {e}; give it keyword "
+                              f"parameters {', '.join(fixed) or 'for the args'} (and **kwargs or one per key of "
+                              "args)") from None
+    try:
+        return factory(**args, **fixed)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code: name it in one line, keep the cause chained
+        raise ConfigError(f"{key}: {spec!r} raised {type(e).__name__}: {e}") from e
+
+
+def model_from_config(mcfg, sample_shape: Sequence[int], num_outputs: int, regression: bool = False) -> nn.Module:
+    """The model of the config's ``model`` section: a built-in kind or ``model.module``."""
+    if mcfg.module is None:
+        return build_model(mcfg.kind, sample_shape, num_outputs, hidden=mcfg.hidden, channels=mcfg.channels,
+                           embed_dim=mcfg.embed_dim, heads=mcfg.heads, layers=mcfg.layers, dropout=mcfg.dropout,
+                           regression=regression)
+    spec = mcfg.module
+    factory = BUILTIN_MODELS[spec] if spec in BUILTIN_MODELS else import_object(spec, "model.module")
+    model = call_factory(factory, "model.module", spec, dict(mcfg.args), sample_shape=tuple(sample_shape),
+                         num_outputs=num_outputs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.module: {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module; "
+                          "return the model instance from the factory")
+    if not any(True for _ in model.parameters()):
+        raise ConfigError(f"model.module: {spec!r} returned a {type(model).__name__} without parameters; "
+                          "nothing would train")
+    return model
+
+
+def check_output(model: nn.Module, x: torch.Tensor, num_outputs: int, key: str, what: str) -> torch.Tensor:
+    """One forward pass of ``x`` (N, *sample_shape); the output must be (N, num_outputs)."""
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # noqa: BLE001 - user code: one line naming the key
+        raise ConfigError(f"{key}: the model's forward pass on a batch of shape {tuple(x.shape)} raised "
+                          f"{type(e).__name__}: {e}; it must accept (N, *sample_shape) float32 input") from None
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"{key}: the model returned a {type(out).__name__}, expected one tensor of shape "
+                          f"({x.shape[0]}, {num_outputs})")
+    want = (x.shape[0], num_outputs)
+    if tuple(out.shape) != want:
+        raise ConfigError(f"{key}: the model maps a batch of shape {tuple(x.shape)} to {tuple(out.shape)}, but "
+                          f"{what} need {want}; make its last layer output {num_outputs} value(s) per sample")
+    return out
 
 
 def is_head(name: str) -> bool:

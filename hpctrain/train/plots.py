@@ -19,7 +19,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
-                class_names: Sequence[str] | None = None, title: str | None = None) -> list[Path]:
+                class_names: Sequence[str] | None = None, title: str | None = None,
+                pred_true: tuple | None = None) -> list[Path]:
     """loss.png, lr.png, metrics.png and confusion.png in ``run_dir/plots``; returns the paths.
     ``title`` (default: the run directory's name) heads every plot, so a PNG seen alone says its run."""
     import matplotlib
@@ -68,13 +69,13 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
     save(fig, "lr.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("val_accuracy", "val_macro_f1"):
+    for key in ("val_accuracy", "val_macro_f1", "val_r2"):
         pts = [(r["epoch"], r[key]) for r in epochs if key in r]
         if pts:
             ax.plot(*zip(*pts), "o-", label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation metric")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(min([0.0] + [r["val_r2"] for r in epochs if "val_r2" in r]), 1.02)
     ax.set_title(f"{run}: validation metrics")
     ax.legend(loc="lower right")
     save(fig, "metrics.png")
@@ -95,4 +96,16 @@ def write_plots(run_dir: Path, confusion: Sequence[Sequence[int]] | None = None,
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
         save(fig, "confusion.png")
+    if pred_true is not None:  # regression: predicted against true on the validation rows, per target
+        pred, true = (np.asarray(a, dtype=np.float64).reshape(len(a), -1) for a in pred_true)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for j in range(true.shape[1]):
+            ax.scatter(true[:, j], pred[:, j], s=8, alpha=0.6, label=f"target {j}" if true.shape[1] > 1 else None)
+        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="predicted = true")
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title(f"{run}: predicted vs true (validation, {len(true)} samples)")
+        ax.legend(loc="upper left")
+        save(fig, "pred_vs_true.png")
     return written

@@ -126,7 +126,9 @@ class Trainer:
         seed_all(cfg.run.seed)
         from hpctrain.train.models import load_transfer, model_from_config
 
-        self.model = model_from_config(cfg.model, self.data_info.sample_shape, self.data_info.num_classes)
+        self.regression = self.data_info.regression
+        self.model = model_from_config(cfg.model, self.data_info.sample_shape, self.data_info.num_outputs,
+                                       self.regression)
         self.transfer = cfg.model.init_from is not None
         self.fresh_head: list[str] = []
         if self.transfer:
@@ -141,6 +143,11 @@ class Trainer:
                 if n in names:
                     p.requires_grad_(False)
         self.model.to(self.device)
+        from hpctrain.train.precision import make_scaler
+
+        # the compiled wrapper runs forward passes; self.model keeps the plain parameter names in checkpoints
+        self.forward = torch.compile(self.model) if cfg.run.compile else self.model
+        self.scaler = make_scaler(cfg.run.precision, self.device)
         opt = make_optimizer(cfg, self.model, self.transfer)
         self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
                                                     backward_passes_per_step=plan.accum, bucket_mb=cfg.comm.bucket_mb)
@@ -169,8 +176,15 @@ class Trainer:
             weight = inverse_frequency(counts, k)
         self.criterion = Criterion(cfg.imbalance.loss, weight=weight, gamma=cfg.imbalance.focal_gamma,
                                    label_smoothing=cfg.regularization.label_smoothing)
+        if cfg.loss.module is not None or self.regression:
+            from hpctrain.train.config import LossConfig
+            from hpctrain.train.losses import loss_from_config
+
+            self.criterion = loss_from_config(cfg.loss if cfg.loss.module is not None else LossConfig(module="mse"))
         self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
-        monitor = cfg.regularization.monitor
+        from hpctrain.train.config import monitor_for
+
+        self.monitor = monitor = monitor_for(cfg, self.regression)
         self.early = EarlyStopping(monitor, cfg.regularization.patience, cfg.regularization.min_delta,
                                    enabled=cfg.regularization.early_stopping)
         self.plateau = Plateau(mode_of(monitor), cfg.schedule.plateau_patience, cfg.schedule.gamma) \
@@ -181,6 +195,9 @@ class Trainer:
         self.resumed_from: str | None = None
         self._positioned = False  # True when a resume already put the loader mid-epoch
         self.tb = None
+        from hpctrain.train.metrics import resolve_metrics
+
+        self.extra_metrics = resolve_metrics(cfg.metrics.extra)
 
     def epoch_steps(self, epoch: int) -> int:
         """Optimizer steps in ``epoch`` (the loader's batch count may vary by one between epochs)."""
@@ -195,7 +212,9 @@ class Trainer:
                 "loader": loader_state, "rng": rng_states, "world_size": self.world,
                 "plateau": self.plateau.state_dict() if self.plateau else None,
                 "early": self.early.state_dict(), "acc": dict(self.acc),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "classes": list(self.data_info.classes), "sample_shape": list(self.data_info.sample_shape),
+                "targets": self.data_info.targets,
                 "config": json.loads(json.dumps(to_dict(self.cfg)))}
 
     def checkpoint(self, *, mid_epoch: bool) -> None:
@@ -238,6 +257,8 @@ class Trainer:
         if self.plateau is not None and ck.get("plateau"):
             self.plateau.load_state_dict(ck["plateau"])
         self.early.load_state_dict(ck["early"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         self.acc = dict(ck.get("acc") or self.acc)
         if ck.get("world_size") == self.world and ck.get("rng"):
             set_rng_state(ck["rng"][self.rank])
@@ -265,30 +286,14 @@ class Trainer:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self) -> dict:
-        """Collective: every rank scores its share of the validation rows; confusion matrices add up."""
-        from hpctrain.train.metrics import confusion, report
+    def evaluate(self, keep_predictions: bool = False) -> dict:
+        """Collective: validation metrics summed over ranks (see hpctrain.train.evaluate)."""
+        from hpctrain.train.evaluate import Evaluator
 
-        torch = self.torch
-        k = self.data_info.num_classes
-        cm = np.zeros((k, k), dtype=np.float64)
-        loss_sum = 0.0
-        x, y = self.val
-        self.model.eval()
-        with torch.no_grad():
-            for lo in range(0, len(y), 512):
-                xb = self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device)
-                yb = self.prep.labels(torch.from_numpy(y[lo:lo + 512])).to(self.device)
-                logits = self.model(xb)
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-                cm += confusion(yb.cpu().numpy(), logits.argmax(1).cpu().numpy(), k)
-        self.model.train()
-        tot = self.comm.allreduce(np.concatenate([[loss_sum, float(len(y))], cm.ravel()]))
-        cm = tot[2:].reshape(k, k)
-        rep = report(cm)
-        return {"val_loss": float(tot[0] / max(1.0, tot[1])), "val_accuracy": rep["accuracy"],
-                "val_macro_f1": rep["macro_f1"], "val_per_class_recall": rep["per_class_recall"],
-                "val_per_class_f1": rep["per_class_f1"], "confusion": cm.astype(int).tolist()}
+        return Evaluator(comm=self.comm, forward=self.forward, model=self.model, prep=self.prep, val=self.val,
+                         device=self.device, precision=self.cfg.run.precision,
+                         num_classes=self.data_info.num_classes, targets=self.data_info.targets,
+                         extra_metrics=self.extra_metrics)(keep_predictions)
 
     # -- the loop ----------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -329,6 +334,8 @@ class Trainer:
         return self.comm.any_true(bool(self.stop_requested()))
 
     def run(self) -> TrainResult:
+        from hpctrain.train.precision import apply_step, autocast
+
         cfg = self.cfg
         self.resume()
         if self.root and cfg.logging.tensorboard:
@@ -361,9 +368,11 @@ class Trainer:
                     y = self.prep.labels(y)
                     x, y = self.prep.augment(x, y)
                     x, y = self._owned(x), self._owned(y)
-                    loss = self.criterion(self.model(x), y)
+                    with autocast(self.device, cfg.run.precision):
+                        loss = self.criterion(self.forward(x), y)
                     # through the exchange: the mpi/torch backends fold the 1/world averaging into it
-                    self.exchange.backward(loss / accum + self._l1())
+                    total = loss / accum + self._l1()
+                    self.exchange.backward(total if self.scaler is None else self.scaler.scale(total))
                     step_loss += float(loss.detach()) / accum
                     got += 1
                     if got == accum:
@@ -371,7 +380,8 @@ class Trainer:
                 if got < accum:
                     raise RuntimeError(f"the loader ended after {self.acc['batches']} of {steps_per_epoch} "
                                        f"steps of epoch {self.epoch}; its len() and its batches disagree")
-                self.exchange.step()
+                apply_step(self.exchange, self.model.parameters(), scaler=self.scaler,
+                           clip_grad_norm=cfg.optimizer.clip_grad_norm)
                 self.step += 1
                 self.acc["loss_sum"] += step_loss
                 self.acc["batches"] += 1
@@ -402,7 +412,7 @@ class Trainer:
             ev = self.evaluate()
             ev.pop("confusion")
             rec.update(ev)
-            value = ev[cfg.regularization.monitor]
+            value = ev[self.monitor]
             if self.plateau is not None:
                 self.plateau.update(value, cfg.regularization.min_delta)
             stop = self.early.update(value, self.epoch, self.model)
@@ -413,7 +423,7 @@ class Trainer:
         if cfg.checkpoint.every_epoch:
             self.checkpoint(mid_epoch=False)
         if stop and self.root:
-            print(f"hpctrain train: early stopping at epoch {self.epoch - 1}: {cfg.regularization.monitor} did not "
+            print(f"hpctrain train: early stopping at epoch {self.epoch - 1}: {self.monitor} did not "
                   f"improve for {cfg.regularization.patience} epochs (best {self.early.best:.4f} at epoch "
                   f"{self.early.best_epoch})", file=sys.stderr, flush=True)
         return stop
@@ -424,12 +434,16 @@ class Trainer:
         cfg = self.cfg
         restored = cfg.regularization.early_stopping and self.early.restore(self.model)
         metrics: dict[str, Any] = {"best_epoch": self.early.best_epoch, "restored_best": bool(restored)}
-        confusion = None
+        confusion = pred_true = None
         if self.val is not None:
-            ev = self.evaluate()
+            ev = self.evaluate(keep_predictions=True)
             confusion = ev.pop("confusion")
+            gathered = ev.pop("pred_true", None)
+            if gathered:  # rank 0: every rank's share of the validation rows
+                pred_true = (np.concatenate([p for p, _ in gathered]), np.concatenate([t for _, t in gathered]))
             metrics.update(ev)
-            metrics["confusion"] = confusion
+            if confusion is not None:
+                metrics["confusion"] = confusion
         states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             payload = self._payload(None, states)
@@ -441,7 +455,7 @@ class Trainer:
                 from hpctrain.train.plots import write_plots
 
                 names = self.data_info.class_names or [str(c) for c in self.data_info.classes]
-                write_plots(self.run_dir, confusion, names, title=cfg.run.name)
+                write_plots(self.run_dir, confusion, names, title=cfg.run.name, pred_true=pred_true)
             if self.tb is not None:
                 self.tb.close()
         self.comm.barrier()
