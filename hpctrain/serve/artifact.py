@@ -146,11 +146,11 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
 def export_run(run_dir: str | Path, out: str | Path, *, force: bool = False) -> dict:
     """``hpctrain export RUN --out DIR``: the run's final weights and everything to use them."""
     from hpctrain.config import to_dict
-    from hpctrain.predict import load_run
+    from hpctrain.trained import load_run_dir
 
-    trained = load_run(run_dir)
-    if is_artifact(trained.run_dir):
+    if is_artifact(run_dir):
         raise ArtifactError(f"{str(run_dir)!r} is already a model artifact; copy the directory instead")
+    trained = load_run_dir(run_dir)
     cfg = trained.config
     imp = trained.preprocess.imputer
     schema = _schema(cfg, trained.sample_shape)
@@ -215,9 +215,9 @@ def load_weights(path: str | Path, manifest: dict) -> dict:
 
 
 def load_artifact(path: str | Path):
-    """An artifact directory as a :class:`hpctrain.predict.TrainedRun` (eval mode, CPU)."""
-    from hpctrain.predict import TrainedRun
+    """An artifact directory as a :class:`hpctrain.trained.TrainedRun` (eval mode, CPU)."""
     from hpctrain.train.config import load_config
+    from hpctrain.trained import TrainedRun
     from hpctrain.train.data import Preprocess
 
     path = Path(path)
@@ -253,7 +253,7 @@ def build_model(manifest: dict, cfg, shape, n_classes: int, state: dict, regress
     model = model_from_config(cfg.model, shape, n_classes, regression)
     comp = manifest.get("compression")
     if comp:
-        from hpctrain.serve.compress import restore
+        from hpctrain.serve.packing import restore
 
         model = restore(model, comp, state)
     else:
@@ -269,6 +269,6 @@ def build_model(manifest: dict, cfg, shape, n_classes: int, state: dict, regress
 
 def load_model(path: str | Path):
     """A run directory or an artifact directory, whichever ``path`` is."""
-    from hpctrain.predict import load_run
+    from hpctrain.trained import load_run_dir
 
-    return load_run(path)
+    return load_artifact(path) if is_artifact(path) else load_run_dir(path)
