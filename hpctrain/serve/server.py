@@ -135,7 +135,10 @@ class Service:
         self.batcher.start()
         loop = asyncio.get_running_loop()
         if self.current is None:
-            self._tasks.append(loop.create_task(self._load_first()))
+            # A worker of --workers N loads here, before uvicorn lets it accept: the workers share
+            # one listening socket, so a worker that accepted while loading would answer 503 to
+            # requests its ready siblings could serve.
+            await self._load_first()
         if self.opts.watch:
             self._tasks.append(loop.create_task(self._watch()))
 
