@@ -19,6 +19,10 @@ MODULES: dict[str, tuple[str, str]] = {
     "optuna": ("optuna", "sweep"),
     "pyarrow": ("pyarrow", "parquet"),
     "tensorboard": ("tensorboard", "tensorboard"),
+    "safetensors": ("safetensors", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "starlette": ("starlette", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
 }
 
 

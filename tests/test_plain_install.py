@@ -3,7 +3,7 @@ works or names the extra it needs in one line, never a ModuleNotFoundError trace
 
 Fast: the new venv sees this environment's packages (torch, Horovod, h5py, ...) through a
 directory of links that leaves out every optional dependency (scikit-learn, SciPy, Optuna,
-pyarrow, TensorBoard, and the test oracles pandas and imbalanced-learn), and the project is
+pyarrow, TensorBoard, the [serve] packages, and the test oracles pandas and imbalanced-learn), and the project is
 installed from this checkout with --no-deps --no-index; `pip check` then proves that the
 core requirements are met without the extras.
 """
@@ -23,7 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # distributions (normalised, as in site-packages names) that only extras or tests bring
 OPTIONAL = {"sklearn", "scikit_learn", "scipy", "optuna", "pyarrow", "tensorboard", "tensorboard_data_server",
-            "pandas", "imblearn", "imbalanced_learn", "hpctrain", "__editable__", "__editable___hpctrain"}
+            "pandas", "imblearn", "imbalanced_learn", "safetensors", "uvicorn", "starlette", "prometheus_client",
+            "httptools", "uvloop", "hpctrain", "__editable__", "__editable___hpctrain"}
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,8 @@ def plain(tmp_path_factory):
     unmet = [line for line in check.stdout.splitlines() if line.lower().startswith("hpctrain ")]
     assert not unmet, "a plain install lacks core requirements: " + "; ".join(unmet)
     probe = subprocess.run([str(py), "-c", "import hpctrain, importlib.util as u; print(hpctrain.__file__); "
-                            "print([m for m in ('sklearn', 'scipy', 'optuna', 'pyarrow', 'tensorboard') "
+                            "print([m for m in ('sklearn', 'scipy', 'optuna', 'pyarrow', 'tensorboard', 'safetensors', "
+                            "'uvicorn', 'starlette', 'prometheus_client') "
                             "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=root)
     where, present = probe.stdout.splitlines()
     assert str(venv) in where, where  # the installed copy, not this checkout
@@ -92,7 +94,8 @@ def test_every_command_works_or_names_its_extra(plain):
     assert "hpctrain" in _run(plain, "--version")
     _run(plain, "doctor", ok=(0, 1))
     for name in ("shard", "impute", "profile", "drift", "clean", "balance", "farm", "predict", "train",
-                 "submit", "sweep", "status", "logs", "cancel", "launch", "doctor"):
+                 "submit", "sweep", "status", "logs", "cancel", "launch", "doctor", "export", "compress", "serve",
+                 "update"):
         _run(plain, name, "--help")
 
     # core: shards, imputation, training, prediction, submission, status, logs, farm, launch
@@ -124,5 +127,12 @@ def test_every_command_works_or_names_its_extra(plain):
     _needs_extra(plain, "parquet", "shard", "x.parquet", "--out", "pq")
     _needs_extra(plain, "tensorboard", "train", str(cfg), "--set", "logging.tensorboard=true", "--set",
                  "run.name=tb")
+    _needs_extra(plain, "serve", "export", "runs/plain", "--out", "m")
+    _needs_extra(plain, "serve", "compress", "runs/plain", "--out", "m")
+    _needs_extra(plain, "serve", "serve", "runs/plain", "--port", "0")
+    assert not (work / "m").exists()
+    # an online update trains and scores a run dir: no artifact, so no extra
+    _run(plain, "update", "runs/plain", "s", "--out", "runs/upd", "--epochs", "1")
+    assert json.loads((work / "runs" / "upd" / "result.json").read_text())["status"] == "completed"
     _needs_extra(plain, "sweep", "sweep", str(cfg), "--bayes", "optimizer.lr=loguniform(1e-4,1e-1)", "--trials",
                  "2", "--name", "bayes")

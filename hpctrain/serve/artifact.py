@@ -97,9 +97,10 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
                    feature_names, imputer: dict | None, on_nan: str, metrics: dict, provenance: dict,
                    extra: dict | None = None, force: bool = False, targets: int = 0) -> Path:
     """Write an artifact directory (weights first, manifest last). ``state`` maps names to tensors."""
-    from safetensors.torch import save_file
-
+    from hpctrain.extras import require
     from hpctrain.fileio import atomic_path, atomic_write_json, fsync_dir, sha256_file
+
+    save_file = require("safetensors.torch", "a model artifact (export, compress)").save_file
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -193,10 +194,11 @@ def read_manifest(path: str | Path) -> dict:
 
 def load_weights(path: str | Path, manifest: dict) -> dict:
     """The state dict, after checking the weight file against the sha256 in the manifest."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    from hpctrain.extras import require
     from hpctrain.fileio import sha256_file
+
+    SafetensorError = require("safetensors", "loading a model artifact").SafetensorError
+    load_file = require("safetensors.torch", "loading a model artifact").load_file
 
     w = manifest.get("weights")
     if not isinstance(w, dict) or not isinstance(w.get("file"), str) or "/" in w["file"] or w["file"] in ("", ".."):

@@ -71,7 +71,9 @@ def _latency_ms(trained, x, batch: int, seconds: float = 1.0) -> float:
 
 
 def _size(state: dict) -> int:
-    from safetensors.torch import save
+    from hpctrain.extras import require
+
+    save = require("safetensors.torch", "hpctrain compress").save
 
     tensors, _ = flatten(state)
     return len(save(tensors))

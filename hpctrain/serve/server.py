@@ -358,10 +358,11 @@ def serve(opts: ServeOptions) -> int:
     """Run until SIGTERM or Ctrl-C; 0 after a graceful shutdown."""
     import tempfile
 
-    try:
-        import uvicorn
-    except ImportError as e:
-        raise ServeError(f"the server's packages are not installed ({e}); pip install 'hpctrain[serve]'") from None
+    from hpctrain.extras import require
+
+    for module in ("starlette", "prometheus_client", "safetensors"):
+        require(module, "hpctrain serve")
+    uvicorn = require("uvicorn", "hpctrain serve")
     from hpctrain.predict import load_run
 
     # load once here so a bad model fails now, as one line, instead of inside every worker
