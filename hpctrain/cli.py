@@ -35,6 +35,7 @@ COMMANDS = [
     "submit",
     "status",
     "logs",
+    "monitor",
     "cancel",
     "sweep",
 ]

@@ -11,6 +11,9 @@ prediction. Nothing else spells a file name of it::
       checkpoints/            hpctrain.train.checkpoint's files and "latest" pointer; final.pt at the end
       tb/                     TensorBoard events (optional)
       plots/                  PNG plots of the finished run (optional)
+      monitor/rank-R.jsonl    rank R's resource and step-timing samples and its alerts (hpctrain.monitor)
+      monitor/timeline.json   Horovod's timeline (comm.timeline: true)
+      monitor/plots/          'hpctrain monitor' PNG timelines, one per rank
       logs/rank-R.log         per-rank output (srun, or the local executor)
       logs/batch.log          the batch script's own output
       slurm/config.yaml       the config snapshot a submitted run trains from
@@ -49,6 +52,7 @@ CHECKPOINTS = "checkpoints"
 FINAL_CHECKPOINT = "final.pt"
 TENSORBOARD = "tb"
 PLOTS = "plots"
+MONITOR = "monitor"
 SUBMITIT = "slurm/submitit"
 LOGS = "logs"
 CONFIG_SNAPSHOT = "slurm/config.yaml"
@@ -125,6 +129,31 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.path / PLOTS
+
+    # ---------------------------------------------------------------- monitoring
+    @property
+    def monitor(self) -> Path:
+        return self.path / MONITOR
+
+    def monitor_samples(self, rank: int) -> Path:
+        return self.monitor / f"rank-{rank}.jsonl"
+
+    def monitor_files(self) -> list[Path]:
+        """The ranks' sample files present on disk, in rank order."""
+        def rank_of(p: Path) -> int:
+            try:
+                return int(p.stem.split("-", 1)[1])
+            except (IndexError, ValueError):
+                return 1 << 30
+        return sorted(self.monitor.glob("rank-*.jsonl"), key=rank_of)
+
+    @property
+    def timeline(self) -> Path:
+        return self.monitor / "timeline.json"
+
+    @property
+    def monitor_plots(self) -> Path:
+        return self.monitor / "plots"
 
     # ---------------------------------------------------------------- logs
     @property

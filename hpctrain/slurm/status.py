@@ -56,13 +56,15 @@ class RunStatus:
     warning: str = ""      # the run dir's own records are damaged
     recorded: str = ""     # the run dir's own state, before slurmctld's view is laid over it
     slurm_state: str = ""  # slurmctld's JobState, when it answered
+    monitor: list[str] = field(default_factory=list)  # each rank's last monitor sample, then the alerts
 
     def as_dict(self) -> dict:
         return {"run": self.run, "run_dir": str(self.run_dir), "state": self.state, "job_id": self.job_id,
                 "requeues": self.requeues, "retries": self.retries, "timeouts": self.timeouts,
                 "preemptions": self.preemptions, "last_step": self.last_step, "last_metrics": self.last_metrics,
                 "reason": self.reason, "slurm": self.slurm, "failing_rank": self.failing_rank,
-                "placement": self.placement, "warning": self.warning, "log_tail": self.log_tail}
+                "placement": self.placement, "warning": self.warning, "log_tail": self.log_tail,
+                "monitor": self.monitor}
 
 
 def default_base() -> Path:
@@ -172,6 +174,10 @@ def run_status(run_dir: Path, *, live: bool = True, tail: int = 20) -> RunStatus
                     retries=st.retries, timeouts=st.timeouts, preemptions=st.preemptions, last_step=step,
                     last_metrics=metrics, reason=st.reason, failing_rank=st.failing_rank, recorded=st.state,
                     placement=placement_of(run_dir))
+    if tail:  # one run asked for (the all-runs table passes tail=0 and shows no monitor lines)
+        from hpctrain.monitor.report import status_lines
+
+        out.monitor = status_lines(run_dir)
     if bad:
         out.warning = (f"{bad} line(s) of {journal.events_path(run_dir)} are not events (the file is damaged): "
                        "the state shown may be incomplete; check the file, or resubmit with 'hpctrain submit'")
@@ -283,6 +289,7 @@ def format_status(s: RunStatus) -> str:
              f"last step  {s.last_step if s.last_step is not None else '-'}" + (f"  {metric}" if metric else "")]
     if s.placement:
         lines.append(f"placement  {s.placement}")
+    lines += [f"monitor    {m}" for m in s.monitor]
     if s.warning:
         lines.append(f"warning    {s.warning}")
     if s.log_tail:

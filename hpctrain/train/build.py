@@ -9,8 +9,13 @@ from hpctrain.train.config import TrainConfig
 
 
 def get_comm(cfg: TrainConfig, info: RankInfo):
+    import os
+
     from hpctrain.comm import shared_comm
 
+    if cfg.comm.timeline:
+        # Horovod reads this once, in hvd.init; DYNAMIC lets the trainer open the file in the run dir
+        os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
     return shared_comm(cfg.comm.backend, info, timeout_s=cfg.comm.timeout_s, torch_backend=cfg.comm.torch_backend)
 
 

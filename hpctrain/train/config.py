@@ -304,14 +304,79 @@ class CommConfig:
         "help": "mpi/torch: gradient bucket size in MB (mpi: also the largest single MPI message)"})
     timeout_s: int = field(default=60, metadata={
         "help": "fail-fast bound: collective timeout (torch) and Horovod stall shutdown, in seconds"})
+    timeline: bool = field(default=False, metadata={
+        "help": "horovod: write Horovod's timeline (a Chrome trace of every tensor's negotiation and allreduce) "
+                "to RUN/monitor/timeline.json; open it in chrome://tracing or ui.perfetto.dev"})
 
     def __post_init__(self):
+        if self.timeline and self.backend != "horovod":
+            raise ConfigError(f"comm.timeline: Horovod's timeline needs comm.backend=horovod, got {self.backend!r}; "
+                              "set comm.backend=horovod or comm.timeline=false")
         _positive("comm.backward_passes_per_step", self.backward_passes_per_step)
         _positive("comm.bucket_mb", self.bucket_mb)
         _positive("comm.timeout_s", self.timeout_s)
         if self.fp16_compression and self.backend == "mpi":
             raise ConfigError("comm.fp16_compression: MPI has no float16 reduction; use comm.backend=horovod or "
                               "torch, or set comm.fp16_compression=false")
+
+
+@dataclass(kw_only=True, slots=True)
+class MonitorConfig:
+    enabled: bool = field(default=True, metadata={
+        "help": "sample every rank's resources and step timings into RUN/monitor/rank-R.jsonl and raise alerts "
+                "(see docs/monitor.md)"})
+    interval_s: float = field(default=5.0, metadata={"help": "seconds between samples of each rank"})
+    gather_every_steps: int = field(default=50, metadata={
+        "help": "every N optimizer steps the ranks' step times and alerts are gathered on rank 0 (the straggler "
+                "check, the journal and the hook); also once at the end"})
+    input_bound_fraction: float = field(default=0.3, metadata={
+        "help": "input-bound alert: the share of step time spent waiting on the loader above which a rank is "
+                "input-bound"})
+    straggler_factor: float = field(default=1.5, metadata={
+        "help": "straggler alert: a rank whose own step time (not counting the wait for the others) exceeds this "
+                "many times the median of the ranks"})
+    gpu_memory_fraction: float = field(default=0.95, metadata={
+        "help": "GPU memory alert: used / total above this fraction"})
+    leak_window: int = field(default=12, metadata={
+        "help": "leak alert: the last N samples of host RSS that the slope test looks at"})
+    leak_min_mb: float = field(default=64.0, metadata={
+        "help": "leak alert: the least RSS growth (MB) over the window that counts as a leak"})
+    leak_min_r: float = field(default=0.9, metadata={
+        "help": "leak alert: the least correlation of RSS with time over the window (growth must be steady, "
+                "not one jump)"})
+    min_steps: int = field(default=5, metadata={
+        "help": "alerts about step timings need at least this many steps in the samples they look at"})
+    cooldown_s: float = field(default=300.0, metadata={
+        "help": "the same alert for the same rank is not repeated within this many seconds"})
+    hook: list[str] = field(default_factory=list, metadata={
+        "help": "a command run (argv list, never through a shell) on rank 0 for each alert, with the alert as "
+                "JSON in $HPCTRAIN_ALERT, e.g. [notify-send, hpctrain]; empty: none"})
+    hook_timeout_s: float = field(default=30.0, metadata={"help": "the hook is killed after this many seconds"})
+
+    def __post_init__(self):
+        _positive("monitor.interval_s", self.interval_s)
+        if self.interval_s < 0.05:
+            raise ConfigError(f"monitor.interval_s: got {self.interval_s!r}, expected at least 0.05 (a sampler "
+                              "that busy-loops costs the training it measures)")
+        _positive("monitor.gather_every_steps", self.gather_every_steps)
+        if not 0.0 < self.input_bound_fraction <= 1.0:
+            raise ConfigError(f"monitor.input_bound_fraction: got {self.input_bound_fraction!r}, expected a "
+                              "number in (0, 1]")
+        if not (math.isfinite(self.straggler_factor) and self.straggler_factor > 1.0):
+            raise ConfigError(f"monitor.straggler_factor: got {self.straggler_factor!r}, expected a number > 1")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ConfigError(f"monitor.gpu_memory_fraction: got {self.gpu_memory_fraction!r}, expected a number "
+                              "in (0, 1]")
+        if self.leak_window < 3:
+            raise ConfigError(f"monitor.leak_window: got {self.leak_window}, expected at least 3 samples")
+        _positive("monitor.leak_min_mb", self.leak_min_mb)
+        _fraction("monitor.leak_min_r", self.leak_min_r, closed=True)
+        _positive("monitor.min_steps", self.min_steps)
+        _positive("monitor.cooldown_s", self.cooldown_s, allow_zero=True)
+        _positive("monitor.hook_timeout_s", self.hook_timeout_s)
+        if not all(isinstance(a, str) and a for a in self.hook):
+            raise ConfigError(f"monitor.hook: got {self.hook!r}, expected a list of non-empty strings (the "
+                              "command's argv, e.g. [notify-send, hpctrain])")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -344,6 +409,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "metrics and plots"})
     comm: CommConfig = field(default_factory=CommConfig, metadata={"help": "gradient exchange"})
+    monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={
+        "help": "per-rank resource sampling and alerts"})
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
         "help": "site options for 'hpctrain submit' (the trainer ignores them)"})
 
@@ -371,7 +438,7 @@ class TrainConfig:
 
 
 SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "metrics",
-            "augmentation", "imputation", "checkpoint", "logging", "comm", "slurm")
+            "augmentation", "imputation", "checkpoint", "logging", "comm", "monitor", "slurm")
 
 
 def load_config(path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -198,6 +198,7 @@ class Trainer:
         from hpctrain.train.metrics import resolve_metrics
 
         self.extra_metrics = resolve_metrics(cfg.metrics.extra)
+        self.sampler = None  # hpctrain.monitor.sampler.RankMonitor while monitoring
 
     def epoch_steps(self, epoch: int) -> int:
         """Optimizer steps in ``epoch`` (the loader's batch count may vary by one between epochs)."""
@@ -355,6 +356,7 @@ class Trainer:
             t_epoch = time.perf_counter()
             steps_per_epoch = self.epoch_steps(self.epoch)
             while self.step < self.total_steps and self.acc["batches"] < steps_per_epoch:
+                t_step = time.perf_counter()
                 if self._stop_agreed():
                     progress.close()
                     self.checkpoint(mid_epoch=True)
@@ -363,11 +365,16 @@ class Trainer:
                 self.exchange.zero_grad()
                 got = 0
                 step_loss = 0.0
+                wait_s = h2d_s = 0.0  # perf_counter pairs: tens of ns each, far below a step
+                t_fetch = time.perf_counter()
                 for x, y in it:
+                    wait_s += time.perf_counter() - t_fetch
                     x = self.prep.features(x)
                     y = self.prep.labels(y)
                     x, y = self.prep.augment(x, y)
+                    t_copy = time.perf_counter()
                     x, y = self._owned(x), self._owned(y)
+                    h2d_s += time.perf_counter() - t_copy
                     with autocast(self.device, cfg.run.precision):
                         loss = self.criterion(self.forward(x), y)
                     # through the exchange: the mpi/torch backends fold the 1/world averaging into it
@@ -377,12 +384,19 @@ class Trainer:
                     got += 1
                     if got == accum:
                         break
+                    t_fetch = time.perf_counter()
                 if got < accum:
                     raise RuntimeError(f"the loader ended after {self.acc['batches']} of {steps_per_epoch} "
                                        f"steps of epoch {self.epoch}; its len() and its batches disagree")
+                t_exchange = time.perf_counter()
                 apply_step(self.exchange, self.model.parameters(), scaler=self.scaler,
                            clip_grad_norm=cfg.optimizer.clip_grad_norm)
                 self.step += 1
+                if self.sampler is not None:
+                    t_end = time.perf_counter()
+                    self.sampler.add_step(self.step, t_end - t_step, wait_s, t_end - t_exchange, h2d_s)
+                    if self.step % cfg.monitor.gather_every_steps == 0:
+                        self.sampler.gather(self.comm)
                 self.acc["loss_sum"] += step_loss
                 self.acc["batches"] += 1
                 n_log += accum * self.plan.batch_size * self.world
@@ -399,7 +413,37 @@ class Trainer:
                 break  # run.max_steps ended the run inside an epoch
             stop_early = self._end_epoch(time.perf_counter() - t_epoch)
         progress.close()
+        if self.sampler is not None:
+            self.sampler.flush()
+            self.sampler.gather(self.comm)  # the last straggler check, and alerts raised since the previous one
         return self._finish()
+
+    def start_monitor(self) -> None:
+        """The per-rank sampler (monitor.enabled) and Horovod's timeline (comm.timeline)."""
+        cfg = self.cfg
+        if cfg.comm.timeline:
+            RunDir(self.run_dir).monitor.mkdir(parents=True, exist_ok=True)
+            try:
+                self.comm.hvd.start_timeline(str(RunDir(self.run_dir).timeline))
+            except ValueError as e:  # Horovod was started earlier in this process without the variable
+                raise ConfigError(f"comm.timeline: Horovod was initialised in this process before the timeline "
+                                  f"was asked for ({e}); set HOROVOD_TIMELINE=DYNAMIC before the first run, or "
+                                  "run this one in its own process") from None
+        if cfg.monitor.enabled:
+            from hpctrain.monitor.sampler import RankMonitor
+
+            cuda = self.device.index if self.device.type == "cuda" else None
+            self.sampler = RankMonitor(cfg.monitor, self.run_dir, rank=self.rank, node=self.info.node,
+                                       cuda_index=cuda)
+            self.sampler.start()
+
+    def stop_monitor(self) -> None:
+        """Local only (it also runs after an exception): no collective here."""
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+        if self.cfg.comm.timeline:
+            self.comm.hvd.stop_timeline()
 
     def _end_epoch(self, seconds: float) -> bool:
         cfg = self.cfg
@@ -485,4 +529,8 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
         write_resolved(cfg, info, plan, placement)
         if info.world_size > 1:
             print(f"hpctrain train: {placement_line(placement)}", file=sys.stderr, flush=True)
-    return trainer.run()
+    trainer.start_monitor()
+    try:
+        return trainer.run()
+    finally:
+        trainer.stop_monitor()
