@@ -354,3 +354,35 @@ monitor: {{interval_s: 0.2}}
     for rank in (0, 1):
         recs = _records(run_dir, rank)
         assert recs[0]["rank"] == rank and sum(r.get("steps") or 0 for r in recs if r["kind"] == "sample") == 4
+
+
+def test_farm_alerts_on_a_worker_idle_while_tasks_wait_that_it_cannot_hold(tmp_path, capsys):
+    from hpctrain.cli import main
+
+    # worker 1 has 1 cpu, worker 2 has 2; every task needs 2, so worker 1 idles while they queue
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"s{i}", "cmd": ["sleep", "0.5"], "cpus": 2}) + "\n"
+                             for i in range(3)))
+    out = tmp_path / "out"
+    assert main(["farm", str(tasks), "--out", str(out), "--local-workers", "2", "--cpus-per-worker", "1,2",
+                 "--no-progress"]) == 0
+    recs = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    assert [(r["alert"], r["rank"]) for r in recs] == [("farm_idle", 1)]  # once: the cooldown holds repeats
+    assert "cpus=2" in recs[0]["message"]
+    assert "farm: warning: farm: worker 1 is idle (cpus=1" in capsys.readouterr().err
+
+
+def test_farm_scheduler_reports_idle_workers_and_waiting_needs(tmp_path):
+    from hpctrain.farm.scheduler import Resources, Scheduler
+    from hpctrain.farm.tasks import parse_tasks
+
+    tf = tmp_path / "t.jsonl"
+    tf.write_text(json.dumps({"id": "a", "cmd": ["true"], "cpus": 2}) + "\n" +
+                  json.dumps({"id": "b", "cmd": ["true"], "cpus": 1}) + "\n")
+    sched = Scheduler(parse_tasks(tf), retries=0)
+    sched.add_worker(1, Resources(1, 0, 0.0), max_tasks=1)
+    sched.add_worker(2, Resources(2, 0, 0.0), max_tasks=1)
+    assert [a.task.id for a in sched.assign(2, 0.0)] == ["a"]
+    idle, shapes = sched.idle_while_waiting()
+    assert idle == {1: Resources(1, 0, 0.0)} and shapes == [Resources(1, 0, 0.0)]
+    assert A.farm_idle(idle, shapes, lambda n, f: n.fits_in(f)) == []  # "b" fits worker 1: no alert

@@ -26,6 +26,8 @@ from hpctrain.farm.scheduler import Scheduler
 from hpctrain.farm.tasks import FarmError, check_seconds, parse_tasks
 from hpctrain.fileio import atomic_write_json
 
+ALERTS = "alerts.jsonl"  # the dispatcher's alerts (a worker idle while tasks wait), one JSON line each
+
 
 @dataclass(kw_only=True, slots=True)
 class FarmConfig:
@@ -121,8 +123,14 @@ def _dispatch_and_report(ep, cfg: FarmConfig, tasks, done: set, caps: dict, stop
     print(f"farm: {len(todo)} task(s) to run, {len(done)} already done (journal); "
           f"{len(caps)} worker(s) [{workers_desc}]", file=stream, flush=True)
     prog = Progress(len(todo), stream=stream) if cfg.progress and todo else None
+    def alert(al) -> None:
+        from hpctrain.fileio import append_jsonl
+
+        print(f"farm: warning: {al.message}", file=stream, flush=True)
+        append_jsonl(cfg.out / ALERTS, {**al.as_record(), "time": round(time.time(), 3)}, fsync=False)
+
     opts = LoopOptions(out=cfg.out, timeout=cfg.timeout, kill_grace=cfg.kill_grace, heartbeat=cfg.heartbeat,
-                       progress=prog, stop_flag=stop)
+                       progress=prog, stop_flag=stop, alert=alert)
     res = dispatch(ep, sched, opts)
     if prog:
         prog.close()

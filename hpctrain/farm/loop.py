@@ -42,6 +42,10 @@ class LoopOptions:
     heartbeat: float = 60.0  # seconds of silence after which the other side is declared lost
     progress: Callable[[dict, list], None] | None = None
     progress_every: float = 0.5
+    # called with each new alert (hpctrain.monitor.alerts.Alert) of the dispatcher: a worker idle
+    # while tasks wait that it cannot hold
+    alert: Callable[[object], None] | None = None
+    alert_cooldown_s: float = 300.0
     stop_flag: threading.Event = field(default_factory=threading.Event)
 
 
@@ -64,6 +68,9 @@ class Dispatcher:
         self.failures: list[str] = []
         self.settled = 0
         self.writer: journal.JournalWriter | None = None
+        from hpctrain.monitor.alerts import Cooldown
+
+        self.cooldown = Cooldown(opts.alert_cooldown_s)
 
     def give_work(self, wid: int, now: float) -> None:
         batch = self.sched.assign(wid, now)
@@ -87,6 +94,17 @@ class Dispatcher:
                                             elapsed_s=float(res.get("elapsed_s", 0.0)),
                                             started=float(res.get("started", 0.0))), now)
         self.give_work(src, now)
+
+    def check_idle(self, now: float) -> None:
+        """Alert on workers left idle by placement (after every worker was offered work)."""
+        if self.opts.alert is None:
+            return
+        from hpctrain.monitor.alerts import farm_idle
+
+        idle, shapes = self.sched.idle_while_waiting()
+        for al in farm_idle(idle, shapes, lambda need, free: need.fits_in(free), describe=lambda r: r.describe()):
+            if self.cooldown.admit(al, now):
+                self.opts.alert(al)
 
     def check_heartbeats(self, last_seen: dict[int, float], now: float) -> None:
         for w in self.sched.live_workers():
@@ -136,6 +154,7 @@ class Dispatcher:
                 for w in sched.live_workers():
                     self.give_work(w, now)
                 sched.fail_unplaceable()
+                self.check_idle(now)
             if now - last_beat >= beat_every:
                 last_beat = now
                 self.check_heartbeats(last_seen, now)

@@ -212,6 +212,12 @@ class Scheduler:
         self._ready.clear()
         self._waiting.clear()
 
+    def idle_while_waiting(self) -> tuple[dict[int, Resources], list[Resources]]:
+        """(free resources of each live worker that runs nothing, the shapes of the queued tasks):
+        what the farm_idle alert (hpctrain.monitor.alerts) looks at."""
+        idle = {w: s.capacity - s.used for w, s in self.workers.items() if s.alive and not s.running}
+        return idle, [shape for shape, q in self._ready.items() if q]
+
     # progress ----------------------------------------------------------------
     def next_wakeup(self) -> float | None:
         return self._waiting[0][0] if self._waiting else None

@@ -166,9 +166,9 @@ def stragglers(busy_s: Sequence[float | None], nodes: Sequence[str | None], cfg:
 
 
 def farm_idle(free: dict[int, Any], waiting: Sequence[Any], fits: Any, *, describe: Any = str) -> list[Alert]:
-    """Farm workers with free resources while tasks wait that none of those free resources can hold
-    (placement cannot fit them). ``free``: worker id -> free resources of an idle worker;
-    ``waiting``: the shapes of the queued tasks; ``fits(shape, free)``: whether it fits."""
+    """Idle farm workers while tasks wait that none of them can hold (placement cannot fit them).
+    ``free``: worker id -> free resources of a worker running nothing; ``waiting``: the resource
+    needs of the queued tasks (one per distinct need); ``fits(need, free)``: whether it fits."""
     if not waiting:
         return []
     out = []
@@ -176,10 +176,10 @@ def farm_idle(free: dict[int, Any], waiting: Sequence[Any], fits: Any, *, descri
         if any(fits(shape, room) for shape in waiting):
             continue  # it will be given work on its next request
         out.append(Alert(FARM_IDLE, wid, None,
-                         f"farm: worker {wid} is idle ({describe(room)} free) while {len(waiting)} task(s) wait, "
-                         f"none of which fits it (smallest need: {describe(min(waiting, key=describe))}); give the "
-                         "tasks smaller needs or the workers more resources (--cpus-per-worker, --gpus-per-worker)",
-                         {"free": describe(room), "waiting": len(waiting)}))
+                         f"farm: worker {wid} is idle ({describe(room)} free) while tasks wait that it cannot "
+                         f"hold (they need {'; '.join(sorted({describe(s) for s in waiting}))}); give the tasks "
+                         "smaller needs or the workers more (--cpus-per-worker, --gpus-per-worker, --mem-per-worker)",
+                         {"free": describe(room), "waiting_shapes": sorted({describe(s) for s in waiting})}))
     return out
 
 
