@@ -8,8 +8,9 @@ One process, one rank (mpi backend), a small MLP on Gaussian blobs written once 
 Each pair trains the same config twice, once with monitoring and once without, in alternating
 order (on/off, then off/on, ...) after one discarded warm-up run, so drift in the machine's load
 hits both sides alike and neither pays the process's one-off costs. For each
-run: the wall time of the training loop per optimizer step. The end-to-end overhead is the median
-over pairs of (on - off) / off.
+run: the wall time and the process's CPU time (all its threads, the sampler's included) of
+train() per optimizer step. The end-to-end overhead is the median over pairs of (on - off) / off;
+CPU time is the steadier of the two on a machine that other jobs load.
 
 On a shared machine that difference is within the noise, so the script also measures the two
 costs monitoring adds, each over many calls: the per-step bookkeeping (``add_step``: the four
@@ -58,10 +59,10 @@ def one_run(data: Path, run_dir: Path, *, monitor: bool, epochs: int, interval_s
         "comm": {"backend": "mpi"},
         "monitor": {"enabled": monitor, "interval_s": interval_s},
     })
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train(cfg)
-    wall = time.perf_counter() - t0
-    out = {"wall_s": wall, "steps": res.step, "s_per_step": wall / res.step}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"wall_s": wall, "steps": res.step, "s_per_step": wall / res.step, "cpu_per_step": cpu / res.step}
     if monitor:
         s = summarize(0, read_samples(run_dir)[0])
         out["samples"] = s.samples
@@ -116,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             got[on] = one_run(data, tmp / f"run-{p}-{'on' if on else 'off'}", monitor=on, epochs=args.epochs,
                               interval_s=args.interval)
         ratio = (got[True]["s_per_step"] - got[False]["s_per_step"]) / got[False]["s_per_step"]
-        rows.append((got[True], got[False], ratio))
-        print(f"pair {p}: on {got[True]['s_per_step'] * 1e3:.3f} ms/step ({got[True]['samples']} samples), "
-              f"off {got[False]['s_per_step'] * 1e3:.3f} ms/step, on-off {ratio:+.2%}", flush=True)
+        cratio = (got[True]["cpu_per_step"] - got[False]["cpu_per_step"]) / got[False]["cpu_per_step"]
+        rows.append((got[True], got[False], ratio, cratio))
+        print(f"pair {p}: wall on {got[True]['s_per_step'] * 1e3:.3f} / off {got[False]['s_per_step'] * 1e3:.3f} "
+              f"ms/step ({ratio:+.2%}); CPU on {got[True]['cpu_per_step'] * 1e3:.3f} / off "
+              f"{got[False]['cpu_per_step'] * 1e3:.3f} ms/step ({cratio:+.2%}); {got[True]['samples']} sample(s)",
+              flush=True)
     per_step, per_sample = micro_costs(tmp, args.interval)
     step_s = statistics.median(r[0]["step_s"] for r in rows)
     est = per_step / step_s + per_sample / args.interval
@@ -129,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| median step time, monitor on (its own samples) | {step_s * 1e3:.3f} ms |")
     print(f"| median wall per step, on / off | {statistics.median(r[0]['s_per_step'] for r in rows) * 1e3:.3f} / "
           f"{statistics.median(r[1]['s_per_step'] for r in rows) * 1e3:.3f} ms |")
-    print(f"| end-to-end overhead, median of {len(rows)} pairs (on - off) / off | "
+    print(f"| end-to-end overhead in wall time, median of {len(rows)} pairs (on - off) / off | "
           f"{statistics.median(r[2] for r in rows):+.2%} (pairs: {', '.join(f'{r[2]:+.2%}' for r in rows)}) |")
+    print(f"| median CPU time per step (all threads), on / off | "
+          f"{statistics.median(r[0]['cpu_per_step'] for r in rows) * 1e3:.3f} / "
+          f"{statistics.median(r[1]['cpu_per_step'] for r in rows) * 1e3:.3f} ms |")
+    print(f"| end-to-end overhead in CPU time, median of {len(rows)} pairs | "
+          f"{statistics.median(r[3] for r in rows):+.2%} (pairs: {', '.join(f'{r[3]:+.2%}' for r in rows)}) |")
     print(f"| add_step per step | {per_step * 1e6:.2f} us |")
     print(f"| one sample (psutil, JSON line, alert rules) | {per_sample * 1e6:.0f} us |")
     print(f"| estimated overhead at interval {args.interval:g} s: add_step / step + sample / interval | "
