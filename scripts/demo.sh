@@ -70,6 +70,8 @@ f1 = res["metrics"].get("val_macro_f1")
 print(f"held-out macro F1: {f1:.4f} (target >= 0.95); plots in {sys.argv[1]}/plots")
 sys.exit(0 if f1 is not None and f1 >= 0.95 else 1)
 PY
+# per-rank resource use of that training: table, alerts, one PNG timeline per rank
+hpctrain monitor "$run"
 
 stage "7. the same training as a Slurm job (hpctrain submit: 2 ranks via srun --mpi=pmix, chosen from srun --mpi=list)"
 started=0
@@ -123,3 +125,4 @@ stage "done in $((SECONDS - t0)) s"
 echo "profile report: $out/profile/report.html"
 echo "drift report:   $out/drift-shifted/drift.html"
 echo "training plots: $run/plots/"
+echo "monitoring:     $run/monitor/plots/ (hpctrain monitor $run)"
