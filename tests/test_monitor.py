@@ -369,7 +369,7 @@ def test_farm_alerts_on_a_worker_idle_while_tasks_wait_that_it_cannot_hold(tmp_p
     recs = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
     assert [(r["alert"], r["rank"]) for r in recs] == [("farm_idle", 1)]  # once: the cooldown holds repeats
     assert "cpus=2" in recs[0]["message"]
-    assert "farm: warning: farm: worker 1 is idle (cpus=1" in capsys.readouterr().err
+    assert "farm: warning: worker 1 is idle (cpus=1" in capsys.readouterr().err
 
 
 def test_farm_scheduler_reports_idle_workers_and_waiting_needs(tmp_path):
@@ -386,3 +386,18 @@ def test_farm_scheduler_reports_idle_workers_and_waiting_needs(tmp_path):
     idle, shapes = sched.idle_while_waiting()
     assert idle == {1: Resources(1, 0, 0.0)} and shapes == [Resources(1, 0, 0.0)]
     assert A.farm_idle(idle, shapes, lambda n, f: n.fits_in(f)) == []  # "b" fits worker 1: no alert
+
+
+def test_hook_runs_without_a_shell_and_a_failing_hook_is_a_warning(tmp_path):
+    from hpctrain.monitor.sampler import run_hook
+
+    warned: list[str] = []
+    out = tmp_path / "argv.json"
+    # an argument with shell syntax arrives as one literal argv entry
+    t = run_hook([sys.executable, "-c", f"import json, sys; json.dump(sys.argv[1:], open({str(out)!r}, 'w'))",
+                  "$(touch x); y"], {"alert": "input_bound"}, 60, warned.append)
+    t.join(60)
+    assert json.loads(out.read_text()) == ["$(touch x); y"] and warned == []
+    run_hook([str(tmp_path / "missing")], {"alert": "x"}, 60, warned.append).join(60)
+    run_hook([sys.executable, "-c", "import sys; sys.exit('bad luck')"], {"alert": "x"}, 60, warned.append).join(60)
+    assert len(warned) == 2 and "not found" in warned[0] and "exited 1: bad luck" in warned[1]

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # distributions (normalised, as in site-packages names) that only extras or tests bring
 OPTIONAL = {"sklearn", "scikit_learn", "scipy", "optuna", "pyarrow", "tensorboard", "tensorboard_data_server",
             "pandas", "imblearn", "imbalanced_learn", "safetensors", "uvicorn", "starlette", "prometheus_client",
-            "httptools", "uvloop", "hpctrain", "__editable__", "__editable___hpctrain"}
+            "httptools", "uvloop", "pynvml", "nvidia_ml_py", "hpctrain", "__editable__", "__editable___hpctrain"}
 
 pytestmark = pytest.mark.slow
 

@@ -176,7 +176,7 @@ def farm_idle(free: dict[int, Any], waiting: Sequence[Any], fits: Any, *, descri
         if any(fits(shape, room) for shape in waiting):
             continue  # it will be given work on its next request
         out.append(Alert(FARM_IDLE, wid, None,
-                         f"farm: worker {wid} is idle ({describe(room)} free) while tasks wait that it cannot "
+                         f"worker {wid} is idle ({describe(room)} free) while tasks wait that it cannot "
                          f"hold (they need {'; '.join(sorted({describe(s) for s in waiting}))}); give the tasks "
                          "smaller needs or the workers more (--cpus-per-worker, --gpus-per-worker, --mem-per-worker)",
                          {"free": describe(room), "waiting_shapes": sorted({describe(s) for s in waiting})}))

@@ -339,6 +339,8 @@ class Trainer:
 
         cfg = self.cfg
         self.resume()
+        if self.sampler is not None:
+            self.sampler.step = self.step  # samples before the first step name the resumed step
         if self.root and cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -437,12 +439,13 @@ class Trainer:
                                        cuda_index=cuda)
             self.sampler.start()
 
-    def stop_monitor(self) -> None:
-        """Local only (it also runs after an exception): no collective here."""
+    def stop_monitor(self, clean: bool = True) -> None:
+        """Local only (it also runs after an exception): no collective here. After an exception
+        Horovod's timeline is left alone: its background thread may be what failed."""
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
-        if self.cfg.comm.timeline:
+        if self.cfg.comm.timeline and clean:
             self.comm.hvd.stop_timeline()
 
     def _end_epoch(self, seconds: float) -> bool:
@@ -531,6 +534,9 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
             print(f"hpctrain train: {placement_line(placement)}", file=sys.stderr, flush=True)
     trainer.start_monitor()
     try:
-        return trainer.run()
-    finally:
-        trainer.stop_monitor()
+        result = trainer.run()
+    except BaseException:
+        trainer.stop_monitor(clean=False)
+        raise
+    trainer.stop_monitor()
+    return result
