@@ -16,7 +16,7 @@ import numpy as np
 from hpctrain.explain import ExplainError
 
 SAMPLE_CHUNK = 8     # explained samples per chunk (IG runs steps x chunk forward passes at once)
-ROW_CHUNK = 512      # rows per chunk of permutation importance
+ROW_CHUNK = 256      # rows per chunk of permutation importance
 
 
 @dataclass(slots=True)

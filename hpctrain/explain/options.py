@@ -36,7 +36,8 @@ class ExplainOptions:
     shards: Path | None = field(default=None, metadata={
         "help": "shard directory to explain (default: the run's data.dir)"})
     split: str = field(default="val", metadata={"help": "manifest split whose rows are explained (train or val)"})
-    samples: int = field(default=16, metadata={"help": "rows explained one by one (IG, saliency, occlusion, attention)"})
+    samples: int = field(default=16, metadata={
+        "help": "rows explained one by one (IG, saliency, occlusion, attention)"})
     methods: tuple[str, ...] | None = field(default=None, metadata={
         "help": "methods to run (None: all that apply to the model)"})
     baseline: str = field(default="mean", metadata={

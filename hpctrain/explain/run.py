@@ -144,7 +144,8 @@ def assemble(opts, trained, rows, methods, idx, baseline, window, chunks, counts
             s["ig_relative_error"] = float(abs(delta[i]) / max(abs(gap), 1e-12))
         samples.append(s)
     rec = {
-        "version": 1, "run": str(opts.run), "out": str(opts.out), "checkpoint": str(trained.checkpoint), "shards": str(rows.shards),
+        "version": 1, "run": str(opts.run), "out": str(opts.out), "checkpoint": str(trained.checkpoint),
+        "shards": str(rows.shards),
         "split": opts.split, "rows": int(len(rows.x)), "ranks": int(ranks), "methods": list(methods),
         "model": {"kind": getattr(trained.config.model, "kind", None) if trained.config.model.module is None
                   else trained.config.model.module, "sample_shape": list(shape),
