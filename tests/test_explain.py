@@ -20,15 +20,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INFORMATIVE = 2  # the label is the sign of feature f2; the other four are pure noise
 
 
-def planted_shards(root, n_train=400, n_val=600, seed=0):
+def planted_shards(root, n_train=400, n_val=600, seed=0, names=None):
     from hpctrain.data.shards import ShardWriter
 
     rng = np.random.default_rng(seed)
     n = n_train + n_val
     x = rng.normal(size=(n, 5)).astype(np.float32)
     y = (x[:, INFORMATIVE] > 0).astype(np.int64) * 3 + 4  # class ids 4 and 7: not 0..k-1
-    with ShardWriter(root, feature_names=[f"f{i}" for i in range(5)], sample_shape=(5,), rows_per_shard=200,
-                     classes=[4, 7]) as w:
+    with ShardWriter(root, feature_names=names or [f"f{i}" for i in range(5)], sample_shape=(5,),
+                     rows_per_shard=200, classes=[4, 7]) as w:
         w.add(x[:n_train], y[:n_train])
         w.add(x[n_train:], y[n_train:], split="val")
     return root
@@ -284,3 +284,18 @@ def test_train_split_and_artifact(tabular, tmp_path):
     a, b = (json.loads((tmp_path / d / "explain.json").read_text()) for d in "ab")
     assert a["split"] == "train" and a["rows"] == 400
     assert a["samples"] == b["samples"]
+
+
+def test_hostile_feature_names_and_paths(tmp_path):
+    """Feature names with TeX dollars or HTML, and paths with spaces and markup: the plots
+    render (matplotlib would parse $...$ as TeX) and the page escapes everything."""
+    base = tmp_path / "a b'c\"<i>d</i>"
+    names = ["cost ($)", r"$\frac$", "<script>alert(1)</script>", 'q"uote', "e"]
+    data = planted_shards(base / "data", n_train=200, n_val=100, names=names)
+    run = train_run(base / "run", data, {"kind": "mlp", "hidden": [8]}, epochs=1)
+    assert main(["explain", str(run), "--out", str(base / "ex <b>"), "--samples", "2", "--repeats", "1"]) == 0
+    page = (base / "ex <b>" / "explain.html").read_text()
+    assert "<script>alert" not in page and "<i>d</i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;i&gt;d&lt;/i&gt;" in page
+    rec = json.loads((base / "ex <b>" / "explain.json").read_text())
+    assert rec["feature_names"] == names and len(rec["images"]) == 4

@@ -123,8 +123,14 @@ def write_outputs(out: Path, rec: dict, x: np.ndarray) -> Path:
     from hpctrain.fileio import atomic_write_json
     from hpctrain.quality.report import write_page, write_pngs
 
+    from hpctrain.explain import ExplainError
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExplainError(f"--out {str(out)!r}: cannot create it ({e.strerror}); choose a writable directory") \
+            from None
     pngs = images(rec, x)
     rec["images"] = {name: f"{name}.png" for name in pngs}
     write_pngs(out, pngs)
