@@ -299,3 +299,41 @@ def test_hostile_feature_names_and_paths(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;i&gt;d&lt;/i&gt;" in page
     rec = json.loads((base / "ex <b>" / "explain.json").read_text())
     assert rec["feature_names"] == names and len(rec["images"]) == 4
+
+
+def test_regression_model(tmp_path):
+    """A regression run: the first output is explained, permutation importance is the R^2 drop
+    and the MSE increase (checked against scikit-learn), and the planted feature leads."""
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    from hpctrain.data.shards import ShardWriter, iter_arrays
+    from hpctrain.predict import load_run
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(700, 5)).astype(np.float32)
+    y = (3.0 * x[:, INFORMATIVE] + 0.1 * rng.normal(size=700)).astype(np.float32)
+    with ShardWriter(tmp_path / "data", feature_names=[f"f{i}" for i in range(5)], sample_shape=(5,),
+                     targets=1) as w:
+        w.add(x[:500], y[:500])
+        w.add(x[500:], y[500:], split="val")
+    run = train_run(tmp_path / "reg", tmp_path / "data", {"kind": "mlp", "hidden": [16]}, epochs=8)
+    assert main(["explain", str(run), "--out", str(tmp_path / "ex"), "--samples", "5", "--steps", "300",
+                 "--repeats", "2"]) == 0
+    rec = json.loads((tmp_path / "ex" / "explain.json").read_text())
+    assert rec["task"] == "regression" and rec["target"] == "the first regression output"
+    p = rec["permutation"]
+    assert p["primary"] == "r2_drop" and p["rows"] == 200
+    drops = [f["r2_drop_mean"] for f in p["features"]]
+    assert int(np.argmax(drops)) == INFORMATIVE and drops[INFORMATIVE] > 0.5
+    assert int(np.argmax([f["mse_increase_mean"] for f in p["features"]])) == INFORMATIVE
+    xv = np.concatenate([a for _, a, _ in iter_arrays(tmp_path / "data", "val")])
+    yv = np.concatenate([b for _, _, b in iter_arrays(tmp_path / "data", "val")])
+    yv, pred = yv.astype(np.float64), load_run(run).predict(xv).astype(np.float64)  # sklearn would sum in float32
+    assert p["base"]["r2"] == pytest.approx(r2_score(yv, pred), abs=1e-9)
+    assert p["base"]["mse"] == pytest.approx(mean_squared_error(yv, pred), rel=1e-9)
+    s = rec["samples"][0]
+    assert "prob" not in s and isinstance(s["pred"], float) and s["target_index"] == 0
+    assert rec["ig_completeness"]["max_relative_error"] < 0.01
+    assert int(np.argmax(rec["mean_abs_attribution"]["ig"])) == INFORMATIVE
+    page = (tmp_path / "ex" / "explain.html").read_text()
+    assert "R^2 drop" in page and "MSE increase" in page and "(p=" not in page

@@ -1,9 +1,9 @@
 """Per-sample attributions through Captum (integrated gradients, saliency, occlusion) and the
 attention weights of models that record them. Arrays in, arrays out: no files, no ranks.
 
-The explained output is the logit of the predicted class: it is what the prediction was made
-from, and integrated gradients' completeness holds for it exactly (a softmax probability would
-mix in every other class).
+The explained output of a classifier is the logit of the predicted class: it is what the
+prediction was made from, and integrated gradients' completeness holds for it exactly (a
+softmax probability would mix in every other class). A regression model's is its first output.
 """
 
 from __future__ import annotations
@@ -38,25 +38,27 @@ def occlusion_window(sample_shape: tuple[int, ...], window: int | None) -> tuple
 class ChunkResult:
     """The attributions of one chunk of samples (every array has the chunk's rows first)."""
 
-    logits: np.ndarray                          # (n, classes) model outputs
-    baseline_logit: np.ndarray                  # (n,) output of the target class at the baseline
+    outputs: np.ndarray                         # (n, classes or targets) model outputs
+    target: np.ndarray                          # (n,) the explained output's index
+    baseline_output: np.ndarray                 # (n,) the explained output at the baseline
     attributions: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (n, *sample_shape)
     ig_delta: np.ndarray | None = None          # (n,) sum(IG) - (f(x) - f(baseline))
     attention: list[np.ndarray] | None = None   # per layer (n, heads, tokens, tokens)
 
 
 def attribute_chunk(model, x: np.ndarray, baseline: np.ndarray, methods: tuple[str, ...], *, steps: int,
-                    window: tuple[tuple[int, ...], tuple[int, ...]]) -> ChunkResult:
-    """Explain each row of ``x`` (float32, (n, *sample_shape)) for its predicted class."""
+                    window: tuple[tuple[int, ...], tuple[int, ...]], output: int | None = None) -> ChunkResult:
+    """Explain each row of ``x`` (float32, (n, *sample_shape)): the model's output number
+    ``output``, or (None) the output of each row's predicted class."""
     import torch
 
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     bt = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(baseline, x.shape), dtype=np.float32))
     with torch.no_grad():
-        logits = model(xt)
-        target = logits.argmax(dim=1)
-        base_logit = model(bt).gather(1, target[:, None])[:, 0]
-    res = ChunkResult(logits.numpy().astype(np.float64), base_logit.numpy().astype(np.float64))
+        outputs = model(xt)
+        target = outputs.argmax(dim=1) if output is None else torch.full((len(xt),), output, dtype=torch.int64)
+        base_out = model(bt).gather(1, target[:, None])[:, 0]
+    res = ChunkResult(outputs.numpy().astype(np.float64), target.numpy(), base_out.numpy().astype(np.float64))
     if "attention" in methods:
         res.attention = read_attention(model, xt)
     wanted = [m for m in ("ig", "saliency", "occlusion") if m in methods]

@@ -26,8 +26,8 @@ class SplitRows:
     shards: Path
     split: str
     x: np.ndarray               # (N, *sample_shape) float32, imputed as in training
-    y: np.ndarray               # (N,) class indices into the model's classes
-    labels: np.ndarray          # (N,) class ids as in the shards
+    y: np.ndarray               # (N,) class indices into the model's classes; regression: the targets
+    labels: np.ndarray          # (N,) class ids as in the shards; regression: the targets, (N,) or (N, k)
     shard_file: np.ndarray      # (N,) shard file name of each row
     shard_row: np.ndarray       # (N,) row index in its shard
     feature_names: list[str]
@@ -65,9 +65,9 @@ def load_split(trained, shards: Path, split: str) -> SplitRows:
     if tuple(m.schema.sample_shape) != tuple(trained.sample_shape):
         raise ExplainError(f"shards {str(shards)!r} have sample shape {tuple(m.schema.sample_shape)}; the model was "
                            f"trained on {tuple(trained.sample_shape)}; pass --shards made from the same columns")
-    if m.schema.targets or trained.regression:
-        raise ExplainError(f"{str(trained.run_dir)!r} is a regression model (or {str(shards)!r} holds regression "
-                           "targets); hpctrain explain explains classifiers only")
+    if m.schema.targets != trained.targets:
+        raise ExplainError(f"shards {str(shards)!r} hold {m.schema.targets or 'no'} regression target(s), the model "
+                           f"was trained on {trained.targets or 'class labels'}; pass --shards of the same task")
     if m.rows(split) == 0:
         other = "train" if split == "val" else "val"
         raise ExplainError(f"shards {str(shards)!r} have no rows in split {split!r}; pass --split {other} (or "
@@ -79,15 +79,19 @@ def load_split(trained, shards: Path, split: str) -> SplitRows:
         files.append(np.full(len(y), info.file))
         rows.append(np.arange(len(y), dtype=np.int64))
     x = np.concatenate(xs).astype(np.float32, copy=False)
-    labels = np.concatenate(ys).astype(np.int64)
-    unknown = sorted(set(np.unique(labels).tolist()) - set(trained.classes))
-    if unknown:
-        raise ExplainError(f"shards {str(shards)!r} hold class ids {unknown[:10]} the model was not trained on "
-                           f"(its classes: {trained.classes}); pass shards of the same task")
+    if trained.regression:
+        labels = np.concatenate(ys).astype(np.float64)
+        y = labels
+    else:
+        labels = np.concatenate(ys).astype(np.int64)
+        unknown = sorted(set(np.unique(labels).tolist()) - set(trained.classes))
+        if unknown:
+            raise ExplainError(f"shards {str(shards)!r} hold class ids {unknown[:10]} the model was not trained on "
+                               f"(its classes: {trained.classes}); pass shards of the same task")
+        y = np.searchsorted(np.asarray(trained.classes, dtype=np.int64), labels)
     import torch
 
     x = trained.preprocess.features(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-    y = np.searchsorted(np.asarray(trained.classes, dtype=np.int64), labels)
     source = "train" if m.rows("train") else split
     mean = feature_means(m.column_stats(source), tuple(trained.sample_shape))
     names = list(m.schema.feature_names) or [f"f{i}" for i in range(m.schema.n_features)]

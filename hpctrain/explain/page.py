@@ -23,10 +23,11 @@ def images(rec: dict, x: np.ndarray) -> dict[str, bytes]:
     names = rec["feature_names"]
     if "permutation" in rec:
         feats = rec["permutation"]["features"]
+        key = rec["permutation"]["primary"]
         out["permutation"] = plots.bar_chart(
-            names, np.array([f["macro_f1_drop_mean"] for f in feats]),
+            names, np.array([f[f"{key}_mean"] for f in feats]),
             f"permutation importance ({rec['split']}, {rec['permutation']['repeats']} repeats)",
-            "macro-F1 drop (mean, bars: std over repeats)", np.array([f["macro_f1_drop_std"] for f in feats]))
+            f"{_metric_label(key)} (mean, bars: std over repeats)", np.array([f[f"{key}_std"] for f in feats]))
     for m, v in rec["mean_abs_attribution"].items():
         out[f"attribution_{m}"] = plots.bar_chart(names, np.array(v), f"mean |{m}| per feature "
                                                   f"({rec['settings']['samples']} samples)", f"mean |{m}|")
@@ -47,6 +48,11 @@ def images(rec: dict, x: np.ndarray) -> dict[str, bytes]:
     return out
 
 
+def _metric_label(key: str) -> str:
+    """``macro_f1_drop`` -> ``macro-F1 drop``."""
+    return key.replace("macro_f1", "macro-F1").replace("r2", "R^2").replace("mse", "MSE").replace("_", " ")
+
+
 def _sample_tables(rec: dict) -> str:
     from hpctrain.quality.report import table
 
@@ -59,8 +65,9 @@ def _sample_tables(rec: dict) -> str:
         lead = np.abs(np.array(s["attributions"][methods[0]]))
         order = np.argsort(-lead, kind="stable")[:TABLE_FEATURES]
         rows = [[names[j], s["input"][j]] + [s["attributions"][m][j] for m in methods] for j in order]
-        head = (f"row {s['row']} of {s['shard']}: true {s['true_name']}, predicted {s['pred_name']} "
-                f"(p={s['prob']:.3f})")
+        head = f"row {s['row']} of {s['shard']}: true {s['true_name']}, predicted {s['pred_name']}"
+        if "prob" in s:
+            head += f" (p={s['prob']:.3f})"
         parts.append(f"<h3>{html.escape(head)}</h3>" + table(["feature", "value"] + methods, rows))
     more = len(rec["samples"]) - SAMPLE_TABLES
     if more > 0:
@@ -87,15 +94,17 @@ def html_body(rec: dict, pngs: dict[str, bytes]) -> str:
     out = ["<h2>Summary</h2>", table(["", "value"], facts, left=2)]
     if "permutation" in rec:
         p = rec["permutation"]
+        keys = [p["primary"]] + [k[:-5] for k in p["features"][0] if k.endswith("_mean") and
+                                 k[:-5] != p["primary"]]
+        unshuffled = ", ".join(f"{_metric_label(m)} {v:.4f}" for m, v in p["base"].items())
         out += ["<h2>Permutation importance</h2>",
-                f"<p>Metric drop when one feature is shuffled over the {p['rows']} rows of split "
+                f"<p>Loss of score when one feature is shuffled over the {p['rows']} rows of split "
                 f"{esc(rec['split'])}: mean and standard deviation over {p['repeats']} shuffles. Unshuffled: "
-                f"accuracy {p['base']['accuracy']:.4f}, macro F1 {p['base']['macro_f1']:.4f}.</p>",
-                img_tag(pngs["permutation"], "permutation importance")]
-        feats = sorted(p["features"], key=lambda f: -f["macro_f1_drop_mean"])[:TABLE_ROWS]
-        out.append(table(["feature", "macro-F1 drop", "std", "accuracy drop", "std"],
-                         [[f["feature"], f["macro_f1_drop_mean"], f["macro_f1_drop_std"], f["accuracy_drop_mean"],
-                           f["accuracy_drop_std"]] for f in feats]))
+                f"{esc(unshuffled)}.</p>", img_tag(pngs["permutation"], "permutation importance")]
+        feats = sorted(p["features"], key=lambda f: -f[f"{p['primary']}_mean"])[:TABLE_ROWS]
+        header = ["feature"] + [h for k in keys for h in (_metric_label(k), "std")]
+        out.append(table(header, [[f["feature"]] + [v for k in keys for v in (f[f"{k}_mean"], f[f"{k}_std"])]
+                                  for f in feats]))
         if len(p["features"]) > TABLE_ROWS:
             out.append(f"<p>The {TABLE_ROWS} largest of {len(p['features'])}; every feature is in explain.json.</p>")
     attr = [m for m in rec["mean_abs_attribution"]]

@@ -44,7 +44,7 @@ def _local_work(opts: ExplainOptions, trained, rows, methods, rank: int, size: i
 
     from hpctrain.explain import inputs
     from hpctrain.explain.attribute import attribute_chunk, occlusion_window
-    from hpctrain.explain.permutation import confusion_counts
+    from hpctrain.explain.permutation import score_sums
 
     model = trained.model
     model.eval()
@@ -55,15 +55,16 @@ def _local_work(opts: ExplainOptions, trained, rows, methods, rank: int, size: i
     done = []
     for ci, (lo, hi) in inputs.mine(inputs.chunks(len(idx), inputs.SAMPLE_CHUNK), rank, size):
         done.append((ci, attribute_chunk(model, rows.x[idx[lo:hi]], baseline, tuple(per_sample), steps=opts.steps,
-                                         window=window)))
+                                         window=window, output=0 if trained.regression else None)))
     counts = None
     if "permutation" in methods:
-        def predict(xb: np.ndarray) -> np.ndarray:
+        def forward(xb: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return model(torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))).argmax(dim=1).numpy()
+                return model(torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32))).numpy()
 
         mine = [c for _, c in inputs.mine(inputs.chunks(len(rows.x), inputs.ROW_CHUNK), rank, size)]
-        counts = confusion_counts(predict, rows.x, rows.y, len(trained.classes), mine, opts.repeats, opts.seed)
+        counts = score_sums(forward, rows.x, rows.y, 0 if trained.regression else len(trained.classes), mine,
+                            opts.repeats, opts.seed)
     return idx, baseline, window, done, counts
 
 
@@ -91,8 +92,8 @@ def explain(opts: ExplainOptions, *, comm=None, echo: Callable[[str], None] = pr
         rows = inputs.load_split(trained, inputs.shard_dir(trained, opts.shards), opts.split)
         idx, baseline, window, done, counts = _local_work(opts, trained, rows, methods, comm.rank, comm.size)
         if counts is not None:
-            # counts are integers far below 2**53: the float64 sum over ranks is exact
-            counts = tuple(np.rint(comm.allreduce(c.astype(np.float64), "sum")).astype(np.int64) for c in counts)
+            # confusion counts are integers far below 2**53: their float64 sum over ranks is exact
+            counts = tuple(comm.allreduce(c, "sum") for c in counts)
         gathered = comm.gather(done)
         rec = None
         if comm.rank == 0:
@@ -121,24 +122,31 @@ def assemble(opts, trained, rows, methods, idx, baseline, window, chunks, counts
 
     shape = tuple(int(s) for s in trained.sample_shape)
     n = len(idx)
-    logits = np.concatenate([c.logits for c in chunks]) if chunks else np.zeros((0, len(trained.classes)))
-    base_logit = np.concatenate([c.baseline_logit for c in chunks]) if chunks else np.zeros(0)
-    proba = _softmax(logits) if n else logits
-    pred = logits.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    outputs = np.concatenate([c.outputs for c in chunks])
+    target = np.concatenate([c.target for c in chunks])
+    base_out = np.concatenate([c.baseline_output for c in chunks])
     attr = {m: np.concatenate([c.attributions[m] for c in chunks]) for m in ATTRIBUTIONS if m in methods}
     delta = np.concatenate([c.ig_delta for c in chunks]) if "ig" in methods else None
     samples = []
     for i in range(n):
         row = int(idx[i])
-        k = int(pred[i])
-        s = {"index": row, "shard": str(rows.shard_file[row]), "row": int(rows.shard_row[row]),
-             "label": int(rows.labels[row]), "pred": int(trained.classes[k]),
-             "true_name": _label(trained, rows, int(rows.y[row])), "pred_name": _label(trained, rows, k),
-             "prob": float(proba[i, k]), "logits": logits[i].tolist(), "target_logit": float(logits[i, k]),
-             "baseline_logit": float(base_logit[i]), "input": rows.x[row].reshape(-1).astype(float).tolist(),
-             "attributions": {m: a[i].reshape(-1).tolist() for m, a in attr.items()}}
+        k = int(target[i])
+        s = {"index": row, "shard": str(rows.shard_file[row]), "row": int(rows.shard_row[row])}
+        if trained.regression:
+            label, pred = rows.labels[row], outputs[i]
+            s.update(label=np.asarray(label).tolist(), pred=pred.tolist() if pred.size > 1 else float(pred[0]),
+                     true_name=" ".join(f"{v:.3g}" for v in np.ravel(label)),
+                     pred_name=" ".join(f"{v:.3g}" for v in np.ravel(pred)))
+        else:
+            proba = _softmax(outputs[i:i + 1])[0]
+            s.update(label=int(rows.labels[row]), pred=int(trained.classes[k]),
+                     true_name=_label(trained, rows, int(rows.y[row])), pred_name=_label(trained, rows, k),
+                     prob=float(proba[k]))
+        s.update(outputs=outputs[i].tolist(), target_index=k, target_output=float(outputs[i, k]),
+                 baseline_output=float(base_out[i]), input=rows.x[row].reshape(-1).astype(float).tolist(),
+                 attributions={m: a[i].reshape(-1).tolist() for m, a in attr.items()})
         if delta is not None:
-            gap = logits[i, k] - base_logit[i]
+            gap = outputs[i, k] - base_out[i]
             s["ig_sum"] = float(attr["ig"][i].sum())
             s["ig_delta"] = float(delta[i])
             s["ig_relative_error"] = float(abs(delta[i]) / max(abs(gap), 1e-12))
@@ -149,10 +157,11 @@ def assemble(opts, trained, rows, methods, idx, baseline, window, chunks, counts
         "split": opts.split, "rows": int(len(rows.x)), "ranks": int(ranks), "methods": list(methods),
         "model": {"kind": getattr(trained.config.model, "kind", None) if trained.config.model.module is None
                   else trained.config.model.module, "sample_shape": list(shape),
-                  "image": len(shape) >= 2, "classes": [int(c) for c in trained.classes],
+                  "image": len(shape) >= 2, "classes": [int(c) for c in trained.classes], "targets": trained.targets,
                   "class_names": rows.class_names},
         "feature_names": rows.feature_names,
-        "target": "logit of the predicted class",
+        "task": "regression" if trained.regression else "classification",
+        "target": "the first regression output" if trained.regression else "logit of the predicted class",
         "baseline": {"kind": opts.baseline, "source": f"manifest statistics, split {rows.baseline_source}"
                      if opts.baseline == "mean" else "zeros", "values": baseline.reshape(-1).astype(float).tolist()},
         "settings": {"samples": int(n), "seed": opts.seed, "ig_steps": opts.steps, "repeats": opts.repeats,
@@ -164,7 +173,7 @@ def assemble(opts, trained, rows, methods, idx, baseline, window, chunks, counts
         rec["ig_completeness"] = {"max_relative_error": max(s["ig_relative_error"] for s in samples),
                                   "max_abs_delta": float(np.abs(delta).max())}
     if counts is not None:
-        rec["permutation"] = importance(counts[0], counts[1], rows.feature_names)
+        rec["permutation"] = importance(counts[0], counts[1], rows.feature_names, trained.regression)
     if "attention" in methods:
         layers = [np.concatenate([c.attention[li] for c in chunks]) for li in range(len(chunks[0].attention))] \
             if chunks else []
@@ -183,6 +192,7 @@ def summary_line(rec: dict) -> str:
     if "ig_completeness" in rec:
         out.append(f"IG completeness: max relative error {rec['ig_completeness']['max_relative_error']:.2e}")
     if "permutation" in rec:
-        top = max(rec["permutation"]["features"], key=lambda f: f["macro_f1_drop_mean"])
-        out.append(f"most important (permutation): {top['feature']} (macro-F1 drop {top['macro_f1_drop_mean']:.4f})")
+        key = rec["permutation"]["primary"]
+        top = max(rec["permutation"]["features"], key=lambda f: f[f"{key}_mean"])
+        out.append(f"most important (permutation): {top['feature']} ({key.replace('_', ' ')} {top[f'{key}_mean']:.4f})")
     return "; ".join(out) + f"; report: {rec['out']}/explain.html"
