@@ -39,7 +39,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _local_work(opts: ExplainOptions, trained, rows, methods, rank: int, size: int):
-    """This rank's share: attributions of its sample chunks, confusion counts of its row chunks."""
+    """This rank's share: attributions of its sample chunks, score sums of its row chunks."""
     import torch
 
     from hpctrain.explain import inputs
@@ -93,6 +93,7 @@ def explain(opts: ExplainOptions, *, comm=None, echo: Callable[[str], None] = pr
         idx, baseline, window, done, counts = _local_work(opts, trained, rows, methods, comm.rank, comm.size)
         if counts is not None:
             # confusion counts are integers far below 2**53: their float64 sum over ranks is exact
+            # (regression's error sums agree with one rank's to rounding)
             counts = tuple(comm.allreduce(c, "sum") for c in counts)
         gathered = comm.gather(done)
         rec = None
