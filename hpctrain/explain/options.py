@@ -34,19 +34,20 @@ class ExplainOptions:
     run: Path = field(metadata={"help": "run directory of a completed 'hpctrain train' run, or a model artifact"})
     out: Path = field(metadata={"help": "output directory (explain.json, PNGs, explain.html)"})
     shards: Path | None = field(default=None, metadata={
-        "help": "shard directory to explain (default: the run's data.dir)"})
-    split: str = field(default="val", metadata={"help": "manifest split whose rows are explained (train or val)"})
+        "help": "shard directory to explain", "default_text": "the run's data.dir"})
+    split: str = field(default="val", metadata={"help": "split whose rows are explained: train or val"})
     samples: int = field(default=16, metadata={
         "help": "rows explained one by one (IG, saliency, occlusion, attention)"})
     methods: tuple[str, ...] | None = field(default=None, metadata={
         "help": "methods to run (None: all that apply to the model)"})
     baseline: str = field(default="mean", metadata={
-        "help": "IG and occlusion baseline: mean (training feature means from the manifest) or zero"})
+        "help": "IG and occlusion baseline: mean (the training split's feature means, from the manifest's "
+                "statistics) or zero"})
     steps: int = field(default=64, metadata={"help": "integrated-gradients steps (more: smaller completeness error)"})
     repeats: int = field(default=5, metadata={"help": "permutation-importance shuffles per feature"})
     window: int | None = field(default=None, metadata={
-        "help": "occlusion window (pixels per side for images; features for tables); default 1 for tables and "
-                "max(1, min(H, W) // 8) for images"})
+        "help": "occlusion window: features (tables) or pixels per side (images)",
+        "default_text": "1 for tables, max(1, min(H, W) // 8) for images"})
     seed: int = field(default=0, metadata={"help": "seed of the sample choice and the permutations"})
 
     def __post_init__(self):
