@@ -28,6 +28,7 @@ COMMANDS = [
     "impute",
     "train",
     "predict",
+    "explain",
     "export",
     "compress",
     "serve",
