@@ -23,6 +23,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "serve"),
     "starlette": ("starlette", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
+    "cryptography": ("cryptography", "secure"),
 }
 
 

@@ -180,6 +180,11 @@ def _check_meta(meta: Any, mpath: str) -> dict:
             raise _bad_field(where, name, meta[name], "a positive integer")
     if "compression" in meta and meta["compression"] not in COMPRESSIONS:
         raise _bad_field(where, "compression", meta["compression"], f"one of {', '.join(COMPRESSIONS)}")
+    enc = meta.get("encryption")
+    if enc is not None and not (isinstance(enc, dict) and enc.get("cipher") == "AES-256-GCM"
+                                and isinstance(enc.get("key_id"), str) and enc.get("container") == 1):
+        raise _bad_field(where, "encryption", enc, "an object with cipher 'AES-256-GCM', container 1 and the "
+                         "key_id (written by 'hpctrain shard --encrypt')")
     return dict(meta)
 
 
@@ -244,6 +249,11 @@ class Manifest:
 
     def path(self, shard: ShardInfo) -> Path:
         return _safe_relative(self.root, shard.file)
+
+    @property
+    def encryption(self) -> dict | None:
+        """meta.encryption of an encrypted shard directory (cipher, key id), else None."""
+        return self.meta.get("encryption") or None
 
     @property
     def chunk_rows(self) -> int:
