@@ -83,8 +83,9 @@ def world_writable_dir(path: str | os.PathLike) -> Path | None:
 
 def check_trusted_location(path: str | os.PathLike, what: str, *, trust_path: bool = False) -> None:
     """Refuse to load ``what`` from a directory that any user can write into (they could
-    swap the file), unless the caller passed ``--trust-path``."""
-    if trust_path:
+    swap the file), unless the caller passed ``--trust-path`` (which sets HPCTRAIN_TRUST_PATH=1
+    for the process and the ranks it starts)."""
+    if trust_path or os.environ.get("HPCTRAIN_TRUST_PATH") == "1":
         return
     bad = world_writable_dir(path)
     if bad is not None:
