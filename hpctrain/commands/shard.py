@@ -80,6 +80,10 @@ def _write(args):
 
         raise MaskError("--mask-key is only used by --mask COLUMN:hash; add one or drop --mask-key")
     key = load_key(args.encrypt) if args.encrypt else None
+    if key is not None:
+        from hpctrain.extras import require
+
+        require("cryptography", "hpctrain shard --encrypt")  # before any output exists
     t0 = time.perf_counter()
     m = write_shards(args.input, args.out, shards=args.shards, rows_per_shard=args.rows_per_shard, label=args.label,
                      compression=args.compression, seed=args.seed, val_fraction=args.val_fraction,

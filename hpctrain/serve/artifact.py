@@ -204,6 +204,9 @@ def load_weights(path: str | Path, manifest: dict) -> dict:
     if not isinstance(w, dict) or not isinstance(w.get("file"), str) or "/" in w["file"] or w["file"] in ("", ".."):
         raise ArtifactError(f"{str(Path(path) / MANIFEST)!r} names no weight file; re-export the model")
     f = Path(path) / w["file"]
+    from hpctrain.secure.keys import check_trusted_location
+
+    check_trusted_location(f, "model artifact")
     if not f.is_file():
         raise ArtifactError(f"weight file {str(f)!r} is missing; the artifact is incomplete: re-export the model")
     got = sha256_file(f)

@@ -91,7 +91,9 @@ def load(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     import torch
 
     from hpctrain.secure.container import is_encrypted
+    from hpctrain.secure.keys import check_trusted_location
 
+    check_trusted_location(path, "checkpoint")  # whoever can swap the file chooses the weights we load
     try:
         src = _decrypted(Path(path)) if is_encrypted(path) else path
         obj = torch.load(src, map_location=map_location, weights_only=True)

@@ -467,11 +467,21 @@ class Trainer:
 
 def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Train (or resume, or recognise as finished) the run ``cfg.run.dir``; see the module doc."""
-    from hpctrain.secure.perms import make_private_dir, private_umask
+    from hpctrain.secure.perms import private_umask
+
+    # before anything is created: checkpoints, logs and plots private whatever the user's umask;
+    # the caller's umask comes back afterwards (train() is also a library call)
+    old = private_umask(cfg.run.group_share)
+    try:
+        return _train(cfg, stop_requested)
+    finally:
+        os.umask(old)
+
+
+def _train(cfg: TrainConfig, stop_requested: Callable[[], bool] | None) -> TrainResult:
+    from hpctrain.secure.perms import make_private_dir
 
     info = rank_info()
-    # before anything is created: checkpoints, logs and plots private whatever the user's umask
-    private_umask(cfg.run.group_share)
     plan = check_runtime(cfg, info.world_size)
     run_dir = Path(cfg.run.dir)
     done = read_result(run_dir)
