@@ -447,3 +447,47 @@ def test_group_share_opens_the_run_dir_to_the_group_only(tmp_path):
     assert modes["."] == 0o750
     assert all(m & 0o007 == 0 and m & 0o020 == 0 for m in modes.values()), modes
     assert modes["checkpoints/final.pt"] == 0o640
+
+
+# -- serve: bearer token
+
+
+def _call(app, path, headers=()):
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(msg):
+        sent.append(msg)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": list(headers)}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_token_file_guards_every_endpoint_but_health(tmp_path):
+    pytest.importorskip("starlette")
+    from hpctrain.serve.server import _loopback, _RequireToken
+    from hpctrain.secure.keys import read_token
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    tok = tmp_path / "token"
+    tok.write_text("s3cret-token-0123456789\n")
+    os.chmod(tok, 0o644)
+    with pytest.raises(SecurityError, match="chmod 600"):
+        read_token(tok)
+    os.chmod(tok, 0o600)
+    app = _RequireToken(inner, read_token(tok))
+    assert _call(app, "/health") == 200
+    for path in ("/predict", "/ready", "/metadata", "/metrics", "/nope"):
+        assert _call(app, path) == 401
+        assert _call(app, path, [(b"authorization", b"Bearer wrong-token-0123456789")]) == 401
+        assert _call(app, path, [(b"authorization", b"Bearer s3cret-token-0123456789")]) == 200
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("10.1.2.3")

@@ -149,6 +149,27 @@ def load_key(path: str | os.PathLike, *, trust_path: bool = False) -> Key:
     return Key(material, p)
 
 
+def read_token(path: str | os.PathLike, *, trust_path: bool = False) -> str:
+    """A bearer token from a private file (same rules as a key file: 0600, trusted directory)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise SecurityError(f"token file {str(p)!r} cannot be read ({e.strerror}); write one, e.g. "
+                            f"'python -c \"import secrets; print(secrets.token_urlsafe(32))\" > {p}; chmod 600 {p}'"
+                            ) from None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise SecurityError(f"token file {str(p)!r} has mode {mode:04o}: group or others can read it; "
+                            f"'chmod 600 {p}'")
+    check_trusted_location(p, "token file", trust_path=trust_path)
+    token = p.read_text(encoding="utf-8", errors="replace").strip()
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise SecurityError(f"token file {str(p)!r} must hold one token of at least 16 characters without spaces "
+                            "(e.g. secrets.token_urlsafe(32))")
+    return token
+
+
 def as_key(key: Key | str | os.PathLike | None, *, trust_path: bool = False) -> Key | None:
     """``key`` as a loaded :class:`Key`: a Key passes through, a path is loaded, None stays None."""
     if key is None or isinstance(key, Key):

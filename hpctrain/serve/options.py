@@ -27,6 +27,9 @@ class ServeOptions:
     graceful_timeout_s: float = field(default=30.0, metadata={"help": "on SIGTERM, longest wait for requests "
                                                                       "in flight"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+    token_file: str | None = field(default=None, metadata={
+        "help": "file (mode 0600) holding a bearer token that every request but GET /health must send as "
+                "'Authorization: Bearer TOKEN'"})
 
     def __post_init__(self):
         checks = [("port", 0 <= self.port <= 65535, "0..65535"), ("max_batch", self.max_batch >= 1, ">= 1"),
