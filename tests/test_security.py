@@ -491,3 +491,39 @@ def test_token_file_guards_every_endpoint_but_health(tmp_path):
         assert _call(app, path, [(b"authorization", b"Bearer s3cret-token-0123456789")]) == 200
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("10.1.2.3")
+
+
+# -- encrypted model artifacts
+
+
+def test_export_encrypts_the_weights_and_predict_needs_the_key(tmp_path, keydir, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    from hpctrain.predict import load_run
+    from hpctrain.train.trainer import train
+
+    keygen(keydir / "k")
+    keygen(keydir / "ak")
+    data = _blobs(tmp_path / "plain")
+    run = tmp_path / "run"
+    assert train(_cfg(data, run, run={"epochs": 1}, checkpoint={"encrypt": str(keydir / "k")})).status == "completed"
+    keyring.clear()
+    # the run's checkpoints are encrypted: export needs their key
+    assert main(["export", str(run), "--out", str(tmp_path / "m0")]) == 2
+    assert "checkpoint.encrypt" in capsys.readouterr().err
+    assert main(["export", str(run), "--out", str(tmp_path / "plainm"), "--key", str(keydir / "k")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "m"), "--key", str(keydir / "k"),
+                 "--encrypt", str(keydir / "ak")]) == 0
+    keyring.clear()
+    art = json.loads((tmp_path / "m" / "artifact.json").read_text())
+    assert art["weights"]["encryption"]["key_id"] == load_key(keydir / "ak").key_id
+    assert (tmp_path / "m" / art["weights"]["file"]).read_bytes()[:8] == b"HPCTAEAD"
+    assert main(["predict", str(tmp_path / "m"), str(data), "--out", str(tmp_path / "p.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "encrypted with the key of id" in err and "--key" in err
+    keyring.add(keydir / "ak")
+    x = np.concatenate([a for _, a, _ in iter_arrays(data)])
+    np.testing.assert_array_equal(load_run(tmp_path / "m").predict(x), load_run(tmp_path / "plainm").predict(x))
+    keyring.clear()
+    assert main(["predict", str(tmp_path / "m"), str(data), "--out", str(tmp_path / "p.npz"), "--key",
+                 str(keydir / "ak")]) == 0

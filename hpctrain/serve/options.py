@@ -27,6 +27,9 @@ class ServeOptions:
     graceful_timeout_s: float = field(default=30.0, metadata={"help": "on SIGTERM, longest wait for requests "
                                                                       "in flight"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+    key: str | None = field(default=None, metadata={
+        "help": "key file of an encrypted artifact or run ('export --encrypt', checkpoint.encrypt); each worker "
+                "reads it itself"})
     token_file: str | None = field(default=None, metadata={
         "help": "file (mode 0600) holding a bearer token that every request but GET /health must send as "
                 "'Authorization: Bearer TOKEN'"})

@@ -347,6 +347,10 @@ def build_app(opts: ServeOptions, preloaded=None):
 def worker_app():
     """The app of one worker process under ``--workers N`` (uvicorn imports it by name)."""
     opts = ServeOptions(**json.loads(os.environ[ENV_OPTIONS]))
+    if opts.key:  # the path travels in the environment, never the key
+        from hpctrain.secure import keyring
+
+        keyring.add(opts.key)
     return build_app(opts)
 
 
@@ -401,6 +405,10 @@ def serve(opts: ServeOptions) -> int:
 
     for module in ("starlette", "prometheus_client", "safetensors"):
         require(module, "hpctrain serve")
+    if opts.key:
+        from hpctrain.secure import keyring
+
+        keyring.add(opts.key)
     uvicorn = require("uvicorn", "hpctrain serve")
     from hpctrain.predict import load_run
 
