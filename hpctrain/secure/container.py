@@ -123,7 +123,7 @@ class EncryptedFile(io.RawIOBase):
         self._cache_chunks = max(1, cache_chunks)
         self._pos = 0
         try:
-            self._f = open(self.path, "rb")
+            self._f = open(self.path, "rb", buffering=0)  # reads are whole chunks: no second buffer
         except FileNotFoundError:
             raise SecurityError(f"encrypted file {str(self.path)!r} does not exist") from None
         try:
@@ -164,6 +164,9 @@ class EncryptedFile(io.RawIOBase):
                              "was modified")
         self.header, self.chunk_bytes, self.size, self.n_chunks = raw, cb, size, n
         self._aead = _aesgcm(fk)
+        self._fk = fk
+        self._scratch: bytearray | None = None
+        self._direct = True  # decrypt whole chunks straight into the caller's buffer (see _decrypt_into)
 
     # -- io.RawIOBase
     def readable(self) -> bool:
@@ -183,6 +186,16 @@ class EncryptedFile(io.RawIOBase):
         self._pos = pos
         return pos
 
+    def _read_exact(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            piece = self._f.read(n - got)
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
+
     def _chunk(self, i: int) -> bytes:
         got = self._cache.get(i)
         if got is not None:
@@ -190,9 +203,9 @@ class EncryptedFile(io.RawIOBase):
             return got
         if self._failure is not None:
             raise SecurityError(self._failure)
-        plain_len = min(self.chunk_bytes, self.size - i * self.chunk_bytes)
+        plain_len = self._plain_len(i)
         self._f.seek(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES))
-        sealed = self._f.read(plain_len + TAG_BYTES)
+        sealed = self._read_exact(plain_len + TAG_BYTES)
         from cryptography.exceptions import InvalidTag
 
         try:
@@ -206,12 +219,56 @@ class EncryptedFile(io.RawIOBase):
             self._cache.popitem(last=False)
         return plain
 
+    def _plain_len(self, i: int) -> int:
+        return min(self.chunk_bytes, self.size - i * self.chunk_bytes)
+
+    def _decrypt_into(self, i: int, dest: memoryview) -> bool:
+        """Decrypt chunk i straight into ``dest`` (exactly its length), saving the copy and the
+        allocation of the cached path: the ciphertext goes into one reused buffer, the plaintext
+        into the caller's. If the tag fails, ``dest`` is zeroed before raising, so no
+        unauthenticated byte stays behind. False when this cryptography build cannot (older
+        versions want 15 spare bytes after the output)."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        n = len(dest)
+        if self._scratch is None or len(self._scratch) < n + TAG_BYTES:
+            self._scratch = bytearray(self.chunk_bytes + TAG_BYTES)
+        sealed = memoryview(self._scratch)[:n + TAG_BYTES]
+        self._f.seek(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES))
+        got = 0
+        while got < len(sealed):
+            k = self._f.readinto(sealed[got:])
+            if not k:
+                break
+            got += k
+        dec = Cipher(algorithms.AES(self._fk), modes.GCM(i.to_bytes(12, "big"), bytes(sealed[n:]))).decryptor()
+        dec.authenticate_additional_data(_aad(self.header, self.identity, i))
+        try:
+            dec.update_into(sealed[:n], dest)
+        except ValueError:
+            self._direct = False
+            return False
+        try:
+            dec.finalize()
+        except InvalidTag:
+            dest[:] = bytes(n)
+            raise self._fail(f"chunk {i} of {self.n_chunks} fails authentication: the file was modified, its "
+                             "chunks reordered or mixed with another file's, or it was renamed from another name "
+                             f"than {self.identity.decode(errors='replace')!r}") from None
+        return True
+
     def readinto(self, b) -> int:
         out = memoryview(b).cast("B")
         want = min(len(out), max(0, self.size - self._pos))
         done = 0
         while done < want:
             i, off = divmod(self._pos + done, self.chunk_bytes)
+            plain_len = self._plain_len(i)
+            if (off == 0 and want - done >= plain_len and self._direct and i not in self._cache
+                    and self._failure is None and self._decrypt_into(i, out[done:done + plain_len])):
+                done += plain_len
+                continue
             chunk = self._chunk(i)
             k = min(want - done, len(chunk) - off)
             out[done:done + k] = chunk[off:off + k]
