@@ -163,6 +163,25 @@ def test_every_tampering_fails_naming_the_file_and_returns_nothing(tmp_path, dam
         assert "another key" in str(e.value) and "other-key" in str(e.value)
 
 
+def test_a_failed_chunk_leaves_zeros_not_plaintext_in_the_callers_buffer(tmp_path):
+    k = Key(os.urandom(32), "mem")
+    data = os.urandom(4000)
+    p = _sealed(tmp_path / "f", data, k)
+    raw = bytearray(p.read_bytes())
+    raw[HEADER_BYTES + (1000 + TAG_BYTES) + 5] ^= 0x01  # chunk 1
+    p.write_bytes(bytes(raw))
+    out = bytearray(b"\xff" * 4000)
+    f = EncryptedFile(p, k, "a.h5")
+    with pytest.raises(SecurityError, match="chunk 1 of 4"):
+        f.readinto(out)
+    assert out[:1000] == data[:1000]  # chunk 0 passed its tag
+    assert out[1000:2000] == bytes(1000)  # chunk 1 did not: wiped, never plaintext of a bad chunk
+    with pytest.raises(SecurityError):  # and the file stays failed
+        f.seek(0)
+        f.read(10)
+    f.close()
+
+
 # -- encrypted shards
 
 
