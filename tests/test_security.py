@@ -546,3 +546,58 @@ def test_export_encrypts_the_weights_and_predict_needs_the_key(tmp_path, keydir,
     keyring.clear()
     assert main(["predict", str(tmp_path / "m"), str(data), "--out", str(tmp_path / "p.npz"), "--key",
                  str(keydir / "ak")]) == 0
+
+
+def test_cli_runs_with_keys_leave_no_key_bytes_in_any_file_or_script(tmp_path, keydir, capsys, monkeypatch):
+    """Test 5 of the issue through the commands: shard, train --key, a local submission (its
+    submitit pickles and batch script), the sbatch script of --dry-run, profile --key and predict
+    --key. Every file written, and everything printed, is free of the key's bytes."""
+    pytest.importorskip("torch")
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)  # 'submit' tightens the process umask for good: give it back afterwards
+    try:
+        _cli_runs(tmp_path, keydir, capsys)
+    finally:
+        os.umask(old)
+
+
+def _cli_runs(tmp_path, keydir, capsys):
+    key = keygen(keydir / "k")
+    kp = str(keydir / "k")
+    assert main(["shard", "synthetic:classification?rows=800&features=5&classes=3", "--out", "enc",
+                 "--encrypt", kp, "--val-fraction", "0.25"]) == 0
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"run: {{name: cli, dir: runs/cli, epochs: 1}}\ndata: {{dir: enc, batch_size: 32}}\n"
+                   f"model: {{kind: mlp, hidden: [8]}}\ncomm: {{backend: mpi}}\nlogging: {{progress: false}}\n"
+                   f"checkpoint: {{encrypt: {kp}}}\n")
+    assert main(["train", str(cfg), "--key", kp]) == 0
+    keyring.clear()
+    assert main(["submit", str(cfg), "--cluster", "local", "--set", "data.key=" + kp, "--set", "run.dir=runs/sub",
+                 "--name", "sub"]) == 0
+    keyring.clear()
+    assert main(["submit", str(cfg), "--dry-run", "--set", "data.key=" + kp, "--set", "run.dir=runs/dry",
+                 "--name", "dry"]) == 0
+    keyring.clear()
+    assert main(["predict", "runs/cli", "enc", "--out", "p.npz", "--key", kp]) == 0
+    pytest.importorskip("sklearn")
+    keyring.clear()
+    assert main(["profile", "enc", "--out", "prof", "--key", kp]) == 0
+    printed = capsys.readouterr()
+    needles = [key.material, key.material.hex().encode(), key.material.hex().upper().encode()]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and "keys" not in p.parts]
+    names = {p.name for p in files}
+    assert "config.resolved.json" in names and "report.html" in names and "manifest.json" in names
+    assert any(p.suffix == ".pkl" for p in files)  # submitit's pickles (a local run has no batch script)
+    # 'submit' tightened the umask before it created anything: the submitted run is private
+    sub = tmp_path / "runs" / "sub"
+    loose = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in [sub, *sub.rglob("*")]
+             if stat.S_IMODE(p.stat().st_mode) & 0o077}
+    assert not loose, loose
+    for p in files:
+        data = p.read_bytes()
+        assert not any(n in data for n in needles), p
+    for text in (printed.out, printed.err):
+        assert not any(n.decode(errors="ignore") in text for n in needles[1:])
+    assert "#SBATCH" in printed.out  # the dry run's script was printed and checked too

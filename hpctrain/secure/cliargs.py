@@ -30,6 +30,8 @@ def apply(args) -> None:
     if getattr(args, "trust_path", False):
         os.environ[TRUST_ENV] = "1"
     keys = getattr(args, "key", None) or []
+    if isinstance(keys, (str, os.PathLike)):  # train's --key is one path (it becomes data.key)
+        keys = [keys]
     if keys:
         from hpctrain.secure import keyring
 
