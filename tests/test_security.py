@@ -601,3 +601,41 @@ def _cli_runs(tmp_path, keydir, capsys):
     for text in (printed.out, printed.err):
         assert not any(n.decode(errors="ignore") in text for n in needles[1:])
     assert "#SBATCH" in printed.out  # the dry run's script was printed and checked too
+
+
+def test_commands_that_would_write_a_decrypted_copy_refuse_encrypted_input(tmp_path, keydir, capsys):
+    keygen(keydir / "k")
+    assert main(["shard", "synthetic:classification?rows=400&features=4&classes=2", "--out", str(tmp_path / "enc"),
+                 "--encrypt", str(keydir / "k")]) == 0
+    for argv in (["clean", str(tmp_path / "enc"), "--out", str(tmp_path / "c")],
+                 ["balance", str(tmp_path / "enc"), "--method", "oversample", "--out", str(tmp_path / "b")],
+                 ["impute", "apply", str(tmp_path / "enc"), "--out", str(tmp_path / "i")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "would leave a decrypted copy" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / argv[-1]).exists()
+    # reading commands take the key: imputation statistics from encrypted shards
+    assert main(["impute", "fit", str(tmp_path / "enc"), "--key", str(keydir / "k")]) == 0
+    assert (tmp_path / "enc" / "imputer.json").is_file()
+
+
+def test_a_config_or_checkpoint_in_a_world_writable_directory_needs_trust_path(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from hpctrain.train.checkpoint import load, save_file
+
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    cfg = d / "t.yaml"
+    cfg.write_text("run: {name: x}\ndata: {dir: nowhere}\n")
+    assert main(["train", str(cfg), "--check"]) == 2
+    assert "--trust-path" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--check", "--trust-path"]) == 2  # now the config is read: its data is missing
+    assert "nowhere" in capsys.readouterr().err
+    import torch
+
+    save_file(d / "c.pt", {"model": {"w": torch.zeros(2)}})
+    os.environ.pop("HPCTRAIN_TRUST_PATH", None)
+    with pytest.raises(SecurityError, match="checkpoint .*any user can write"):
+        load(d / "c.pt")

@@ -82,10 +82,15 @@ def request_from_args(args):
     from hpctrain.slurm.retry import RetryPolicy
     from hpctrain.slurm.sbatch import QUEUE_FIELDS, RESOURCE_FIELDS, JobSpec
 
-    from hpctrain.secure.cliargs import apply
+    import os
+
+    from hpctrain.secure.cliargs import apply, check_config_path
     from hpctrain.secure.perms import private_umask
 
     apply(args)
+    for path in (args.config, getattr(args, "script", None)):
+        if path and os.path.isfile(path):  # the config, or the script the job will run
+            check_config_path(path, "config" if path == args.config else "script")
     group = bool(getattr(args, "group_share", False))
     if group:
         args.overrides = [*args.overrides, "run.group_share=true"]

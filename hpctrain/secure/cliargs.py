@@ -39,6 +39,23 @@ def apply(args) -> None:
             keyring.add(k)
 
 
+def refuse_encrypted_input(shard_dir, command: str) -> None:
+    """Commands that write new shards from their input (clean, balance, impute apply, update)
+    would write a decrypted copy: refused for encrypted input rather than leak it."""
+    from hpctrain.data.shards import Manifest, ShardError
+    from hpctrain.secure.keys import SecurityError
+
+    try:
+        enc = Manifest.load(shard_dir, check_files=False).encryption
+    except ShardError:
+        return  # the command reports a bad directory itself
+    if enc:
+        raise SecurityError(f"{str(shard_dir)!r} is encrypted; 'hpctrain {command}' writes new shards from it and "
+                            "cannot encrypt them yet, so it would leave a decrypted copy: refused. Train on the "
+                            "encrypted shards directly (data.key), or re-shard the source with the change and "
+                            "--encrypt")
+
+
 def check_config_path(path, what: str = "config") -> None:
     from hpctrain.secure.keys import check_trusted_location
 
