@@ -186,10 +186,10 @@ class EncryptedFile(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def _read_exact(self, n: int) -> bytes:
+    def _read_exact(self, offset: int, n: int) -> bytes:
         parts, got = [], 0
         while got < n:
-            piece = self._f.read(n - got)
+            piece = os.pread(self._f.fileno(), n - got, offset + got)
             if not piece:
                 break
             parts.append(piece)
@@ -204,8 +204,7 @@ class EncryptedFile(io.RawIOBase):
         if self._failure is not None:
             raise SecurityError(self._failure)
         plain_len = self._plain_len(i)
-        self._f.seek(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES))
-        sealed = self._read_exact(plain_len + TAG_BYTES)
+        sealed = self._read_exact(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES), plain_len + TAG_BYTES)
         from cryptography.exceptions import InvalidTag
 
         try:
@@ -235,10 +234,10 @@ class EncryptedFile(io.RawIOBase):
         if self._scratch is None or len(self._scratch) < n + TAG_BYTES:
             self._scratch = bytearray(self.chunk_bytes + TAG_BYTES)
         sealed = memoryview(self._scratch)[:n + TAG_BYTES]
-        self._f.seek(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES))
-        got = 0
+        # positioned reads: no shared file offset for a forked child or another thread to move
+        start, got = HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES), 0
         while got < len(sealed):
-            k = self._f.readinto(sealed[got:])
+            k = os.preadv(self._f.fileno(), [sealed[got:]], start + got)
             if not k:
                 break
             got += k
