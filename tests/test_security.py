@@ -639,3 +639,58 @@ def test_a_config_or_checkpoint_in_a_world_writable_directory_needs_trust_path(t
     os.environ.pop("HPCTRAIN_TRUST_PATH", None)
     with pytest.raises(SecurityError, match="checkpoint .*any user can write"):
         load(d / "c.pt")
+
+
+def test_a_real_server_with_a_token_file(tmp_path):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("safetensors")
+    import http.client
+    import socket
+    import subprocess
+    import time
+
+    from hpctrain.train.trainer import train
+
+    data = _blobs(tmp_path / "plain")
+    assert train(_cfg(data, tmp_path / "run", run={"epochs": 1})).status == "completed"
+    tok = tmp_path / "token"
+    tok.write_text("s3cret-token-0123456789\n")
+    os.chmod(tok, 0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "hpctrain", "serve", str(tmp_path / "run"), "--port", str(port),
+                             "--token-file", str(tok)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    def get(path, token=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            c.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+            r = c.getresponse()
+            r.read()
+            return r.status
+        finally:
+            c.close()
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "the server exited early"
+            try:
+                if get("/health") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        assert get("/ready") == 401 and get("/metadata", "wrong-token-0123456789") == 401
+        for _ in range(300):  # the model may still be loading: 503 until ready
+            if get("/ready", "s3cret-token-0123456789") == 200:
+                break
+            time.sleep(0.1)
+        assert get("/ready", "s3cret-token-0123456789") == 200
+        assert get("/metrics", "s3cret-token-0123456789") == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

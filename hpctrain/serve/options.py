@@ -30,6 +30,8 @@ class ServeOptions:
     key: str | None = field(default=None, metadata={
         "help": "key file of an encrypted artifact or run ('export --encrypt', checkpoint.encrypt); each worker "
                 "reads it itself"})
+    trust_path: bool = field(default=False, metadata={
+        "help": "load the model, key and token even from a directory any user can write"})
     token_file: str | None = field(default=None, metadata={
         "help": "file (mode 0600) holding a bearer token that every request but GET /health must send as "
                 "'Authorization: Bearer TOKEN'"})

@@ -405,6 +405,10 @@ def serve(opts: ServeOptions) -> int:
 
     for module in ("starlette", "prometheus_client", "safetensors"):
         require(module, "hpctrain serve")
+    if opts.trust_path:
+        from hpctrain.secure.cliargs import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # this process and the workers it starts
     if opts.key:
         from hpctrain.secure import keyring
 
