@@ -20,6 +20,7 @@ COMMANDS = [
     "doctor",
     "launch",
     "shard",
+    "keygen",
     "farm",
     "profile",
     "drift",

@@ -24,6 +24,7 @@ MODULES: dict[str, tuple[str, str]] = {
     "starlette": ("starlette", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
     "captum": ("captum", "explain"),
+    "cryptography": ("cryptography", "secure"),
 }
 
 
