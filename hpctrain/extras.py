@@ -23,6 +23,8 @@ MODULES: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "serve"),
     "starlette": ("starlette", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
+    "captum": ("captum", "explain"),
+    "cryptography": ("cryptography", "secure"),
 }
 
 

@@ -27,12 +27,17 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``dest``; on clean exit it replaces ``dest`` atomically.
 
     The caller writes the temp path by any means (h5py, torch.save, ...). On an exception
-    the temp file is removed and ``dest`` is untouched.
+    the temp file is removed and ``dest`` is untouched. The file gets ``mode``
+    (default 0644) less the umask: 0644 under the usual 022, 0600 under the 077 that
+    ``hpctrain train`` and ``submit`` set (see :mod:`hpctrain.secure.perms`).
     """
+    from hpctrain.secure.perms import current_umask
+
+    mode = (0o644 if mode is None else mode) & ~current_umask()
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -51,16 +56,16 @@ def atomic_path(dest: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     with atomic_path(dest, mode) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(dest: str | os.PathLike, text: str, mode: int = 0o644) -> None:
+def atomic_write_text(dest: str | os.PathLike, text: str, mode: int | None = None) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"), mode)
 
 
-def atomic_write_json(dest: str | os.PathLike, obj: Any, mode: int = 0o644) -> None:
+def atomic_write_json(dest: str | os.PathLike, obj: Any, mode: int | None = None) -> None:
     atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", mode)
 
 
@@ -75,7 +80,7 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 22) -> str:
 def append_jsonl(path: str | os.PathLike, record: dict, fsync: bool = True) -> None:
     """Append one JSON line durably (used by journals and metrics logs)."""
     line = json.dumps(record, allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8") as f:  # created under the umask, like any new file
         f.write(line)
         f.flush()
         if fsync:

@@ -14,6 +14,8 @@
 (e)  the same with an item of one whole chunk (a contiguous run of 4096 rows here), runs in
      random order, rows permuted inside the run by the worker, cut into batches by the main
      process: one DataLoader hand-off per run instead of per batch.
+(f)  ShardLoader as (b) over an encrypted copy of the same shards ('hpctrain shard --encrypt':
+     AES-256-GCM, decrypted chunk by chunk as HDF5 reads, no plaintext on disk); target >= 0.7x (b).
 (c)  naive: one dset[i] per sample, DataLoader(shuffle=True); timed on a subset (about 1000x
      slower), its full-epoch time scaled from that rate.
 
@@ -49,7 +51,22 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_data(out: Path, gb: float, features: int, shards: int, compression: str) -> None:
+def enc_paths(d: Path) -> tuple[Path, Path]:
+    """The encrypted copy of the bench data and its key file, beside the plaintext shards."""
+    return d.parent / f"{d.name}-enc", d.parent / f"{d.name}-key" / "key"
+
+
+def bench_key(d: Path):
+    from hpctrain.secure.keys import keygen, load_key
+
+    path = enc_paths(d)[1]
+    if not path.is_file():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return keygen(path)
+    return load_key(path)
+
+
+def write_data(out: Path, gb: float, features: int, shards: int, compression: str, key=None) -> None:
     import numpy as np
 
     from hpctrain.data.shards import Manifest, ShardError, ShardWriter
@@ -58,7 +75,8 @@ def write_data(out: Path, gb: float, features: int, shards: int, compression: st
     try:
         m = Manifest.load(out)
         if m.rows() == rows and m.schema.sample_shape == (features,) and len(m.shards) == shards \
-                and m.meta.get("compression") == compression:
+                and m.meta.get("compression") == compression \
+                and (m.encryption or {}).get("key_id") == (key.key_id if key is not None else None):
             print(f"reusing {out} ({rows} rows x {features} float32, {len(m.shards)} shards)", flush=True)
             return
     except ShardError:
@@ -66,7 +84,7 @@ def write_data(out: Path, gb: float, features: int, shards: int, compression: st
     t0 = time.perf_counter()
     per = -(-rows // shards)
     with ShardWriter(out, feature_names=None, sample_shape=(features,), rows_per_shard=per,
-                     compression=compression, overwrite=True) as w:
+                     compression=compression, overwrite=True, key=key) as w:
         step = 1 << 16
         for i, s in enumerate(range(0, rows, step)):
             n = min(step, rows - s)
@@ -157,6 +175,13 @@ def phase_loader(d: Path, args) -> dict:
     r.update(bound_mb=bound, note=f"bound: {nbuf} shuffle buffer(s) of {L.buffer_rows} rows (+ indices) + {blocks} "
                                   f"blocks of {g} batches x {args.batch} = {bound:.1f} MiB")
     return r
+
+
+def phase_loader_encrypted(d: Path, args) -> dict:
+    from hpctrain.secure import keyring
+
+    keyring.add(enc_paths(d)[1])
+    return phase_loader(enc_paths(d)[0], args)
 
 
 def proc_cpu(pid: int) -> float:
@@ -356,14 +381,14 @@ def phase_mixing(d: Path, args) -> dict:
             "uniform_slabs_per_batch": u_sl, "loader_shards_per_batch": o_sh, "uniform_shards_per_batch": u_sh}
 
 
-PHASES = {"a": phase_raw, "b": phase_loader, "c": phase_naive,
+PHASES = {"a": phase_raw, "b": phase_loader, "c": phase_naive, "f": phase_loader_encrypted,
           "d": lambda d, a: phase_informed(d, a, runs=False), "e": lambda d, a: phase_informed(d, a, runs=True),
           "m": phase_mixing}
 
 
 NAMES = {"a": "(a) raw slab reads (limit)", "b": "(b) ShardLoader, shuffled",
          "d": "(d) informed peer, batch order", "e": "(e) informed peer, runs",
-         "c": "(c) naive per-sample Dataset"}
+         "c": "(c) naive per-sample Dataset", "f": "(f) ShardLoader, encrypted"}
 
 
 def best_row(rows: list[dict], key: str) -> dict:
@@ -402,6 +427,7 @@ def main() -> int:
     if args.fresh and (d / "manifest.json").exists():
         (d / "manifest.json").unlink()
     write_data(d, args.gb, args.features, args.shards, args.compression)
+    write_data(enc_paths(d)[0], args.gb, args.features, args.shards, args.compression, key=bench_key(d))
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores",
           flush=True)
     runs: dict[str, list[dict]] = {}
@@ -411,10 +437,10 @@ def main() -> int:
         del passthru[k:k + 2]
     # Every round runs each contender once, each in a fresh process and in a rotated order, so all
     # see the same (shared-machine) load; then (c) once, and the mixing measure.
-    timed = ["a", "b", "d", "e"]
+    timed = ["a", "b", "d", "e", "f"]
     # (d) is an order of magnitude slower than the others (a pass takes ~30 s): it runs in the
     # first --peer-d-rounds rounds only.
-    order = [(p, i) for i in range(args.repeat) for p in timed[i % 4:] + timed[:i % 4]
+    order = [(p, i) for i in range(args.repeat) for p in timed[i % len(timed):] + timed[:i % len(timed)]
              if p != "d" or i < args.peer_d_rounds] + [("c", 0), ("m", 0)]
     for p, i in order:
         out = subprocess.run([sys.executable, __file__, *passthru, "--phase", p, "--epoch", str(i)],
@@ -428,7 +454,7 @@ def main() -> int:
     warm = {p: best_row(runs[p], "warm_rate") for p in timed}
     print(f"\nfirst pass of each process; per contender the fastest of its processes ({args.repeat}; (d): "
           f"{min(args.repeat, args.peer_d_rounds)}; (c): 1), whole row (its second pass is shown beside it):")
-    for p in ("a", "b", "d", "e", "c"):
+    for p in ("a", "b", "f", "d", "e", "c"):
         r = first[p]
         second = f"{r['warm_rate']:>11,.0f}" if "warm_rate" in r else f"{'':>11}"
         print(f"{NAMES[p]:32s} {r['rate']:>11,.0f} samples/s {r['cpu_rate']:>11,.0f} per CPU-s  2nd pass "
@@ -453,7 +479,13 @@ def main() -> int:
     print(f"(b)/strongest informed peer {NAMES[peer]}: first pass {bp:.2f}  (target > 1: {verdict(bp > 1)}); "
           f"second pass vs {NAMES[wpeer]}: {wbp:.2f} ({verdict(wbp > 1)})")
     print(f"(b)/(c) = {bc:,.0f} wall  (target >= 100: {verdict(bc >= 100)})")
-    for p in ("a", "b", "d", "e"):
+    fb, wfb = first["f"]["rate"] / first["b"]["rate"], warm["f"]["warm_rate"] / warm["b"]["warm_rate"]
+    print(f"(f)/(b) encrypted/plaintext = {fb:.2f} first pass, {wfb:.2f} second pass  "
+          f"(target >= 0.7: {verdict(fb >= 0.7)}, {verdict(wfb >= 0.7)})")
+    fbs = " ".join(f"{rf['rate'] / rb['rate']:.2f}/{rf['warm_rate'] / rb['warm_rate']:.2f}"
+                   for rb, rf in zip(runs["b"], runs["f"]))
+    print(f"(f)/(b) of each round, first/second pass: {fbs}")
+    for p in ("a", "b", "f", "d", "e"):
         pairs = " ".join(f"{r['rate']:,.0f}/{r['warm_rate']:,.0f}" for r in runs[p])
         print(f"every process of {NAMES[p]}, samples/s first/second pass: {pairs}")
     ratios = " ".join(f"{rb['rate'] / ra['rate']:.2f}/{rb['warm_rate'] / ra['warm_rate']:.2f}"

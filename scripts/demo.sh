@@ -9,6 +9,8 @@
 #   5. fit the imputer (exact median, from the shards)
 #   6. train the CNN on 2 ranks through Horovod, imputation and augmentation in-process;
 #      evaluate on the held-out split, print macro F1 and write the plots
+#  6b. explain the CNN on 2 ranks: saliency, integrated gradients, occlusion, permutation
+#      importance (hpctrain explain; pictures in explain.html)
 #   7. the same training as a Slurm job on the local cluster via 'hpctrain submit'
 #   8. compress the model (int8), serve it over HTTP and send it a few requests
 #
@@ -73,6 +75,9 @@ PY
 # per-rank resource use of that training: table, alerts, one PNG timeline per rank
 hpctrain monitor "$run"
 
+stage "6b. explain the CNN on 2 ranks: IG, saliency, occlusion (Captum), permutation importance"
+hpctrain launch -n 2 -- hpctrain explain "$run" --out "$out/explain"
+
 stage "7. the same training as a Slurm job (hpctrain submit: 2 ranks via srun --mpi=pmix, chosen from srun --mpi=list)"
 started=0
 if ! scontrol ping >/dev/null 2>&1; then scripts/local-cluster.sh start; started=1; fi
@@ -125,4 +130,8 @@ stage "done in $((SECONDS - t0)) s"
 echo "profile report: $out/profile/report.html"
 echo "drift report:   $out/drift-shifted/drift.html"
 echo "training plots: $run/plots/"
+<<<<<<< HEAD
 echo "monitoring:     $run/monitor/plots/ (hpctrain monitor $run)"
+=======
+echo "explanation:    $out/explain/explain.html (pictures: $out/explain/*.png)"
+>>>>>>> e9546d6264c0e905b741ef2f42056bee138191a4

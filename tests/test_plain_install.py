@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # distributions (normalised, as in site-packages names) that only extras or tests bring
 OPTIONAL = {"sklearn", "scikit_learn", "scipy", "optuna", "pyarrow", "tensorboard", "tensorboard_data_server",
             "pandas", "imblearn", "imbalanced_learn", "safetensors", "uvicorn", "starlette", "prometheus_client",
-            "httptools", "uvloop", "pynvml", "nvidia_ml_py", "hpctrain", "__editable__", "__editable___hpctrain"}
+            "httptools", "uvloop", "captum", "cryptography", "pynvml", "nvidia_ml_py", "hpctrain", "__editable__",
+            "__editable___hpctrain"}
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def plain(tmp_path_factory):
     assert not unmet, "a plain install lacks core requirements: " + "; ".join(unmet)
     probe = subprocess.run([str(py), "-c", "import hpctrain, importlib.util as u; print(hpctrain.__file__); "
                             "print([m for m in ('sklearn', 'scipy', 'optuna', 'pyarrow', 'tensorboard', 'safetensors', "
-                            "'uvicorn', 'starlette', 'prometheus_client') "
+                            "'uvicorn', 'starlette', 'prometheus_client', 'captum', 'cryptography') "
                             "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=root)
     where, present = probe.stdout.splitlines()
     assert str(venv) in where, where  # the installed copy, not this checkout
@@ -93,9 +94,9 @@ def test_every_command_works_or_names_its_extra(plain):
     venv, work = plain
     assert "hpctrain" in _run(plain, "--version")
     _run(plain, "doctor", ok=(0, 1))
-    for name in ("shard", "impute", "profile", "drift", "clean", "balance", "farm", "predict", "train",
+    for name in ("shard", "keygen", "impute", "profile", "drift", "clean", "balance", "farm", "predict", "train",
                  "submit", "sweep", "status", "logs", "cancel", "launch", "doctor", "export", "compress", "serve",
-                 "update"):
+                 "update", "explain"):
         _run(plain, name, "--help")
 
     # core: shards, imputation, training, prediction, submission, status, logs, farm, launch
@@ -127,7 +128,19 @@ def test_every_command_works_or_names_its_extra(plain):
     _needs_extra(plain, "parquet", "shard", "x.parquet", "--out", "pq")
     _needs_extra(plain, "tensorboard", "train", str(cfg), "--set", "logging.tensorboard=true", "--set",
                  "run.name=tb")
+    # key files and masking are stdlib; only encryption needs the [secure] extra
+    _run(plain, "keygen", "k")
+    _run(plain, "shard", "synthetic:classification?rows=300&features=4&classes=2", "--out", "masked", "--mask",
+         "f0:hash", "--mask-key", "k")
+    _needs_extra(plain, "secure", "shard", "synthetic:classification?rows=300&features=4&classes=2", "--out", "enc",
+                 "--encrypt", "k")
+    assert not (work / "enc").exists()
     _needs_extra(plain, "serve", "export", "runs/plain", "--out", "m")
+    _needs_extra(plain, "explain", "explain", "runs/plain", "--out", "ex")
+    assert not (work / "ex").exists()
+    # permutation importance needs no attribution library
+    _run(plain, "explain", "runs/plain", "--out", "ex", "--method", "permutation", "--repeats", "1")
+    assert json.loads((work / "ex" / "explain.json").read_text())["permutation"]["rows"] > 0
     _needs_extra(plain, "serve", "compress", "runs/plain", "--out", "m")
     _needs_extra(plain, "serve", "serve", "runs/plain", "--port", "0")
     assert not (work / "m").exists()

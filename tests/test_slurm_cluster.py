@@ -586,4 +586,18 @@ def test_site_sbatch_options_reach_slurm_reservation_and_dependency(runs):
         for run_dir in (first, second):
             assert json.loads(RunDir(run_dir).spec.read_text())["spec"]["sbatch"][0] == f"reservation={resv}"
     finally:
-        subprocess.run(["scontrol", "delete", f"ReservationName={resv}"], capture_output=True, timeout=30)
+        _delete_reservation(resv)
+
+
+def _delete_reservation(resv: str) -> None:
+    # slurmctld refuses ("in use") while a job of the reservation is still completing; a
+    # reservation left behind holds every node and stalls the tests after this one
+    deadline = time.monotonic() + 90
+    while True:
+        p = subprocess.run(["scontrol", "delete", f"ReservationName={resv}"], capture_output=True, text=True,
+                           timeout=30)
+        if p.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"reservation {resv} could not be deleted: {p.stderr.strip()}")
+        time.sleep(1)

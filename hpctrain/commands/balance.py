@@ -47,6 +47,9 @@ def balance_dir(src, out, method, *, ratio=None, seed=0, k=5, force=False, verif
 
 
 def run(args):
+    from hpctrain.secure.cliargs import refuse_encrypted_input
+
+    refuse_encrypted_input(args.dir, "balance")
     from hpctrain.comm.world import world
     from hpctrain.comm.failfast import run_collective
 

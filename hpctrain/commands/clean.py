@@ -56,6 +56,9 @@ def clean_dir(src, out, plan, *, force=False, verify=False):
 
 
 def run(args):
+    from hpctrain.secure.cliargs import refuse_encrypted_input
+
+    refuse_encrypted_input(args.dir, "clean")
     from hpctrain.quality import QualityError
     from hpctrain.quality.clean import CleanPlan
     from hpctrain.comm.world import world

@@ -19,13 +19,26 @@ def add_arguments(p):
     p.add_argument("--max-drop", type=float, default=0.01, help="largest macro F1 drop accepted (default 0.01)")
     p.add_argument("--data", help="shard directory for calibration and validation (default: the run's data.dir)")
     p.add_argument("--force", action="store_true", help="replace an existing artifact in --out")
+    p.add_argument("--encrypt", metavar="KEYFILE", help="encrypt the weights with this key ('hpctrain keygen'); "
+                   "serve and predict then need --key KEYFILE")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(p, key_help="key of an encrypted run (checkpoint.encrypt), data or source artifact")
 
 
 def run(args):
+    from hpctrain.secure.cliargs import apply
+    from hpctrain.secure.keys import load_key
     from hpctrain.serve.compress import compress_run
 
+    apply(args)
+    key = load_key(args.encrypt) if args.encrypt else None
+    if key is not None:
+        from hpctrain.extras import require
+
+        require("cryptography", "hpctrain compress --encrypt")  # before any output exists
     r = compress_run(args.run, args.out, quantize=args.quantize, prune=args.prune, max_drop=args.max_drop,
-                     data=args.data, force=args.force)
+                     data=args.data, force=args.force, key=key)
     b, a = r["before"], r["after"]
     print(f"{'':22s} {'before':>12s} {'after':>12s}")
     rows = [("file size (bytes)", "bytes", "{:d}"), ("parameters", "params", "{:d}"),

@@ -32,10 +32,16 @@ def add_arguments(p):
                    help="--model: allowed metric drop, a finite number >= 0 (default 0.02)")
     p.add_argument("--on-drift", metavar="CMD", default=None,
                    help="run CMD (split like a shell would, but no shell) when drift is found; rank 0 only")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(p, key_help="key file of encrypted shards (repeat it for two keys)")
 
 
 def run(args):
     from hpctrain.quality.drift_check import DriftArgs, run_drift
+    from hpctrain.secure.cliargs import apply
+
+    apply(args)  # every rank loads the keys itself
 
     fields = DriftArgs.__dataclass_fields__
     return run_drift(DriftArgs(**{k: getattr(args, k) for k in fields}))

@@ -18,6 +18,9 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     f = sub.add_parser("fit", help="fit statistics and write DIR/imputer.json")
     f.add_argument("dir", help="shard directory (holds manifest.json)")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(f, key_help="key file of encrypted shards")
     f.add_argument("--strategy", default="mean", choices=["mean", "median", "most_frequent", "constant"])
     f.add_argument("--fill-value", type=float, default=None, help="constant strategy's fill value (default 0)")
     f.add_argument("--keep-empty-features", action="store_true",
@@ -38,6 +41,11 @@ def add_arguments(p):
 
 def run(args):
     from hpctrain.impute import apply_dir, fit_dir
+    from hpctrain.secure.cliargs import apply, refuse_encrypted_input
+
+    apply(args)
+    if args.verb == "apply":
+        refuse_encrypted_input(args.dir, "impute apply")
 
     if args.verb == "fit":
         from hpctrain.env import rank_info

@@ -13,10 +13,16 @@ def add_arguments(p):
     p.add_argument("shards", help="shard directory to predict")
     p.add_argument("--out", required=True, help="output file (.npz)")
     p.add_argument("--split", choices=["train", "val"], help="one split only (default: all rows)")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(p, key_help="key file of encrypted shards, checkpoints or artifact")
 
 
 def run(args):
     from hpctrain.predict import predict_shards
+    from hpctrain.secure.cliargs import apply
+
+    apply(args)
 
     s = predict_shards(args.run, args.shards, args.out, split=args.split)
     score = f"R^2 {s['r2']:.4f}, MSE {s['mse']:.4g}" if "r2" in s else f"accuracy {s['accuracy']:.4f}"

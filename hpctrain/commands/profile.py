@@ -20,6 +20,9 @@ def add_arguments(p):
     p.add_argument("--knn-k", type=int, default=5, help="neighbours in the label-noise vote (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and the forest (default 0)")
     p.add_argument("--verify", action="store_true", help="check each shard's sha256 before reading it")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(p, key_help="key file of encrypted shards")
 
 
 def run(args):
@@ -30,6 +33,9 @@ def run(args):
     from hpctrain.quality.io import check_out_dir, load_manifest, local_chunks
     from hpctrain.quality.profile import ProfileConfig, profile_chunks, summary_lines
 
+    from hpctrain.secure.cliargs import apply
+
+    apply(args)  # every rank loads the key itself
     cfg = ProfileConfig(bins=args.bins, sample_size=args.sample_size, knn_k=args.knn_k, seed=args.seed)
     comm = world()
 

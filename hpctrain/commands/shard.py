@@ -36,10 +36,23 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="replace an existing shard directory")
     p.add_argument("--quick", action="store_true", help="verify: sha256 and schema only, skip reading the chunks")
     p.add_argument("--json", action="store_true", help="info/verify: print JSON")
+    s = p.add_argument_group("security (docs/security.md)")
+    s.add_argument("--encrypt", metavar="KEYFILE", help="write the shards AES-256-GCM encrypted with this key "
+                   "('hpctrain keygen KEYFILE'); readers then need --key KEYFILE or data.key")
+    s.add_argument("--mask", action="append", default=[], metavar="COL:hash|drop|redact",
+                   help="mask a feature column before writing: hash (keyed HMAC pseudonym, needs --mask-key), drop "
+                        "(remove it), redact (set it to 0); repeatable")
+    s.add_argument("--mask-key", metavar="KEYFILE", help="key of --mask COL:hash (same key: same pseudonyms)")
+    from hpctrain.secure.cliargs import add_key_arguments
+
+    add_key_arguments(s, key_help="verify/info: key of encrypted shards (without it verify checks sha256 only)")
 
 
 def run(args):
     from hpctrain.data.shards import ShardError
+    from hpctrain.secure.cliargs import apply
+
+    apply(args)
 
     if args.input in ("verify", "info") and args.dir is not None:
         return _verify(args) if args.input == "verify" else _info(args)
@@ -57,14 +70,33 @@ def _write(args):
 
     from hpctrain.data.sources import write_shards
 
+    from hpctrain.secure.keys import load_key
+    from hpctrain.secure.mask import parse_mask
+
+    masks = [parse_mask(t) for t in args.mask]
+    mask_key = load_key(args.mask_key) if args.mask_key else None
+    if args.mask_key and not any(m.method == "hash" for m in masks):
+        from hpctrain.secure.mask import MaskError
+
+        raise MaskError("--mask-key is only used by --mask COLUMN:hash; add one or drop --mask-key")
+    key = load_key(args.encrypt) if args.encrypt else None
+    if key is not None:
+        from hpctrain.extras import require
+
+        require("cryptography", "hpctrain shard --encrypt")  # before any output exists
     t0 = time.perf_counter()
     m = write_shards(args.input, args.out, shards=args.shards, rows_per_shard=args.rows_per_shard, label=args.label,
                      compression=args.compression, seed=args.seed, val_fraction=args.val_fraction,
-                     shuffle=not args.no_shuffle, overwrite=args.force, task=args.task)
+                     shuffle=not args.no_shuffle, overwrite=args.force, task=args.task, encrypt=key, masks=masks,
+                     mask_key=mask_key)
     dt = time.perf_counter() - t0
     what = (f"{m.schema.targets} float target(s)" if m.schema.regression else f"{len(m.schema.classes)} classes")
     print(f"wrote {m.rows()} rows ({m.rows('train')} train, {m.rows('val')} val) in {len(m.shards)} shards "
           f"to {args.out} in {dt:.1f} s; sample shape {tuple(m.schema.sample_shape)}, {what}")
+    if key is not None:
+        print(f"encrypted with key {key.path} (id {key.key_id}); readers need --key or data.key")
+    for rec in m.meta.get("masking", []):
+        print(f"masked column {rec['column']!r}: {rec['method']}")
     note = inf_note(m)
     if note:
         print(note)
@@ -99,10 +131,19 @@ def _verify(args):
             print(f"FAIL {p}")
         print(f"{len(problems)} problem(s) in {len(m.shards)} shards; re-create the shard directory with "
               "'hpctrain shard INPUT --out DIR --force'")
+    elif m.encryption is not None and not _key_held(m):
+        print(f"OK {len(m.shards)} shards, {m.rows()} rows: sha256 of the ciphertext matches the manifest (encrypted: "
+              "pass --key KEYFILE to check the schema and chunk checksums too)")
     else:
         print(f"OK {len(m.shards)} shards, {m.rows()} rows: sha256, schema"
               f"{'' if args.quick else ', chunk checksums'} and class counts match the manifest")
     return 1 if problems else 0
+
+
+def _key_held(m) -> bool:
+    from hpctrain.secure import keyring
+
+    return any(k.key_id == m.encryption.get("key_id") for k in keyring.held())
 
 
 def info_dict(m) -> dict:

@@ -36,6 +36,10 @@ def add_arguments(p):
                    help="config override, e.g. --set optimizer.lr=0.01 (repeatable)")
     add_job_arguments(p)
     from hpctrain.commands.status import add_wait_arguments
+    from hpctrain.secure.cliargs import add_share_argument, add_trust_argument
+
+    add_share_argument(p)
+    add_trust_argument(p)
 
     add_wait_arguments(p)
 
@@ -78,6 +82,20 @@ def request_from_args(args):
     from hpctrain.slurm.retry import RetryPolicy
     from hpctrain.slurm.sbatch import QUEUE_FIELDS, RESOURCE_FIELDS, JobSpec
 
+    import os
+
+    from hpctrain.secure.cliargs import apply, check_config_path
+    from hpctrain.secure.perms import private_umask
+
+    apply(args)
+    for path in (args.config, getattr(args, "script", None)):
+        if path and os.path.isfile(path):  # the config, or the script the job will run
+            check_config_path(path, "config" if path == args.config else "script")
+    group = bool(getattr(args, "group_share", False))
+    if group:
+        args.overrides = [*args.overrides, "run.group_share=true"]
+    # before the run dir, submitit's pickles and the sbatch script exist; the job inherits it
+    private_umask(group)
     counter = None
     if args.counter is not None:
         counter = CounterTask(steps=args.counter, step_s=args.counter_step_s, crash_once_at=args.counter_crash_at,

@@ -27,6 +27,11 @@ def add_arguments(p):
                    help="override a config value (repeatable), e.g. --set optimizer.lr=0.01")
     p.add_argument("--check", action="store_true", help="validate the config against this world and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--key", metavar="KEYFILE", help="key file of encrypted shards (the same as --set data.key=KEYFILE)")
+    from hpctrain.secure.cliargs import add_share_argument, add_trust_argument
+
+    add_share_argument(p)
+    add_trust_argument(p)
     g = p.add_argument_group("Slurm requeue (for sbatch scripts; 'hpctrain submit' sets this up itself)")
     g.add_argument("--requeue", action="store_true",
                    help="catch --signal (only a flag), checkpoint at the next step and 'scontrol requeue' this job")
@@ -52,9 +57,18 @@ def run(args):
     # reports it; the others wait a moment so that the launcher, seeing rank 0 fail first,
     # ends them silently. A rank whose check fails alone (a path missing on its node only)
     # still reports after the wait, so its error is never lost.
+    from hpctrain.secure.cliargs import apply, check_config_path
+
     info = rank_info()
+    overrides = list(args.overrides)
+    if args.key:
+        overrides.append(f"data.key={args.key}")  # the path only: every rank reads the key itself
+    if args.group_share:
+        overrides.append("run.group_share=true")
     try:
-        cfg = load_config(args.config, args.overrides)
+        apply(args)
+        check_config_path(args.config)
+        cfg = load_config(args.config, overrides)
         plan = check_runtime(cfg, info.world_size)
     except HpctrainError as e:
         if info.is_root:

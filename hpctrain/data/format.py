@@ -29,6 +29,10 @@ SCHEMA_KEYS = ("dtype", "sample_shape", "feature_names", "classes", "class_names
 SHARD_KEYS = ("file", "rows", "sha256", "split", "class_counts", "stats")
 STATS_KEYS = ("count", "nan_count", "inf_count", "sum", "sumsq", "min", "max")
 COMPRESSIONS = ("none", "lzf", "gzip")
+# A manifest is read whole: a crafted multi-GB one must not exhaust a login node's memory. Real
+# ones hold a few hundred bytes of statistics per feature and shard (10,000 features x 1,000
+# shards is about 100 MB), far below this.
+MAX_MANIFEST_BYTES = 512 << 20
 
 
 class ShardError(HpctrainError):

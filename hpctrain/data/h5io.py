@@ -50,3 +50,33 @@ def h5_open(path: str | os.PathLike, mode: str = "r", *, locking: bool | None = 
         raise ShardError(f"shard file {str(path)!r} cannot be opened as HDF5 ({e}); it is truncated or "
                          "corrupt: re-create it with 'hpctrain shard' (check with 'hpctrain shard verify')"
                          ) from e
+
+
+def open_shard(m, s, *, locking: bool | None = None, **h5_kwargs: Any):
+    """Open shard ``s`` of manifest ``m`` read-only; an encrypted one (manifest meta.encryption)
+    is decrypted as HDF5 reads it, chunk by chunk, through
+    :class:`hpctrain.secure.container.EncryptedFile`: memory stays at a few chunks per open
+    file and no plaintext is written anywhere."""
+    enc = m.meta.get("encryption")
+    if not enc:
+        return h5_open(m.path(s), "r", locking=locking, **h5_kwargs)
+    from hpctrain.secure import keyring
+    from hpctrain.secure.container import EncryptedFile
+    from hpctrain.secure.keys import SecurityError
+
+    path = m.path(s)
+    try:
+        key = keyring.get(enc["key_id"], f"shard directory {str(m.root)!r}")
+        src = EncryptedFile(path, key, s.file)
+    except SecurityError as e:
+        raise ShardError(str(e)) from None
+    import h5py
+
+    try:
+        # the file object, not a path: HDF5's own locking does not apply to it
+        return h5py.File(src, "r", **h5_kwargs)
+    except Exception as e:  # noqa: BLE001  h5py may wrap the reader's error in its own
+        why = src.failure or e
+        src.close()
+        raise ShardError(str(why) if src.failure else
+                         f"shard file {str(path)!r} decrypts but is not valid HDF5 ({e}); re-create it") from None

@@ -89,8 +89,13 @@ class SplitAssigner:
 
 def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None, rows_per_shard: int | None = None,
                  label: str | None = None, compression: str = "lzf", seed: int = 0, val_fraction: float = 0.0,
-                 shuffle: bool = True, overwrite: bool = False, task: str = "classification") -> Manifest:
-    """Convert input ``spec`` to a shard directory ``out`` in bounded memory; returns its manifest."""
+                 shuffle: bool = True, overwrite: bool = False, task: str = "classification", encrypt=None,
+                 masks=(), mask_key=None) -> Manifest:
+    """Convert input ``spec`` to a shard directory ``out`` in bounded memory; returns its manifest.
+
+    ``encrypt``: a :class:`hpctrain.secure.keys.Key`; the shards are written AES-256-GCM encrypted.
+    ``masks``: :class:`hpctrain.secure.mask.MaskSpec` items applied to every chunk before it is
+    written (``mask_key`` keys the ``hash`` method)."""
     if shards is not None and rows_per_shard is not None:
         raise ShardError("give --shards or --rows-per-shard, not both")
     if shards is not None and shards < 1:
@@ -115,14 +120,24 @@ def write_shards(spec: str, out: str | os.PathLike, *, shards: int | None = None
             "params": src.params}
     if src.targets:
         meta["task"] = "regression"
-    writer = ShardWriter(out, feature_names=src.feature_names, sample_shape=src.sample_shape,
+    feature_names, sample_shape, mask = src.feature_names, src.sample_shape, None
+    if masks:
+        from hpctrain.secure.mask import Masker
+
+        mask = Masker(masks, src.feature_names, src.sample_shape, mask_key)
+        feature_names, sample_shape = mask.feature_names, mask.sample_shape
+        meta["masking"] = mask.record()
+    writer = ShardWriter(out, feature_names=feature_names, sample_shape=sample_shape,
                          rows_per_shard=rows_per_shard, compression=compression, classes=src.classes, meta=meta,
-                         shuffle_seed=seed if shuffle else None, overwrite=overwrite, targets=src.targets)
+                         shuffle_seed=seed if shuffle else None, overwrite=overwrite, targets=src.targets,
+                         key=encrypt)
     with writer:
         chunks = src.chunks()
         if shuffle and src.in_memory:
             chunks = _shuffled(chunks, seed)
         for x, y in chunks:
+            if mask is not None:
+                x = mask(x)
             # regression: one stratum (the split is even over the input's order, not per class)
             v = split(np.zeros(len(y), np.int64) if src.targets else y)
             if v.any():

@@ -39,8 +39,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from hpctrain.data.shards import (
-    Manifest, ShardError, ShardInfo, check_datasets, check_sha256, default_file_locking, h5_open, read_rows,
+    Manifest, ShardError, ShardInfo, check_datasets, check_sha256, default_file_locking, read_rows,
 )
+from hpctrain.data.h5io import open_shard
 
 DEFAULT_BUFFER_BYTES = 64 << 20
 BLOCK_BYTES = 4 << 20
@@ -153,7 +154,7 @@ class _Files:
                 self.verified.add(i)
             # No HDF5 chunk cache: reads cover whole chunks, so caching would only add a copy
             # (and about 1 MiB of memory per open file).
-            f = h5_open(self.m.path(s), "r", locking=self.locking, rdcc_nbytes=0)
+            f = open_shard(self.m, s, locking=self.locking, rdcc_nbytes=0)
             try:
                 xd, yd = check_datasets(self.m, s, f)
             except ShardError:

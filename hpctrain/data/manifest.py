@@ -17,6 +17,7 @@ from hpctrain.data.format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_KEYS,
+    MAX_MANIFEST_BYTES,
     MANIFEST_NAME,
     SCHEMA_KEYS,
     SHARD_KEYS,
@@ -180,6 +181,11 @@ def _check_meta(meta: Any, mpath: str) -> dict:
             raise _bad_field(where, name, meta[name], "a positive integer")
     if "compression" in meta and meta["compression"] not in COMPRESSIONS:
         raise _bad_field(where, "compression", meta["compression"], f"one of {', '.join(COMPRESSIONS)}")
+    enc = meta.get("encryption")
+    if enc is not None and not (isinstance(enc, dict) and enc.get("cipher") == "AES-256-GCM"
+                                and isinstance(enc.get("key_id"), str) and enc.get("container") == 1):
+        raise _bad_field(where, "encryption", enc, "an object with cipher 'AES-256-GCM', container 1 and the "
+                         "key_id (written by 'hpctrain shard --encrypt')")
     return dict(meta)
 
 
@@ -246,6 +252,11 @@ class Manifest:
         return _safe_relative(self.root, shard.file)
 
     @property
+    def encryption(self) -> dict | None:
+        """meta.encryption of an encrypted shard directory (cipher, key id), else None."""
+        return self.meta.get("encryption") or None
+
+    @property
     def chunk_rows(self) -> int:
         return int(self.meta.get("chunk_rows") or chunk_rows_for(self.schema.sample_shape))
 
@@ -279,9 +290,19 @@ class Manifest:
             raise ShardError(f"{str(root)!r} has no {MANIFEST_NAME}: it is not a shard directory, or writing it "
                              "did not finish; (re-)create it with 'hpctrain shard INPUT --out DIR'")
         try:
+            size = mpath.stat().st_size
+        except OSError as e:
+            raise ShardError(f"{str(mpath)!r} cannot be read ({e.strerror})") from None
+        if size > MAX_MANIFEST_BYTES:
+            raise ShardError(f"{str(mpath)!r} is {size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may "
+                             "have; it is not one 'hpctrain shard' wrote: re-create the shard directory")
+        try:
             d = json.loads(mpath.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ShardError(f"{str(mpath)!r} is not valid JSON ({e}); re-create the shard directory") from None
+        except RecursionError:  # "[[[[..." nested beyond the parser's stack
+            raise ShardError(f"{str(mpath)!r} is nested too deeply to be a manifest; re-create the shard "
+                             "directory") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ShardError(f"{str(mpath)!r} is not an hpctrain shard manifest (format {FORMAT!r} missing)")
         version = d.get("version")

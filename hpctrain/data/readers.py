@@ -11,8 +11,9 @@ import numpy as np
 from hpctrain.data.format import (
     ShardError,
 )
-from hpctrain.data.h5io import h5_open
+from hpctrain.data.h5io import open_shard
 from hpctrain.data.manifest import Manifest, ShardInfo
+from hpctrain.errors import HpctrainError
 from hpctrain.fileio import sha256_file
 
 
@@ -51,6 +52,10 @@ def read_rows(path: Path, dset, start: int, stop: int, out: np.ndarray | None = 
             return dset[start:stop]
         dset.read_direct(out, source_sel=np.s_[start:stop], dest_sel=np.s_[0:stop - start])
         return out
+    except ShardError:
+        raise
+    except HpctrainError as e:  # a decryption failure raised by the encrypted file under h5py
+        raise ShardError(str(e)) from None
     except (OSError, ValueError, KeyError) as e:
         raise ShardError(f"shard {str(path)!r}: reading rows {start}:{stop} of {dset.name!r} failed ({e}); the file "
                          "is corrupt (checksum or truncation): re-create it ('hpctrain shard verify DIR')") from e
@@ -65,7 +70,7 @@ def iter_arrays(dir_or_manifest: str | os.PathLike | Manifest, split: str | None
         if verify:
             check_sha256(m, s)
         path = m.path(s)
-        with h5_open(path, "r", locking=locking) as f:
+        with open_shard(m, s, locking=locking) as f:
             xd, yd = check_datasets(m, s, f)
             x = read_rows(path, xd, 0, s.rows)
             y = read_rows(path, yd, 0, s.rows)
@@ -79,6 +84,8 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
     with ``raise_errors`` raises a ShardError listing them instead."""
     m = Manifest.load(dir_or_manifest, check_files=False)
     problems: list[str] = []
+    # the sha256 is over the ciphertext: checkable without the key, the contents are not
+    can_open = m.encryption is None or _have_key(m)
     for s in m.shards:
         path = m.path(s)
         if not path.is_file():
@@ -86,7 +93,9 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
             continue
         try:
             check_sha256(m, s)
-            with h5_open(path, "r", locking=locking) as f:
+            if not can_open:
+                continue
+            with open_shard(m, s, locking=locking) as f:
                 xd, yd = check_datasets(m, s, f)
                 if deep:
                     step = max(1, xd.chunks[0] if xd.chunks else s.rows) * 16
@@ -109,3 +118,9 @@ def verify(dir_or_manifest: str | os.PathLike | Manifest, *, deep: bool = True, 
     if problems and raise_errors:
         raise ShardError(f"{len(problems)} problem(s) in {str(m.root)!r}: " + "; ".join(problems))
     return problems
+
+
+def _have_key(m: Manifest) -> bool:
+    from hpctrain.secure import keyring
+
+    return any(k.key_id == m.encryption.get("key_id") for k in keyring.held())

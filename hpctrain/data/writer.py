@@ -52,8 +52,10 @@ class ShardWriter:
                  sample_shape: Sequence[int], rows_per_shard: int | None = None, compression: str | None = "lzf",
                  classes: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
                  meta: Mapping[str, Any] | None = None, shuffle_seed: int | None = None,
-                 overwrite: bool = False, locking: bool | None = None, targets: int = 0) -> None:
+                 overwrite: bool = False, locking: bool | None = None, targets: int = 0, key=None) -> None:
         self.root = Path(out_dir)
+        # key (hpctrain.secure.keys.Key): each shard is built in memory and only its ciphertext is written
+        self.key = key
         # targets > 0: regression, y holds that many float targets per row (no classes)
         if not isinstance(targets, (int, np.integer)) or isinstance(targets, bool) or targets < 0:
             raise ShardError(f"targets={targets!r}: expected 0 (class labels) or the number of regression targets")
@@ -237,26 +239,45 @@ class ShardWriter:
                          stats=ColumnStats.from_array(x))
 
     def _write_h5(self, dest: Path, split: str, x: np.ndarray, y: np.ndarray) -> str:
-        """Write one shard file atomically; returns its sha256."""
-        chunk = min(self.chunk_rows, len(x))
-        with atomic_path(dest) as tmp:
-            with h5_open(tmp, "w", locking=self.locking) as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["version"] = FORMAT_VERSION
-                f.attrs["split"] = split
-                import h5py
+        """Write one shard file atomically; returns its sha256 (of the ciphertext when encrypted)."""
+        if self.key is None:
+            with atomic_path(dest) as tmp:
+                with h5_open(tmp, "w", locking=self.locking) as f:
+                    self._fill(f, split, x, y)
+                return sha256_file(tmp)
+        import io
 
-                names = np.array(self.feature_names, dtype=h5py.string_dtype())
-                # Attribute headers are limited to 64 KiB; very wide tables keep names in a dataset.
-                if sum(len(n.encode()) + 1 for n in self.feature_names) < 48_000:
-                    f.attrs["feature_names"] = names
-                else:
-                    f.create_dataset("feature_names", data=names)
-                f.create_dataset("x", data=x, chunks=(chunk, *self.sample_shape), compression=self.compression,
-                                 fletcher32=True)
-                f.create_dataset("y", data=y, chunks=(chunk, *y.shape[1:]), compression=self.compression,
-                                 fletcher32=True)
+        import h5py
+
+        from hpctrain.secure.container import write_encrypted
+
+        # The plaintext HDF5 image lives only in memory (one shard: the writer's bound anyway)
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            self._fill(f, split, x, y)
+        with atomic_path(dest) as tmp:  # ciphertext: readable like any shard
+            with open(tmp, "wb") as out:
+                write_encrypted(out, buf.getbuffer(), self.key, dest.name)
+            del buf
             return sha256_file(tmp)
+
+    def _fill(self, f, split: str, x: np.ndarray, y: np.ndarray) -> None:
+        chunk = min(self.chunk_rows, len(x))
+        f.attrs["format"] = FORMAT
+        f.attrs["version"] = FORMAT_VERSION
+        f.attrs["split"] = split
+        import h5py
+
+        names = np.array(self.feature_names, dtype=h5py.string_dtype())
+        # Attribute headers are limited to 64 KiB; very wide tables keep names in a dataset.
+        if sum(len(n.encode()) + 1 for n in self.feature_names) < 48_000:
+            f.attrs["feature_names"] = names
+        else:
+            f.create_dataset("feature_names", data=names)
+        f.create_dataset("x", data=x, chunks=(chunk, *self.sample_shape), compression=self.compression,
+                         fletcher32=True)
+        f.create_dataset("y", data=y, chunks=(chunk, *y.shape[1:]), compression=self.compression,
+                         fletcher32=True)
 
     def close(self) -> Manifest:
         """Flush the partial shards and write the manifest (last, atomically)."""
@@ -276,6 +297,12 @@ class ShardWriter:
                         class_names=self.class_names, targets=self.targets)
         meta = {"compression": self.compression or "none", "chunk_rows": self.chunk_rows,
                 "rows_per_shard": self.rows_per_shard, **self.meta}
+        if self.key is not None:
+            from hpctrain.secure.container import DEFAULT_CHUNK_BYTES
+
+            # the key's one-way id, never the key: readers find the right key by it
+            meta["encryption"] = {"cipher": "AES-256-GCM", "container": 1, "chunk_bytes": DEFAULT_CHUNK_BYTES,
+                                  "key_id": self.key.key_id}
         shards = sorted(self._written, key=lambda s: (SPLITS.index(s.split), s.file))
         m = Manifest(version=FORMAT_VERSION, schema=schema, shards=shards, root=self.root, meta=meta)
         try:

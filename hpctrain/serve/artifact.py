@@ -26,6 +26,8 @@ from hpctrain.errors import HpctrainError
 
 FORMAT = "hpctrain-model"
 FORMAT_VERSION = 1
+# the identity the weight file is encrypted under (its name carries a digest, unknown until written)
+WEIGHTS_IDENTITY = "model-weights"
 MANIFEST = "artifact.json"
 
 
@@ -95,8 +97,10 @@ def _safe_json(obj: Any) -> Any:
 
 def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_shape, classes, class_names,
                    feature_names, imputer: dict | None, on_nan: str, metrics: dict, provenance: dict,
-                   extra: dict | None = None, force: bool = False, targets: int = 0) -> Path:
-    """Write an artifact directory (weights first, manifest last). ``state`` maps names to tensors."""
+                   extra: dict | None = None, force: bool = False, targets: int = 0, key=None) -> Path:
+    """Write an artifact directory (weights first, manifest last). ``state`` maps names to tensors.
+    With ``key`` (a :class:`hpctrain.secure.keys.Key`) the weight file is the encrypted container
+    around the safetensors bytes, serialised in memory; loading it then needs that key."""
     from hpctrain.extras import require
     from hpctrain.fileio import atomic_path, atomic_write_json, fsync_dir, sha256_file
 
@@ -116,7 +120,14 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     staging = out / ".weights.staging"
     with atomic_path(staging) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        if key is None:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        else:
+            from hpctrain.secure.container import write_encrypted
+
+            data = require("safetensors.torch", "a model artifact").save(tensors, metadata={"format": FORMAT})
+            with open(tmp, "wb") as f:
+                write_encrypted(f, data, key, WEIGHTS_IDENTITY)
     digest = sha256_file(staging)
     name = f"model-{digest[:16]}.safetensors"
     os.replace(staging, out / name)
@@ -124,7 +135,9 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
     old = _read_manifest(out) if is_artifact(out) else None
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "weights": {"file": name, "sha256": digest, "bytes": (out / name).stat().st_size},
+        "weights": {"file": name, "sha256": digest, "bytes": (out / name).stat().st_size,
+                    **({"encryption": {"cipher": "AES-256-GCM", "container": 1, "key_id": key.key_id}}
+                       if key is not None else {})},
         "model": train_config.get("model"), "train_config": train_config,
         "sample_shape": [int(v) for v in sample_shape], "classes": [int(c) for c in classes],
         "class_names": class_names, "targets": int(targets),  # targets > 0: a regression model
@@ -144,7 +157,7 @@ def write_artifact(out: str | Path, *, state: dict, train_config: dict, sample_s
     return out
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, force: bool = False) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, *, force: bool = False, key=None) -> dict:
     """``hpctrain export RUN --out DIR``: the run's final weights and everything to use them."""
     from hpctrain.config import to_dict
     from hpctrain.trained import load_run_dir
@@ -164,7 +177,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, force: bool = False) -> 
                           class_names=schema["class_names"], feature_names=schema["feature_names"],
                           imputer=imp.to_json() if imp is not None else None, on_nan=cfg.imputation.on_nan,
                           metrics=trained.result.get("metrics") or {}, provenance=prov, force=force,
-                          targets=trained.targets)
+                          targets=trained.targets, key=key)
     m = _read_manifest(path)
     return {"out": str(path), "weights": m["weights"]["file"], "bytes": m["weights"]["bytes"],
             "params": sum(int(t.numel()) for t in trained.model.state_dict().values())}
@@ -204,13 +217,28 @@ def load_weights(path: str | Path, manifest: dict) -> dict:
     if not isinstance(w, dict) or not isinstance(w.get("file"), str) or "/" in w["file"] or w["file"] in ("", ".."):
         raise ArtifactError(f"{str(Path(path) / MANIFEST)!r} names no weight file; re-export the model")
     f = Path(path) / w["file"]
+    from hpctrain.secure.keys import check_trusted_location
+
+    check_trusted_location(f, "model artifact")
     if not f.is_file():
         raise ArtifactError(f"weight file {str(f)!r} is missing; the artifact is incomplete: re-export the model")
     got = sha256_file(f)
     if got != w.get("sha256"):
         raise ArtifactError(f"weight file {str(f)!r} has sha256 {got[:16]}..., artifact.json records "
                             f"{str(w.get('sha256'))[:16]}...: the file was changed or corrupted; re-export the model")
+    enc = w.get("encryption")
     try:
+        if enc:
+            from hpctrain.secure import keyring
+            from hpctrain.secure.container import decrypt_file
+            from hpctrain.secure.keys import SecurityError
+
+            try:
+                data = decrypt_file(f, keyring.get(str(enc.get("key_id")), f"model artifact {str(path)!r}"),
+                                    WEIGHTS_IDENTITY)
+            except SecurityError as e:
+                raise ArtifactError(str(e)) from None
+            return require("safetensors.torch", "loading a model artifact").load(data)
         return load_file(str(f))
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"weight file {str(f)!r} is not a readable safetensors file ({e}); re-export") from None

@@ -105,7 +105,7 @@ def _prune(model, amount: float) -> None:
 
 def compress_run(src: str | Path, out: str | Path, *, quantize: str = "auto", prune: float = 0.0,
                  max_drop: float = 0.01, data: str | Path | None = None, calibration_rows: int = 1024,
-                 force: bool = False) -> dict:
+                 force: bool = False, key=None) -> dict:
     """``hpctrain compress``: returns the report; raises :class:`CompressError` when the guard refuses."""
     import torch
 
@@ -196,6 +196,6 @@ def compress_run(src: str | Path, out: str | Path, *, quantize: str = "auto", pr
                    feature_names=schema["feature_names"] or (art.get("input_schema") or {}).get("feature_names"),
                    imputer=imp.to_json() if imp is not None else None, on_nan=trained.preprocess.on_nan,
                    metrics=trained.result.get("metrics") or {}, provenance=prov, extra={"compression": comp},
-                   force=force)
+                   force=force, key=key)
     report["out"] = str(out)
     return report

@@ -72,6 +72,11 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
     out = Path(out)
     if RunDir(out).result.exists() or RunDir(out).checkpoints.exists():
         raise UpdateError(f"--out {str(out)!r} already holds a run; choose a new directory for the updated run")
+    from hpctrain.secure.cliargs import refuse_encrypted_input
+
+    # the mixed shards would be a decrypted copy of either input
+    refuse_encrypted_input(new_shards, "update")
+    refuse_encrypted_input(old.data.dir, "update")
     mnew = Manifest.load(new_shards)
     if tuple(mnew.schema.sample_shape) != trained.sample_shape:
         raise UpdateError(f"new shards {str(new_shards)!r} have sample shape {tuple(mnew.schema.sample_shape)}; the "

@@ -27,6 +27,14 @@ class ServeOptions:
     graceful_timeout_s: float = field(default=30.0, metadata={"help": "on SIGTERM, longest wait for requests "
                                                                       "in flight"})
     log_level: str = field(default="warning", metadata={"help": "uvicorn log level"})
+    key: str | None = field(default=None, metadata={
+        "help": "key file of an encrypted artifact or run ('export --encrypt', checkpoint.encrypt); each worker "
+                "reads it itself"})
+    trust_path: bool = field(default=False, metadata={
+        "help": "load the model, key and token even from a directory any user can write"})
+    token_file: str | None = field(default=None, metadata={
+        "help": "file (mode 0600) holding a bearer token that every request but GET /health must send as "
+                "'Authorization: Bearer TOKEN'"})
 
     def __post_init__(self):
         checks = [("port", 0 <= self.port <= 65535, "0..65535"), ("max_batch", self.max_batch >= 1, ">= 1"),

@@ -251,6 +251,30 @@ class Service:
         return Response(body, media_type=ctype.split(";")[0], headers={"content-type": ctype})
 
 
+class _RequireToken:
+    """ASGI wrapper: every request except GET /health must carry ``Authorization: Bearer TOKEN``
+    (compared in constant time); others get 401 without reaching a route."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        import hmac
+
+        got = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, value = got.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(value.strip(), self.token):
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": "missing or wrong bearer token: send 'Authorization: Bearer TOKEN' (the "
+                                    "token in the server's --token-file)"}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 class _CountCodes:
     """ASGI wrapper: every answer, including the router's 404/405, is counted by status code."""
 
@@ -313,12 +337,20 @@ def build_app(opts: ServeOptions, preloaded=None):
     routes = [Route("/predict", service.predict, methods=["POST"]), Route("/health", service.health),
               Route("/ready", service.ready), Route("/metadata", service.metadata), Route("/metrics", service.prom)]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_allowed})
+    if opts.token_file:
+        from hpctrain.secure.keys import read_token
+
+        app = _RequireToken(app, read_token(opts.token_file))
     return _CountCodes(app, service)
 
 
 def worker_app():
     """The app of one worker process under ``--workers N`` (uvicorn imports it by name)."""
     opts = ServeOptions(**json.loads(os.environ[ENV_OPTIONS]))
+    if opts.key:  # the path travels in the environment, never the key
+        from hpctrain.secure import keyring
+
+        keyring.add(opts.key)
     return build_app(opts)
 
 
@@ -354,6 +386,17 @@ def _check_bind(host: str, port: int) -> None:
                              "address this machine has") from None
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(opts: ServeOptions) -> int:
     """Run until SIGTERM or Ctrl-C; 0 after a graceful shutdown."""
     import tempfile
@@ -362,12 +405,27 @@ def serve(opts: ServeOptions) -> int:
 
     for module in ("starlette", "prometheus_client", "safetensors"):
         require(module, "hpctrain serve")
+    if opts.trust_path:
+        from hpctrain.secure.cliargs import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # this process and the workers it starts
+    if opts.key:
+        from hpctrain.secure import keyring
+
+        keyring.add(opts.key)
     uvicorn = require("uvicorn", "hpctrain serve")
     from hpctrain.predict import load_run
 
     # load once here so a bad model fails now, as one line, instead of inside every worker
     trained = load_run(opts.model)
     _check_bind(opts.host, opts.port)
+    if opts.token_file:
+        from hpctrain.secure.keys import read_token
+
+        read_token(opts.token_file)  # a missing or open token file: one line now, not in each worker
+    elif not _loopback(opts.host):
+        print(f"hpctrain serve: warning: listening on {opts.host}, reachable from other machines, without "
+              "--token-file: anyone who can reach the port can use the model", file=sys.stderr, flush=True)
     kw = _uvicorn_kwargs(opts)
     where = f"http://{opts.host}:{opts.port}"
     print(f"hpctrain serve: {opts.model} on {where} (POST /predict, GET /health /ready /metadata /metrics; "

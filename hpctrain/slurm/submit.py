@@ -170,6 +170,10 @@ def make_slurm_executor(spec: JobSpec):
 
 
 def prepare_dirs(spec: JobSpec) -> None:
+    from hpctrain.secure.perms import current_umask, make_private_dir
+
+    # 0700 (0750 with --group-share: the umask 'hpctrain submit' set says which), also when it existed
+    make_private_dir(spec.run_dir, group_share=current_umask() & 0o070 == 0o020)
     RunDir(spec.run_dir).make_dirs()
     spec.submitit_dir.mkdir(parents=True, exist_ok=True)
     if spec.array_size is not None:

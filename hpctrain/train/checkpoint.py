@@ -5,6 +5,9 @@
   same way. A crash at any instant leaves the previous checkpoint and pointer intact.
 * Only tensors, numbers, strings, lists, tuples and dicts go in, so every load uses
   ``torch.load(weights_only=True)``: a checkpoint cannot run code when it is read.
+* With ``checkpoint.encrypt: KEYFILE`` the file is the encrypted container of
+  :mod:`hpctrain.secure.container` around the same bytes (serialised in memory, never written
+  in plaintext); :func:`load` finds the key among the keys this process holds.
 * Resume tries the candidates newest first; a truncated or corrupt one is skipped with a
   warning naming it, and the previous one is used.
 """
@@ -36,25 +39,38 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
-def save(ckpt_dir: Path, step: int, payload: dict[str, Any], *, keep: int = 3) -> Path:
-    """Write ``payload`` as the checkpoint of ``step``, update ``latest``, prune to ``keep``."""
+def _write(dest: Path, payload: dict[str, Any], key) -> None:
     import torch
 
+    # mode from the umask: 0600 under hpctrain train's 077, 0640 with run.group_share
+    with atomic_path(dest) as tmp:
+        if key is None:
+            torch.save(payload, tmp)
+            return
+        import io
+
+        from hpctrain.secure.container import write_encrypted
+
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        with open(tmp, "wb") as out:
+            write_encrypted(out, buf.getbuffer(), key, dest.name)
+
+
+def save(ckpt_dir: Path, step: int, payload: dict[str, Any], *, keep: int = 3, key=None) -> Path:
+    """Write ``payload`` as the checkpoint of ``step``, update ``latest``, prune to ``keep``;
+    encrypted with ``key`` (a :class:`hpctrain.secure.keys.Key`) when given."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dest = ckpt_dir / step_name(step)
-    with atomic_path(dest) as tmp:
-        torch.save(payload, tmp)
+    _write(dest, payload, key)
     atomic_write_json(ckpt_dir / LATEST, {"file": dest.name, "step": step, "sha256": sha256_file(dest)})
     prune(ckpt_dir, keep)
     return dest
 
 
-def save_file(dest: Path, payload: dict[str, Any]) -> None:
-    import torch
-
-    with atomic_path(dest) as tmp:
-        torch.save(payload, tmp)
+def save_file(dest: Path, payload: dict[str, Any], *, key=None) -> None:
+    _write(Path(dest), payload, key)
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:
@@ -74,8 +90,15 @@ def load(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load one checkpoint safely; any failure is a CheckpointError naming the file."""
     import torch
 
+    from hpctrain.secure.container import is_encrypted
+    from hpctrain.secure.keys import check_trusted_location
+
+    check_trusted_location(path, "checkpoint")  # whoever can swap the file chooses the weights we load
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        src = _decrypted(Path(path)) if is_encrypted(path) else path
+        obj = torch.load(src, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as e:  # noqa: BLE001 - truncation shows up as zip, pickle or EOF errors alike
@@ -86,6 +109,28 @@ def load(path: Path, map_location: str = "cpu") -> dict[str, Any]:
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no 'model' entry; not an hpctrain checkpoint")
     return obj
+
+
+def _decrypted(path: Path):
+    """The plaintext of an encrypted checkpoint, in memory, with whichever held key opens it;
+    every chunk is authenticated before torch sees a byte."""
+    import io
+
+    from hpctrain.secure import keyring
+    from hpctrain.secure.container import decrypt_file
+    from hpctrain.secure.keys import SecurityError
+
+    keys = keyring.held()
+    if not keys:
+        raise CheckpointError(f"checkpoint {str(path)!r} is encrypted and no key was given; set checkpoint.encrypt: "
+                              "KEYFILE in the config (or pass --key KEYFILE)")
+    last = None
+    for key in keys:
+        try:
+            return io.BytesIO(decrypt_file(path, key, path.name))
+        except SecurityError as e:
+            last = e
+    raise CheckpointError(str(last)) from None
 
 
 def _pointer_mismatch(ckpt_dir: Path, path: Path) -> str | None:

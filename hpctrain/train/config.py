@@ -36,6 +36,9 @@ class RunConfig:
         "help": "run directory (checkpoints, metrics, plots, result.json); default runs/<name>. Stable across "
                 "requeues: never key it by job id"})
     seed: int = field(default=0, metadata={"help": "base seed; rank r seeds its RNGs with seed + 1000 * r"})
+    group_share: bool = field(default=False, metadata={
+        "help": "open the run dir to your group (dirs 0750, files 0640); default private (0700/0600) "
+                "whatever the umask"})
     epochs: int = field(default=10, metadata={"help": "number of epochs"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps in total"})
     deterministic: bool = field(default=True, metadata={
@@ -78,6 +81,9 @@ class DataConfig:
                 "batch_size * world size * comm.backward_passes_per_step (batch_size is then derived)"})
     shuffle: bool = field(default=True, metadata={"help": "reshuffle every epoch (seeded: run.seed + epoch)"})
     prefetch: int = field(default=2, metadata={"help": "batches read ahead by the loader"})
+    key: Path | None = field(default=None, metadata={
+        "help": "key file of encrypted shards ('hpctrain shard --encrypt KEYFILE'); only this path is stored, "
+                "every rank reads the key itself"})
     task: Literal["auto", "classification", "regression"] = field(default="auto", metadata={
         "help": "auto: what the shards hold (class labels, or float targets written with 'hpctrain shard --task "
                 "regression'); a stated task that the shards do not hold is an error"})
@@ -272,6 +278,9 @@ class CheckpointConfig:
     keep: int = field(default=3, metadata={
         "help": "keep the newest K step checkpoints (final.pt, written at the end, is kept apart)"})
     resume: bool = field(default=True, metadata={"help": "resume from the newest valid checkpoint in the run dir"})
+    encrypt: Path | None = field(default=None, metadata={
+        "help": "key file ('hpctrain keygen'): checkpoints are written AES-256-GCM encrypted; predict and export "
+                "then need --key KEYFILE"})
 
     def __post_init__(self):
         _positive("checkpoint.every_steps", self.every_steps, allow_zero=True)
@@ -467,6 +476,9 @@ class Plan:
 
 def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     """Checks that need the world size or the file system. Pure apart from reading paths."""
+    from hpctrain.train.data import load_keys
+
+    load_keys(cfg)  # a key file that is missing or too open stops here, before any process group
     accum = cfg.comm.backward_passes_per_step
     batch = cfg.data.batch_size
     if cfg.data.global_batch_size is not None:
@@ -526,14 +538,15 @@ def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]
     truncated or foreign shard stops every rank here, before a process group exists, rather than
     one rank mid-epoch. Header reads only (no checksum: that reads every byte; 'hpctrain shard
     verify' does it). Returns the rows of each of ``splits``."""
-    from hpctrain.data.shards import Manifest, ShardError, check_datasets, h5_open
+    from hpctrain.data.h5io import open_shard
+    from hpctrain.data.shards import Manifest, ShardError, check_datasets
 
     rows: dict[str, int] = {}
     try:
         m = Manifest.load(data_dir)
         for s in m.shards:
             if s.split in splits:
-                with h5_open(m.path(s)) as f:
+                with open_shard(m, s) as f:
                     check_datasets(m, s, f)
                 rows[s.split] = rows.get(s.split, 0) + s.rows
     except ShardError as e:
@@ -601,6 +614,9 @@ def check_model(cfg: TrainConfig) -> None:
     from hpctrain.train.losses import loss_from_config
     from hpctrain.train.models import check_output, model_from_config
 
+    from hpctrain.train.data import load_keys
+
+    load_keys(cfg)
     info = describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
     rng = torch.get_rng_state()  # building a model draws random weights: leave the caller's stream alone
     try:

@@ -38,6 +38,18 @@ class DataInfo:
         return self.targets if self.targets else len(self.classes)
 
 
+def load_keys(cfg):
+    """Load data.key and checkpoint.encrypt into this process's keyring (each rank reads the
+    files itself: only their paths travel in the config). Returns the checkpoint key or None."""
+    if cfg.data.key is None and cfg.checkpoint.encrypt is None:
+        return None
+    from hpctrain.secure import keyring
+
+    if cfg.data.key is not None:
+        keyring.add(cfg.data.key)
+    return keyring.add(cfg.checkpoint.encrypt) if cfg.checkpoint.encrypt is not None else None
+
+
 def describe(data_dir: Path, train_split: str, val_split: str | None) -> DataInfo:
     from hpctrain.data.shards import Manifest
 

@@ -83,7 +83,8 @@ class AttentionClassifier(nn.Module):
 
     After every forward, ``last_attention`` holds one (batch, heads, tokens, tokens) tensor
     per layer; :meth:`feature_attention` turns the last layer's [CLS] row into a per-feature
-    importance (there is no explain command yet; this is the hook one would read).
+    importance. ``hpctrain explain --method attention`` reads ``last_attention`` after its own
+    forward pass (hpctrain/explain/attribute.py); training does not depend on it.
     """
 
     def __init__(self, n_features: int, num_classes: int, embed_dim: int = 32, heads: int = 4, layers: int = 1,

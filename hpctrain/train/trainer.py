@@ -108,6 +108,7 @@ class Trainer:
             # run in a process and later ones (measured; see docs/training.md), which breaks
             # bit-exact resume; the native kernels do not.
             torch.backends.mkldnn.enabled = False
+        self.ckpt_key = D.load_keys(cfg)  # before anything reads an encrypted shard or checkpoint
         self.data_info = D.describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
         self.comm = get_comm(cfg, info)
         self.rank, self.world = self.comm.rank, self.comm.size
@@ -225,7 +226,8 @@ class Trainer:
         states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             loader_state = self.loader.state_dict() if mid_epoch else None
-            C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep)
+            C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep,
+                   key=self.ckpt_key)
         self.comm.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume them
 
     def resume(self) -> None:
@@ -494,8 +496,8 @@ class Trainer:
         states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
         if self.root:
             payload = self._payload(None, states)
-            C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep)
-            C.save_file(RunDir(self.run_dir).final_checkpoint, payload)
+            C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep, key=self.ckpt_key)
+            C.save_file(RunDir(self.run_dir).final_checkpoint, payload, key=self.ckpt_key)
             RunDir(self.run_dir).write_result({"status": "completed", "step": self.step, "epoch": self.epoch,
                                                "metrics": metrics})
             if cfg.logging.plots:
@@ -512,6 +514,20 @@ class Trainer:
 
 def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None) -> TrainResult:
     """Train (or resume, or recognise as finished) the run ``cfg.run.dir``; see the module doc."""
+    from hpctrain.secure.perms import private_umask
+
+    # before anything is created: checkpoints, logs and plots private whatever the user's umask;
+    # the caller's umask comes back afterwards (train() is also a library call)
+    old = private_umask(cfg.run.group_share)
+    try:
+        return _train(cfg, stop_requested)
+    finally:
+        os.umask(old)
+
+
+def _train(cfg: TrainConfig, stop_requested: Callable[[], bool] | None) -> TrainResult:
+    from hpctrain.secure.perms import make_private_dir
+
     info = rank_info()
     plan = check_runtime(cfg, info.world_size)
     run_dir = Path(cfg.run.dir)
@@ -528,7 +544,7 @@ def train(cfg: TrainConfig, *, stop_requested: Callable[[], bool] | None = None)
     placement = trainer.comm.gather({"node": info.node, "local_rank": info.local_rank, "pid": os.getpid(),
                                             "device": str(trainer.device)})
     if trainer.root:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(run_dir, cfg.run.group_share)
         write_resolved(cfg, info, plan, placement)
         if info.world_size > 1:
             print(f"hpctrain train: {placement_line(placement)}", file=sys.stderr, flush=True)
