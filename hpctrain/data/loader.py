@@ -25,22 +25,21 @@ never reused, after a fork, and are not pickled.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
 import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from hpctrain.data.shards import (
     Manifest, ShardError, ShardInfo, check_datasets, check_sha256, default_file_locking, read_rows,
 )
+from hpctrain.data.epoch_plan import EpochPlan, Piece, UnderShardedWarning, plan_epoch, slabs_of  # noqa: F401
 from hpctrain.data.h5io import open_shard
 
 DEFAULT_BUFFER_BYTES = 64 << 20
@@ -51,83 +50,6 @@ MAX_OPEN_FILES = 64
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-class UnderShardedWarning(UserWarning):
-    """There are fewer shards than ranks, so ranks share shards by row ranges."""
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Rows [start, stop) of shard number ``shard`` (index into the split's shard list)."""
-
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True, slots=True)
-class EpochPlan:
-    pieces: list[list[Piece]]  # per rank
-    batches: int  # per rank, equal on every rank
-    under_sharded: bool
-
-    def rows(self, rank: int) -> int:
-        return sum(p.rows for p in self.pieces[rank])
-
-
-def plan_epoch(rows: Sequence[int], *, world_size: int, epoch: int, seed: int, shuffle: bool, drop_last: bool,
-               batch_size: int) -> EpochPlan:
-    """Which row ranges each rank reads this epoch, and the common batch count (pure)."""
-    n = len(rows)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    assign: list[list[Piece]] = [[Piece(int(order[i]), 0, int(rows[order[i]])) for i in range(r, n, world_size)]
-                                 for r in range(world_size)]
-    total = int(sum(rows))
-    base, extra = divmod(total, world_size)
-    quota = [base if drop_last else base + (r < extra) for r in range(world_size)]
-    pool: list[Piece] = []
-    for r in range(world_size):
-        size = sum(p.rows for p in assign[r])
-        while size > quota[r]:
-            p = assign[r].pop()
-            excess = size - quota[r]
-            if p.rows <= excess:
-                pool.append(p)
-                size -= p.rows
-            else:
-                assign[r].append(Piece(p.shard, p.start, p.stop - excess))
-                pool.append(Piece(p.shard, p.stop - excess, p.stop))
-                size -= excess
-    for r in range(world_size):
-        need = quota[r] - sum(p.rows for p in assign[r])
-        while need > 0:
-            q = pool.pop(0)
-            if q.rows <= need:
-                assign[r].append(q)
-                need -= q.rows
-            else:
-                assign[r].append(Piece(q.shard, q.start, q.start + need))
-                pool.insert(0, Piece(q.shard, q.start + need, q.stop))
-                need = 0
-    batches = base // batch_size if drop_last else math.ceil(max(quota) / batch_size)
-    return EpochPlan(pieces=assign, batches=batches, under_sharded=n < world_size)
-
-
-def slabs_of(pieces: Sequence[Piece], chunk_rows: int) -> list[Piece]:
-    """Cut row ranges at chunk boundaries so each read covers whole chunks where possible."""
-    out = []
-    for p in pieces:
-        a = p.start
-        while a < p.stop:
-            b = min(p.stop, (a // chunk_rows + 1) * chunk_rows)
-            out.append(Piece(p.shard, a, b))
-            a = b
-    return out
 
 
 class _Files:

@@ -158,3 +158,17 @@ def newest_valid(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         warnings.warn(f"skipping checkpoint {str(path)!r}: {why}; falling back to the previous one",
                       CheckpointWarning, stacklevel=2)
     return None
+
+
+def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
+    """'' when the two state dicts have the same keys and shapes, else a short account. Pure."""
+    missing = [k for k in current if k not in saved]
+    extra = [k for k in saved if k not in current]
+    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(current[k].shape)} now"
+              for k in current if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)]
+    parts = []
+    for what, items in (("shape", shapes), ("not in the checkpoint", missing), ("only in the checkpoint", extra)):
+        if items:
+            more = f" and {len(items) - most} more" if len(items) > most else ""
+            parts.append(f"{what}: " + "; ".join(items[:most]) + more)
+    return " | ".join(parts)

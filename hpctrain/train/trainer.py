@@ -18,7 +18,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,56 +30,10 @@ from hpctrain.rundir import METRICS, RESULT, RunDir  # noqa: F401 - RESULT: publ
 from hpctrain.train.build import get_comm, make_optimizer
 from hpctrain.train.config import Plan, TrainConfig, check_runtime
 from hpctrain.train.provenance import RESOLVED, write_resolved  # noqa: F401 - RESOLVED: public name, kept here
+from hpctrain.train.checkpoint import state_mismatch  # noqa: F401 - public name, kept here
+from hpctrain.train.result import Progress, TrainResult
 from hpctrain.train.rng import rng_state, seed_all, set_rng_state
 
-
-
-@dataclass(slots=True)
-class TrainResult:
-    status: str  # "completed" | "interrupted"
-    step: int
-    epoch: int
-    metrics: dict = field(default_factory=dict)
-    run_dir: Path | None = None
-    resumed_from: str | None = None
-
-
-def read_result(run_dir: Path) -> dict | None:
-    return RunDir(run_dir).read_result()
-
-
-def state_mismatch(saved: dict, current: dict, most: int = 3) -> str:
-    """'' when the two state dicts have the same keys and shapes, else a short account. Pure."""
-    missing = [k for k in current if k not in saved]
-    extra = [k for k in saved if k not in current]
-    shapes = [f"{k}: {tuple(saved[k].shape)} saved vs {tuple(current[k].shape)} now"
-              for k in current if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)]
-    parts = []
-    for what, items in (("shape", shapes), ("not in the checkpoint", missing), ("only in the checkpoint", extra)):
-        if items:
-            more = f" and {len(items) - most} more" if len(items) > most else ""
-            parts.append(f"{what}: " + "; ".join(items[:most]) + more)
-    return " | ".join(parts)
-
-
-class _Progress:
-    """A one-line progress bar on rank 0 when stderr is a terminal."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.on = enabled and sys.stderr.isatty()
-        self.total = max(1, total)
-
-    def update(self, step: int, epoch: int, loss: float) -> None:
-        if not self.on:
-            return
-        frac = min(1.0, step / self.total)
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{bar:<30}] step {step}/{self.total} epoch {epoch} loss {loss:.4f}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.on:
-            sys.stderr.write("\n")
 
 
 class Trainer:
@@ -347,7 +300,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(RunDir(self.run_dir).tensorboard))
-        progress = _Progress(cfg.logging.progress and self.root, self.total_steps)
+        progress = Progress(cfg.logging.progress and self.root, self.total_steps)
         accum = self.plan.accum
         stop_early = self.early.enabled and self.early.bad_epochs >= self.early.patience
         t_log, n_log = time.perf_counter(), 0
@@ -531,7 +484,7 @@ def _train(cfg: TrainConfig, stop_requested: Callable[[], bool] | None) -> Train
     info = rank_info()
     plan = check_runtime(cfg, info.world_size)
     run_dir = Path(cfg.run.dir)
-    done = read_result(run_dir)
+    done = RunDir(run_dir).read_result()
     if done and done.get("status") == "completed":
         return TrainResult("completed", int(done.get("step", 0)), int(done.get("epoch", 0)),
                            dict(done.get("metrics") or {}), run_dir, None)
