@@ -5,8 +5,6 @@ a real headless Chromium with every image loaded, and bad input as one-line erro
 
 import json
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ pytest.importorskip("captum")
 
 from hpctrain.cli import main  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from chromium_helpers import CHROMIUM, images_loaded  # noqa: E402
 INFORMATIVE = 2  # the label is the sign of feature f2; the other four are pure noise
 
 
@@ -210,15 +208,7 @@ def test_image_outputs(digits):
     assert "<h3>row " not in page  # images get the picture grid, not the tables
 
 
-def _render(page, tmp_path):
-    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                        "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    m = re.search(r'data-images-loaded="([^"]*)"', p.stdout)
-    assert m, p.stdout[:2000]
-    return m.group(1)
+_render = images_loaded
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")

@@ -4,8 +4,6 @@ HTML rendered by a real headless Chromium with every image loaded, and bad input
 import base64
 import json
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,7 @@ import pytest
 
 from hpctrain.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from chromium_helpers import CHROMIUM, images_loaded  # noqa: E402
 PNGS = ["histograms", "missingness", "class_balance", "correlation", "anomaly_scores"]
 
 
@@ -81,15 +79,7 @@ def test_pngs_and_self_contained_html(profiled):
     assert "http://" not in page and "https://" not in page
 
 
-def _render(page, tmp_path):
-    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                        "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-2000:]
-    m = re.search(r'data-images-loaded="([^"]*)"', p.stdout)
-    assert m, p.stdout[:2000]
-    return m.group(1)
+_render = images_loaded
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")

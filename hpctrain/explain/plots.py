@@ -3,32 +3,11 @@ Each function takes plain numbers and returns PNG bytes."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
+from hpctrain.pictures import literal as _t, plt as _plt, png_bytes as _png  # noqa: F401
+
 TOP = 30  # bars shown per chart (explain.json has every feature)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _t(s) -> str:
-    # a feature named like 'cost ($)' is shown literally, not parsed as TeX
-    return str(s).replace("$", r"\$")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    _plt().close(fig)
-    return buf.getvalue()
 
 
 def bar_chart(names: list[str], values: np.ndarray, title: str, xlabel: str, errors: np.ndarray | None = None) -> bytes:

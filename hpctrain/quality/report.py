@@ -10,34 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 import numpy as np
 
 from hpctrain.fileio import atomic_write_bytes, atomic_write_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _t(s) -> str:
-    """Text for matplotlib: a column named like ``cost ($)`` or ``$x$`` is shown literally
-    (matplotlib would parse text between dollar signs as TeX and can fail on it)."""
-    return str(s).replace("$", r"\$")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    _plt().close(fig)
-    return buf.getvalue()
+from hpctrain.pictures import literal as _t, plt as _plt, png_bytes as _png  # noqa: F401
 
 
 def _bars(ax, edges, counts, **kw):
