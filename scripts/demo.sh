@@ -130,8 +130,5 @@ stage "done in $((SECONDS - t0)) s"
 echo "profile report: $out/profile/report.html"
 echo "drift report:   $out/drift-shifted/drift.html"
 echo "training plots: $run/plots/"
-<<<<<<< HEAD
 echo "monitoring:     $run/monitor/plots/ (hpctrain monitor $run)"
-=======
 echo "explanation:    $out/explain/explain.html (pictures: $out/explain/*.png)"
->>>>>>> e9546d6264c0e905b741ef2f42056bee138191a4
