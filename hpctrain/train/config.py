@@ -330,6 +330,25 @@ class CommConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class ParallelConfig:
+    pipeline_stages: int = field(default=1, metadata={
+        "help": "S: split the model's sequential blocks into S contiguous pipeline stages, one per rank; the world "
+                "size W must be a multiple of S, giving W/S data-parallel replicas (rank s*W/S + r holds stage s of "
+                "replica r). 1: data parallelism only. Needs comm.backend=torch (see docs/parallelism.md)"})
+    microbatches: int = field(default=4, metadata={
+        "help": "M: each rank's batch (data.batch_size) is cut into M microbatches that flow through the stages; "
+                "must divide data.batch_size. Idle share of a step: (S-1)/(M+S-1). Ignored when pipeline_stages=1"})
+    schedule: Literal["gpipe", "1f1b"] = field(default="gpipe", metadata={
+        "help": "gpipe: all forwards, then all backwards; 1f1b: one forward, one backward in the steady state "
+                "(the same bubble, activations of at most S microbatches held; needs microbatches >= "
+                "pipeline_stages). Both are torch.distributed.pipelining schedules"})
+
+    def __post_init__(self):
+        _positive("parallel.pipeline_stages", self.pipeline_stages)
+        _positive("parallel.microbatches", self.microbatches)
+
+
+@dataclass(kw_only=True, slots=True)
 class MonitorConfig:
     enabled: bool = field(default=True, metadata={
         "help": "sample every rank's resources and step timings into RUN/monitor/rank-R.jsonl and raise alerts "
@@ -418,6 +437,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "checkpoints"})
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata={"help": "metrics and plots"})
     comm: CommConfig = field(default_factory=CommConfig, metadata={"help": "gradient exchange"})
+    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={
+        "help": "pipeline and hybrid (pipeline x data) parallelism"})
     monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={
         "help": "per-rank resource sampling and alerts"})
     slurm: SlurmConfig = field(default_factory=SlurmConfig, metadata={
@@ -441,13 +462,35 @@ class TrainConfig:
         if self.model.freeze and self.model.init_from is None:
             raise ConfigError("model.freeze: freezing parameters without model.init_from trains a partly random "
                               "model; set model.init_from to a checkpoint")
+        if self.parallel.pipeline_stages > 1:
+            self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        """What the pipeline runtime does not combine with, each with the key to change."""
+        s = self.parallel.pipeline_stages
+        if self.comm.backend != "torch":
+            raise ConfigError(f"parallel.pipeline_stages={s} runs on torch.distributed (stage-to-stage sends and the "
+                              f"per-stage gradient groups); got comm.backend={self.comm.backend!r}: set "
+                              "comm.backend=torch")
+        bad = [(k, fix) for k, on, fix in (
+            ("comm.backward_passes_per_step", self.comm.backward_passes_per_step != 1,
+             "set it to 1: parallel.microbatches already accumulates gradients over a batch"),
+            ("comm.fp16_compression", self.comm.fp16_compression, "set it to false"),
+            ("run.precision", self.run.precision != "fp32", "use run.precision=fp32"),
+            ("run.compile", self.run.compile, "set run.compile=false"),
+            ("regularization.l1", self.regularization.l1 > 0,
+             "use regularization.weight_decay (L2), which acts on each stage's own parameters"),
+        ) if on]
+        if bad:
+            raise ConfigError(f"{bad[0][0]}: not supported with parallel.pipeline_stages={s}; {bad[0][1]} "
+                              "(or set parallel.pipeline_stages=1)")
 
     def to_dict(self) -> dict:
         return to_dict(self)
 
 
 SECTIONS = ("run", "data", "model", "optimizer", "schedule", "regularization", "imbalance", "loss", "metrics",
-            "augmentation", "imputation", "checkpoint", "logging", "comm", "monitor", "slurm")
+            "augmentation", "imputation", "checkpoint", "logging", "comm", "parallel", "monitor", "slurm")
 
 
 def load_config(path_or_dict: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
@@ -472,6 +515,13 @@ class Plan:
     accum: int
     global_batch: int  # samples per optimizer step over all ranks
     lr: float  # peak LR after the scaling rule
+    stages: int = 1  # pipeline stages per replica (parallel.pipeline_stages)
+    microbatches: int = 1  # per batch, when stages > 1
+
+    @property
+    def replicas(self) -> int:
+        """Data-parallel replicas: the ranks that read different data (the world size without a pipeline)."""
+        return self.world_size // self.stages
 
 
 def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
@@ -479,13 +529,19 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
     from hpctrain.train.data import load_keys
 
     load_keys(cfg)  # a key file that is missing or too open stops here, before any process group
+    from hpctrain.train.pipeline import check_layout, check_microbatches
+
+    stages = cfg.parallel.pipeline_stages
+    # the ranks that read different data: all of them, or one per pipeline
+    dp = check_layout(world_size, stages) if stages > 1 else world_size
+    who = "world size" if stages == 1 else f"data-parallel replicas (world size {world_size} / {stages} stages)"
     accum = cfg.comm.backward_passes_per_step
     batch = cfg.data.batch_size
     if cfg.data.global_batch_size is not None:
-        per_step = world_size * accum
+        per_step = dp * accum
         if cfg.data.global_batch_size % per_step:
             raise ConfigError(
-                f"data.global_batch_size: {cfg.data.global_batch_size} is not divisible by world size {world_size} "
+                f"data.global_batch_size: {cfg.data.global_batch_size} is not divisible by {who} {dp} "
                 f"x comm.backward_passes_per_step {accum} = {per_step}; choose a multiple of {per_step}")
         batch = cfg.data.global_batch_size // per_step
     data_dir = Path(cfg.data.dir)
@@ -501,10 +557,13 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
                           "(or run.name)")
     rows = check_shards(data_dir, [cfg.data.train_split, cfg.data.val_split])
     train_rows = rows.get(cfg.data.train_split, 0)
-    if train_rows // world_size < batch:  # the trainer drops the last partial batch
+    if train_rows // dp < batch:  # the trainer drops the last partial batch
+        ranks = f"{dp} rank(s)" if stages == 1 else f"{dp} replica(s)"
         raise ConfigError(f"data.batch_size: the {cfg.data.train_split!r} split has {train_rows} rows, too few for "
-                          f"{world_size} rank(s) x batch {batch} (0 batches per epoch); lower the batch size or use "
+                          f"{ranks} x batch {batch} (0 batches per epoch); lower the batch size or use "
                           "fewer ranks")
+    if stages > 1:
+        check_microbatches(cfg.parallel.microbatches, batch, stages, cfg.parallel.schedule)
     for key, p in (("model.init_from", cfg.model.init_from), ("imputation.imputer", cfg.imputation.imputer)):
         if p is not None and not Path(p).exists():
             raise ConfigError(f"{key}: {str(p)!r} does not exist; fix the path or remove the key")
@@ -529,8 +588,40 @@ def check_runtime(cfg: TrainConfig, world_size: int) -> Plan:
         if cfg.metrics.extra and cfg.data.val_split is None:
             raise ConfigError("metrics.extra: validation metrics need a validation split; set data.val_split")
         check_model(cfg)
-    lr = cfg.optimizer.lr * (world_size if cfg.schedule.scale_lr else 1)
-    return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum, lr=lr)
+    if stages > 1:
+        check_pipeline_model(cfg, stages)
+    lr = cfg.optimizer.lr * (dp if cfg.schedule.scale_lr else 1)
+    if stages == 1:
+        return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * world_size * accum,
+                    lr=lr)
+    return Plan(world_size=world_size, batch_size=batch, accum=accum, global_batch=batch * dp * accum, lr=lr,
+                stages=stages, microbatches=cfg.parallel.microbatches)
+
+
+def check_pipeline_model(cfg: TrainConfig, stages: int) -> list[int]:
+    """Build the model on CPU and split it as the trainer will: a model that cannot be split, or
+    fewer sequential blocks than stages, fails here. Returns the stage boundaries."""
+    import torch
+
+    from hpctrain.train.data import describe
+    from hpctrain.train.models import model_from_config
+    from hpctrain.train.pipeline import block_costs, sequential_blocks, split_balanced, stage_names
+
+    info = describe(cfg.data.dir, cfg.data.train_split, cfg.data.val_split)
+    rng = torch.get_rng_state()  # building a model draws random weights: leave the caller's stream alone
+    try:
+        model = model_from_config(cfg.model, info.sample_shape, info.num_outputs, info.regression)
+    finally:
+        torch.set_rng_state(rng)
+    blocks = sequential_blocks(model)
+    if len(blocks) < stages:
+        what = cfg.model.module or f"model.kind={cfg.model.kind}"
+        raise ConfigError(f"parallel.pipeline_stages ({stages}) exceeds the {len(blocks)} sequential block(s) of "
+                          f"{what} (a block is a layer with weights, with the parameter-free layers after it); use "
+                          f"at most {len(blocks)} stages or a deeper model (e.g. more model.hidden layers)")
+    bounds = split_balanced(block_costs(blocks), stages)
+    stage_names(model, blocks, bounds)  # every parameter lands in a stage
+    return bounds
 
 
 def check_shards(data_dir: Path, splits: Sequence[str | None]) -> dict[str, int]:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+BLOCK = 512  # validation rows per forward pass
+
 
 @dataclass(kw_only=True)
 class Evaluator:
@@ -56,8 +58,8 @@ class Evaluator:
         import torch
 
         x, y = self.val
-        for lo in range(0, len(y), 512):
-            yield self.prep.features(torch.from_numpy(x[lo:lo + 512])).to(self.device), y[lo:lo + 512]
+        for lo in range(0, len(y), BLOCK):
+            yield self.prep.features(torch.from_numpy(x[lo:lo + BLOCK])).to(self.device), y[lo:lo + BLOCK]
 
     def _outputs(self, xb):
         from hpctrain.train.precision import autocast

@@ -46,6 +46,10 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.head(self.features(x))
 
+    def pipeline_blocks(self) -> list[nn.Module]:
+        """The layers in order, for pipeline stages (hpctrain.train.pipeline)."""
+        return [*self.features, self.head]
+
 
 class SmallCNN(nn.Module):
     """3x3 conv blocks (conv, ReLU, 2x2 max-pool while the map is at least 4 wide), then a Linear head."""
@@ -75,6 +79,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x.reshape(x.shape[0], *self.in_shape)))
+
+    def pipeline_blocks(self) -> list[nn.Module]:
+        """The layers in order, for pipeline stages (hpctrain.train.pipeline)."""
+        return [_Reshape(self.in_shape), *self.features, self.head]
 
 
 class AttentionClassifier(nn.Module):
@@ -111,6 +119,11 @@ class AttentionClassifier(nn.Module):
         self.last_attention = attn
         return self.head(self.norm(h[:, 0]))
 
+    def pipeline_blocks(self) -> list[nn.Module]:
+        """Token embedding, each encoder block, then norm + [CLS] + head, for pipeline stages
+        (hpctrain.train.pipeline). The attention weights are not recorded on this path."""
+        return [_Tokens(self), *(_HiddenOnly(b) for b in self.blocks), _ClsHead(self.norm, self.head)]
+
     @torch.no_grad()
     def feature_attention(self, x) -> torch.Tensor:
         """(batch, n_features): the last layer's [CLS]-to-feature attention, averaged over heads."""
@@ -136,6 +149,47 @@ class _Block(nn.Module):
         out, weights = self.attn(q, q, q, need_weights=True, average_attn_weights=False)
         h = h + out
         return h + self.mlp(self.norm2(h)), weights
+
+
+class _Reshape(nn.Module):
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class _Tokens(nn.Module):
+    """AttentionClassifier's embedding and [CLS] prefix (the same parameter objects)."""
+
+    def __init__(self, m: AttentionClassifier):
+        super().__init__()
+        self.n_features = m.n_features
+        self.token_weight, self.token_bias, self.cls = m.token_weight, m.token_bias, m.cls
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], self.n_features)
+        tokens = x.unsqueeze(-1) * self.token_weight + self.token_bias
+        return torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+
+
+class _HiddenOnly(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, h):
+        return self.block(h)[0]
+
+
+class _ClsHead(nn.Module):
+    def __init__(self, norm: nn.Module, head: nn.Module):
+        super().__init__()
+        self.norm, self.head = norm, head
+
+    def forward(self, h):
+        return self.head(self.norm(h[:, 0]))
 
 
 def build_model(kind: str, sample_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (128, 64),

@@ -49,8 +49,11 @@ def cluster_facts(info: RankInfo, placement: list[dict] | None = None) -> dict:
 def write_resolved(cfg: TrainConfig, info: RankInfo, plan: Plan, placement: list[dict] | None = None) -> None:
     from hpctrain.config import to_dict
 
+    plan_d = {"world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
+              "global_batch": plan.global_batch, "peak_lr": plan.lr}
+    if plan.stages > 1:
+        plan_d.update(pipeline_stages=plan.stages, replicas=plan.replicas, microbatches=plan.microbatches,
+                      schedule=cfg.parallel.schedule)
     RunDir(cfg.run.dir).write_resolved({
-        "config": json.loads(json.dumps(to_dict(cfg))), "plan": {
-            "world_size": plan.world_size, "batch_size_per_rank": plan.batch_size, "accum": plan.accum,
-            "global_batch": plan.global_batch, "peak_lr": plan.lr},
+        "config": json.loads(json.dumps(to_dict(cfg))), "plan": plan_d,
         "versions": versions(), "git_revision": git_revision(), "cluster": cluster_facts(info, placement)})

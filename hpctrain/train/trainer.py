@@ -96,29 +96,43 @@ class Trainer:
             for n, p in self.model.named_parameters():
                 if n in names:
                     p.requires_grad_(False)
-        self.model.to(self.device)
-        from hpctrain.train.precision import make_scaler
+        # The one seam of pipeline parallelism (parallel.pipeline_stages > 1): self.pipe holds this
+        # rank's stage (hpctrain.train.pipeline_stage) and replaces the model, the forward/backward
+        # pass, the exchange, checkpoint contents and evaluation; the data is read per replica.
+        self.pipe = None
+        self.data_rank, self.data_world = self.rank, self.world
+        if plan.stages > 1:
+            from hpctrain.train.pipeline import Layout
 
-        # the compiled wrapper runs forward passes; self.model keeps the plain parameter names in checkpoints
-        self.forward = torch.compile(self.model) if cfg.run.compile else self.model
-        self.scaler = make_scaler(cfg.run.precision, self.device)
-        opt = make_optimizer(cfg, self.model, self.transfer)
-        self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
-                                                    backward_passes_per_step=plan.accum, bucket_mb=cfg.comm.bucket_mb)
-        self.optimizer = self.exchange.optimizer
+            layout = Layout(world_size=self.world, stages=plan.stages, rank=self.rank)
+            self.data_rank, self.data_world = layout.replica, layout.replicas
+        else:
+            self.model.to(self.device)
+            from hpctrain.train.precision import make_scaler
+
+            # the compiled wrapper runs forward passes; self.model keeps the plain parameter names in checkpoints
+            self.forward = torch.compile(self.model) if cfg.run.compile else self.model
+            self.scaler = make_scaler(cfg.run.precision, self.device)
+            opt = make_optimizer(cfg, self.model, self.transfer)
+            self.exchange = self.comm.gradient_exchange(self.model, opt, compression=cfg.comm.fp16_compression,
+                                                        backward_passes_per_step=plan.accum,
+                                                        bucket_mb=cfg.comm.bucket_mb)
+            self.optimizer = self.exchange.optimizer
         seed_all(cfg.run.seed + 1000 * self.rank)
 
-        self.loader = D.make_train_loader(cfg, self.rank, self.world, plan.batch_size)
+        self.loader = D.make_train_loader(cfg, self.data_rank, self.data_world, plan.batch_size)
         if self.epoch_steps(0) == 0:
             raise ConfigError(f"comm.backward_passes_per_step={plan.accum} exceeds the {len(self.loader)} batches "
                               "per epoch; lower it or data.batch_size")
         full = sum(self.epoch_steps(e) for e in range(cfg.run.epochs))
         self.total_steps = min(full, cfg.run.max_steps) if cfg.run.max_steps else full
+        # every stage of a replica draws the same augmentation stream: its first and last stages
+        # must see the same augmented batch
         self.prep = D.Preprocess(self.data_info.classes, cfg.imputation.imputer, cfg.imputation.on_nan,
-                                 cfg.augmentation.ops, cfg.run.seed, self.rank)
+                                 cfg.augmentation.ops, cfg.run.seed, self.data_rank)
         self.val = None
         if cfg.data.val_split:
-            self.val = D.val_arrays(cfg.data.dir, cfg.data.val_split, self.rank, self.world)
+            self.val = D.val_arrays(cfg.data.dir, cfg.data.val_split, self.data_rank, self.data_world)
 
         k = self.data_info.num_classes
         counts = {self.data_info.classes.index(c) if c in self.data_info.classes else c: n
@@ -136,6 +150,8 @@ class Trainer:
 
             self.criterion = loss_from_config(cfg.loss if cfg.loss.module is not None else LossConfig(module="mse"))
         self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
+        if plan.stages > 1:
+            self._setup_pipeline()
         from hpctrain.train.config import monitor_for
 
         self.monitor = monitor = monitor_for(cfg, self.regression)
@@ -154,12 +170,38 @@ class Trainer:
         self.extra_metrics = resolve_metrics(cfg.metrics.extra)
         self.sampler = None  # hpctrain.monitor.sampler.RankMonitor while monitoring
 
+    def _setup_pipeline(self) -> None:
+        """Split self.model (built whole, on the host, identically on every rank) into this rank's
+        stage; the stage replaces the model, its exchange the gradient exchange."""
+        from hpctrain.train.pipeline import Layout
+        from hpctrain.train.pipeline_stage import PipelineRuntime, named_for_optimizer
+
+        cfg = self.cfg
+        self.pipe = PipelineRuntime(model=self.model, layout=Layout(world_size=self.world, stages=self.plan.stages,
+                                                                    rank=self.rank),
+                                    device=self.device, microbatches=self.plan.microbatches,
+                                    schedule=cfg.parallel.schedule, criterion=self.criterion,
+                                    timeout_s=cfg.comm.timeout_s)
+        self.model = self.forward = self.pipe.module
+        self.scaler = None
+        # the optimizer sees the unsplit model's parameter names (transfer learning's head/body groups)
+        opt = make_optimizer(cfg, named_for_optimizer(self.pipe), self.transfer)
+        self.exchange = self.pipe.exchange(opt, cfg.optimizer.clip_grad_norm)
+        self.optimizer = opt
+
     def epoch_steps(self, epoch: int) -> int:
         """Optimizer steps in ``epoch`` (the loader's batch count may vary by one between epochs)."""
         return self.loader.plan(epoch).batches // self.plan.accum
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _payload(self, loader_state: dict | None, rng_states: list) -> dict:
+    def _payload(self, loader_state: dict | None, rng_states: list, stages: list | None = None) -> dict:
+        """Rank 0. ``stages``: every rank's PipelineRuntime.stage_state (a pipeline run)."""
+        if stages is not None:
+            merged = self.pipe.merge(stages)
+            payload = self._payload(loader_state, rng_states)  # then the whole pipeline's model and optimizer
+            payload.update(model=merged["model"], optimizer=merged["optimizer"], pipeline=merged["pipeline"])
+            payload["early"] = {**payload["early"], "best_state": merged["early_best"]}
+            return payload
         from hpctrain.config import to_dict
 
         return {"format": 1, "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -177,11 +219,18 @@ class Trainer:
         from hpctrain.train import checkpoint as C
 
         states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
+        stages = self._gather_stages()
         if self.root:
             loader_state = self.loader.state_dict() if mid_epoch else None
-            C.save(self.ckpt_dir, self.step, self._payload(loader_state, states), keep=self.cfg.checkpoint.keep,
-                   key=self.ckpt_key)
+            C.save(self.ckpt_dir, self.step, self._payload(loader_state, states, stages),
+                   keep=self.cfg.checkpoint.keep, key=self.ckpt_key)
         self.comm.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume them
+
+    def _gather_stages(self) -> list | None:
+        """Collective in a pipeline run (every stage's state to rank 0); None otherwise."""
+        if self.pipe is None:
+            return None
+        return self.comm.gather(self.pipe.stage_state(self.optimizer, self.early))
 
     def resume(self) -> None:
         from hpctrain.train import checkpoint as C
@@ -197,22 +246,35 @@ class Trainer:
                 name, ck = str(found[0]), found[1]  # loaded once, while newest_valid checked it
         name = self.comm.broadcast(name)
         if name is None:
-            self.comm.broadcast_model(self.model, self.optimizer)
+            if self.pipe is not None:
+                self.pipe.broadcast_stage()
+            else:
+                self.comm.broadcast_model(self.model, self.optimizer)
             return
         if ck is None:
             ck = C.load(Path(name))  # the run dir is on a shared file system: every other rank reads it
-        diff = state_mismatch(ck["model"], self.model.state_dict())
+        if self.pipe is not None:
+            self.pipe.check_checkpoint(ck, name)
+        elif ck.get("pipeline"):
+            n = ck["pipeline"].get("stages")
+            raise ConfigError(f"cannot resume from {name}: it was written by a pipeline of {n} stages, this run has "
+                              f"parallel.pipeline_stages=1; resume with parallel.pipeline_stages={n} (and "
+                              "comm.backend=torch), or start a new run with model.init_from pointing at it")
+        diff = state_mismatch(ck["model"], self.pipe.full_shapes if self.pipe is not None else self.model.state_dict())
         if diff:
             raise ConfigError(
                 f"cannot resume from {name}: it was written by a different model ({diff}). The config's model "
                 f"section changed since this run started; restore it (the run's config.resolved.json has the old "
                 f"one) or start a new run with another run.dir")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.pipe is None:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
         self.step, self.epoch = int(ck["step"]), int(ck["epoch"])
         if self.plateau is not None and ck.get("plateau"):
             self.plateau.load_state_dict(ck["plateau"])
         self.early.load_state_dict(ck["early"])
+        if self.pipe is not None:
+            self.pipe.load(ck, self.optimizer, self.early)  # this stage's share, best weights included
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         self.acc = dict(ck.get("acc") or self.acc)
@@ -246,7 +308,10 @@ class Trainer:
         """Collective: validation metrics summed over ranks (see hpctrain.train.evaluate)."""
         from hpctrain.train.evaluate import Evaluator
 
-        return Evaluator(comm=self.comm, forward=self.forward, model=self.model, prep=self.prep, val=self.val,
+        forward, val = self.forward, self.val
+        if self.pipe is not None:  # the outputs come out of the last stage; the other stages score no rows
+            forward, val = self.pipe.evaluation(self.prep, self.val)
+        return Evaluator(comm=self.comm, forward=forward, model=self.model, prep=self.prep, val=val,
                          device=self.device, precision=self.cfg.run.precision,
                          num_classes=self.data_info.num_classes, targets=self.data_info.targets,
                          extra_metrics=self.extra_metrics)(keep_predictions)
@@ -256,7 +321,7 @@ class Trainer:
         from hpctrain.train.schedules import lr_at
 
         lr = lr_at(self.cfg.schedule, peak=self.plan.lr, step=self.step, epoch=self.epoch,
-                   total_steps=self.total_steps, world_size=self.world, plateau=self.plateau)
+                   total_steps=self.total_steps, world_size=self.data_world, plateau=self.plateau)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         return lr
@@ -332,12 +397,15 @@ class Trainer:
                     t_copy = time.perf_counter()
                     x, y = self._owned(x), self._owned(y)
                     h2d_s += time.perf_counter() - t_copy
-                    with autocast(self.device, cfg.run.precision):
-                        loss = self.criterion(self.forward(x), y)
-                    # through the exchange: the mpi/torch backends fold the 1/world averaging into it
-                    total = loss / accum + self._l1()
-                    self.exchange.backward(total if self.scaler is None else self.scaler.scale(total))
-                    step_loss += float(loss.detach()) / accum
+                    if self.pipe is not None:  # every microbatch's forward and backward, through the stages
+                        step_loss += self.pipe.train_batch(x, y) / accum
+                    else:
+                        with autocast(self.device, cfg.run.precision):
+                            loss = self.criterion(self.forward(x), y)
+                        # through the exchange: the mpi/torch backends fold the 1/world averaging into it
+                        total = loss / accum + self._l1()
+                        self.exchange.backward(total if self.scaler is None else self.scaler.scale(total))
+                        step_loss += float(loss.detach()) / accum
                     got += 1
                     if got == accum:
                         break
@@ -346,8 +414,9 @@ class Trainer:
                     raise RuntimeError(f"the loader ended after {self.acc['batches']} of {steps_per_epoch} "
                                        f"steps of epoch {self.epoch}; its len() and its batches disagree")
                 t_exchange = time.perf_counter()
+                # a pipeline's exchange clips by the norm over all its stages itself
                 apply_step(self.exchange, self.model.parameters(), scaler=self.scaler,
-                           clip_grad_norm=cfg.optimizer.clip_grad_norm)
+                           clip_grad_norm=cfg.optimizer.clip_grad_norm if self.pipe is None else None)
                 self.step += 1
                 if self.sampler is not None:
                     t_end = time.perf_counter()
@@ -356,9 +425,10 @@ class Trainer:
                         self.sampler.gather(self.comm)
                 self.acc["loss_sum"] += step_loss
                 self.acc["batches"] += 1
-                n_log += accum * self.plan.batch_size * self.world
+                n_log += accum * self.plan.batch_size * self.data_world
                 if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
-                    mean_loss = float(self.comm.allreduce(np.array([step_loss]))[0]) / self.world
+                    # data_world ranks hold a loss: every rank, or a pipeline's last stages
+                    mean_loss = float(self.comm.allreduce(np.array([step_loss]))[0]) / self.data_world
                     dt = time.perf_counter() - t_log
                     self._log({"kind": "step", "step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr,
                                "samples_per_s": n_log / dt if dt > 0 else None})
@@ -406,7 +476,7 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> bool:
         cfg = self.cfg
         train_loss = float(self.comm.allreduce(np.array([self.acc["loss_sum"] / max(1, self.acc["batches"])]))[0]
-                           ) / self.world
+                           ) / self.data_world
         rec: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                                "lr": self.optimizer.param_groups[-1]["lr"], "seconds": seconds}
         stop = False
@@ -447,8 +517,9 @@ class Trainer:
             if confusion is not None:
                 metrics["confusion"] = confusion
         states = self.comm.gather({**rng_state(), "augment": self.prep.state_dict()})
+        stages = self._gather_stages()
         if self.root:
-            payload = self._payload(None, states)
+            payload = self._payload(None, states, stages)
             C.save(self.ckpt_dir, self.step, payload, keep=cfg.checkpoint.keep, key=self.ckpt_key)
             C.save_file(RunDir(self.run_dir).final_checkpoint, payload, key=self.ckpt_key)
             RunDir(self.run_dir).write_result({"status": "completed", "step": self.step, "epoch": self.epoch,
