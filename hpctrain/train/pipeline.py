@@ -77,8 +77,8 @@ def check_microbatches(microbatches: int, batch_size: int, stages: int, schedule
     batch mean), and 1F1B needs at least one microbatch per stage."""
     if batch_size % microbatches:
         raise ConfigError(f"parallel.microbatches ({microbatches}) does not divide the per-rank batch "
-                          f"({batch_size} = data.batch_size); choose microbatches among the divisors of {batch_size}, "
-                          "or change data.batch_size")
+                          f"({batch_size}); choose microbatches among the divisors of {batch_size}, or change "
+                          "data.batch_size (or data.global_batch_size)")
     if schedule == "1f1b" and microbatches < stages:
         raise ConfigError(f"parallel.schedule=1f1b needs parallel.microbatches ({microbatches}) >= "
                           f"parallel.pipeline_stages ({stages}); raise microbatches or use schedule=gpipe")
