@@ -120,3 +120,22 @@ def test_two_node_preemption_resumes_to_the_uninterrupted_parameters(runs, blobs
     assert got["step"] == want["step"] == 10 * 60
     for k in want["model"]:
         assert torch.equal(got["model"][k], want["model"][k]), k
+
+
+def test_two_stage_pipeline_runs_one_stage_per_node(runs, blobs):
+    # parallel.pipeline_stages=2 on 2 nodes x 1 task: stage 0 on n1, stage 1 on n2; activations and
+    # their gradients cross the nodes over gloo (TCP), and rank 0 writes the whole model
+    pytest.importorskip("hpctrain.train.trainer")
+    from hpctrain.train.checkpoint import load
+
+    cfg = write_cfg(runs / "pp.yaml", blobs, "mnpipe", model={"kind": "mlp", "hidden": [16, 8]},
+                    comm={"backend": "torch"}, parallel={"pipeline_stages": 2, "microbatches": 4})
+    run_dir = submit(cfg, "two-node-pipeline")
+    assert drive(run_dir, 180) == "COMPLETED"
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "completed" and res["metrics"]["val_accuracy"] > 0.9
+    resolved = json.loads((run_dir / "config.resolved.json").read_text())
+    assert resolved["plan"]["pipeline_stages"] == 2 and resolved["plan"]["replicas"] == 1
+    assert [(r["rank"], r["node"]) for r in resolved["cluster"]["ranks"]] == [(0, "n1"), (1, "n2")]
+    final = load(run_dir / "checkpoints" / "final.pt")
+    assert final["pipeline"]["stages"] == 2 and "head.weight" in final["model"]
