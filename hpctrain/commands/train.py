@@ -85,7 +85,10 @@ def run(args):
         return 0
     if args.check:
         if info.is_root:
-            print(f"config OK: {info.world_size} rank(s) x batch {plan.batch_size} x {plan.accum} pass(es) = "
+            ranks = f"{info.world_size} rank(s)" if plan.stages == 1 else (
+                f"{info.world_size} ranks = {plan.replicas} replica(s) x {plan.stages} pipeline stages, "
+                f"{plan.microbatches} microbatches; {plan.replicas}")
+            print(f"config OK: {ranks} x batch {plan.batch_size} x {plan.accum} pass(es) = "
                   f"global batch {plan.global_batch}, peak lr {plan.lr:g}, run dir {cfg.run.dir}")
         return 0
 
