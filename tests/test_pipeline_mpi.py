@@ -77,6 +77,8 @@ def _cfg(data, run_dir, **extra):
          "data": {"dir": str(data), "batch_size": 8, "prefetch": 1},
          "model": {"kind": "mlp", "hidden": [16, 8], "dropout": 0.1},
          "optimizer": {"name": "adamw", "lr": 0.01, "clip_grad_norm": 0.5},
+         # early stopping keeps each stage's best weights: in the checkpoint, restored at the end
+         "regularization": {"early_stopping": True, "patience": 5},
          "checkpoint": {"every_steps": 5, "keep": 20},
          "logging": {"plots": False, "progress": False, "every_steps": 3},
          "comm": {"backend": "torch", "timeout_s": 60},
@@ -124,3 +126,4 @@ def test_pipeline_resume_equals_an_uninterrupted_run(world):
         for i in sa:
             assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]), (s, i)
     assert full.metrics["val_macro_f1"] == second.metrics["val_macro_f1"]
+    assert full.metrics["restored_best"] and sorted(a["early"]["best_state"]) == sorted(a["model"])

@@ -30,23 +30,24 @@ from typing import Any
 from hpctrain.errors import ConfigError
 from hpctrain.train.pipeline import Layout, block_costs, sequential_blocks, split_balanced, stage_names
 
-_GROUPS: dict[tuple[int, int], tuple[list, list]] = {}
+_GROUPS: dict[tuple[int, int], tuple[Any, list, list]] = {}
 
 
 def groups(layout: Layout, timeout_s: int) -> tuple[Any, Any]:
     """(this rank's pipeline group, its stage's data-parallel group or None). Every rank creates
-    every group in the same order (dist.new_group is collective); cached per (W, S), since a
-    process that trains twice (tests, sweeps) keeps its process group."""
+    every group in the same order (dist.new_group is collective); cached per (W, S) while the
+    world process group lives, since a process that trains twice (tests, sweeps) keeps it."""
     import torch.distributed as dist
 
     key = (layout.world_size, layout.stages)
-    if key not in _GROUPS:
+    world = dist.group.WORLD
+    if key not in _GROUPS or _GROUPS[key][0] is not world:
         t = datetime.timedelta(seconds=timeout_s)
         pipes = [dist.new_group(layout.pipeline_ranks(r), timeout=t) for r in range(layout.replicas)]
         dps = [dist.new_group(layout.stage_ranks(s), timeout=t) for s in range(layout.stages)] \
             if layout.replicas > 1 else [None] * layout.stages
-        _GROUPS[key] = (pipes, dps)
-    pipes, dps = _GROUPS[key]
+        _GROUPS[key] = (world, pipes, dps)
+    _, pipes, dps = _GROUPS[key]
     return pipes[layout.replica], dps[layout.stage]
 
 
