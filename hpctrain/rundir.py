@@ -13,6 +13,7 @@ prediction. Nothing else spells a file name of it::
       plots/                  PNG plots of the finished run (optional)
       monitor/rank-R.jsonl    rank R's resource and step-timing samples and its alerts (hpctrain.monitor)
       monitor/timeline.json   Horovod's timeline (comm.timeline: true)
+      monitor/horovod_autotune.csv  what HOROVOD_AUTOTUNE tried and scored (comm.horovod_autotune: true)
       monitor/plots/          'hpctrain monitor' PNG timelines, one per rank
       logs/rank-R.log         per-rank output (srun, or the local executor)
       logs/batch.log          the batch script's own output
@@ -150,6 +151,10 @@ class RunDir:
     @property
     def timeline(self) -> Path:
         return self.monitor / "timeline.json"
+
+    @property
+    def horovod_autotune(self) -> Path:
+        return self.monitor / "horovod_autotune.csv"
 
     @property
     def monitor_plots(self) -> Path:

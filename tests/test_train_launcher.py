@@ -86,6 +86,21 @@ def test_two_ranks_through_horovod(tmp_path, digits, clean_env):
     assert (tmp_path / "run" / "plots" / "confusion.png").is_file()
 
 
+def test_horovod_autotune_logs_its_search_in_the_run_dir(tmp_path, digits, clean_env):
+    cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=3)
+    # Horovod scores a setting every 5 samples of 10 steps after 3 warm-up scores (200 steps);
+    # these make it score every 10 steps so a 54-step run logs several
+    env = {**clean_env, "HOROVOD_AUTOTUNE_WARMUP_SAMPLES": "0", "HOROVOD_AUTOTUNE_STEPS_PER_SAMPLE": "2"}
+    p = subprocess.run(mpirun(2, [*HPCTRAIN, "train", str(cfg), "--set", "comm.horovod_autotune=true"]),
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    log = tmp_path / "run" / "monitor" / "horovod_autotune.csv"
+    rows = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    # Horovod's own log: a header naming the tuned parameters, then one scored sample per line
+    assert "cycle_time_ms" in rows[0] and "score" in rows[0], rows[:2]
+    assert len(rows) >= 2, rows
+
+
 def test_bad_config_fails_on_every_rank_before_training(tmp_path, digits, clean_env):
     cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=1)
     # the timeout only guards against a hang; the behaviour is what the assertions check

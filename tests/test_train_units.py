@@ -191,6 +191,45 @@ def test_horovod_env_orders_check_before_shutdown():
     assert not math.isnan(float(env["HOROVOD_STALL_CHECK_TIME_SECONDS"]))
 
 
+def test_horovod_knobs_become_variables_from_the_config():
+    from hpctrain.comm.horovod_knobs import horovod_env
+    from hpctrain.train.build import horovod_knobs
+    from hpctrain.train.config import load_config
+
+    cfg = load_config({"data": {"dir": "d"}, "comm": {"horovod_cycle_time_ms": 0.5, "horovod_fusion_mb": 0,
+                                                      "horovod_cache_capacity": 0, "horovod_poll_us": 20}})
+    env = horovod_env(60, horovod_knobs(cfg, is_root=False))
+    assert env["HOROVOD_CYCLE_TIME"] == "0.5"
+    assert env["HOROVOD_FUSION_THRESHOLD"] == "0"
+    assert env["HOROVOD_CACHE_CAPACITY"] == "0"
+    assert "HOROVOD_AUTOTUNE" not in env
+
+
+def test_horovod_autotune_leaves_its_parameters_free_and_logs_in_the_run_dir(tmp_path):
+    from hpctrain.comm.horovod_knobs import horovod_env
+    from hpctrain.rundir import RunDir
+    from hpctrain.train.build import horovod_knobs
+    from hpctrain.train.config import load_config
+
+    cfg = load_config({"data": {"dir": "d"}, "run": {"dir": str(tmp_path / "r")}, "comm": {"horovod_autotune": True}})
+    env = horovod_env(60, horovod_knobs(cfg, is_root=True))
+    # a variable set here would pin the parameter: Horovod's autotuner skips what the environment fixed
+    assert env["HOROVOD_AUTOTUNE"] == "1"
+    assert not {"HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CACHE_CAPACITY"} & set(env)
+    assert env["HOROVOD_AUTOTUNE_LOG"] == str(RunDir(tmp_path / "r").horovod_autotune)
+    assert RunDir(tmp_path / "r").horovod_autotune.parent.is_dir()  # rank 0 made it before hvd.init
+
+
+@pytest.mark.parametrize("key,value", [("horovod_cycle_time_ms", 0), ("horovod_fusion_mb", -1),
+                                       ("horovod_cache_capacity", -5), ("horovod_poll_us", float("nan"))])
+def test_horovod_knob_out_of_range_is_named(key, value):
+    from hpctrain.errors import ConfigError
+    from hpctrain.train.config import load_config
+
+    with pytest.raises(ConfigError, match=f"comm.{key}: got"):
+        load_config({"data": {"dir": "d"}, "comm": {key: value}})
+
+
 def test_placement_line_groups_ranks_by_node():
     from hpctrain.train.trainer import placement_line
 

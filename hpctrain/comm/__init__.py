@@ -9,16 +9,17 @@ from typing import Mapping
 
 from hpctrain.comm.base import BACKENDS, Comm, GradientExchange
 from hpctrain.comm.collective import Collective, LocalCollective
+from hpctrain.comm.horovod_knobs import HorovodKnobs
 from hpctrain.comm.world import as_collective, world
 from hpctrain.env import RankInfo, rank_info
 from hpctrain.errors import ConfigError
 
-__all__ = ["BACKENDS", "Collective", "Comm", "GradientExchange", "LocalCollective", "as_collective", "init_comm",
-           "shared_comm", "world"]
+__all__ = ["BACKENDS", "Collective", "Comm", "GradientExchange", "HorovodKnobs", "LocalCollective", "as_collective",
+           "init_comm", "shared_comm", "world"]
 
 
 def init_comm(backend: str, info: RankInfo | None = None, *, env: Mapping[str, str] | None = None,
-              timeout_s: int = 60, torch_backend: str = "auto") -> Comm:
+              timeout_s: int = 60, torch_backend: str = "auto", horovod: HorovodKnobs | None = None) -> Comm:
     """Start the chosen backend for this rank (the only place a process group is created)."""
     env = os.environ if env is None else env
     info = info or rank_info(env)
@@ -29,7 +30,7 @@ def init_comm(backend: str, info: RankInfo | None = None, *, env: Mapping[str, s
     if backend == "horovod":
         from hpctrain.comm.horovod import HorovodComm
 
-        return HorovodComm(timeout_s=timeout_s)
+        return HorovodComm(timeout_s=timeout_s, knobs=horovod)
     if backend == "torch":
         from hpctrain.comm.torch_dist import TorchComm
 
@@ -41,7 +42,7 @@ _SHARED: dict[str, Comm] = {}
 
 
 def shared_comm(backend: str, info: RankInfo | None = None, *, timeout_s: int = 60,
-                torch_backend: str = "auto") -> Comm:
+                torch_backend: str = "auto", horovod: HorovodKnobs | None = None) -> Comm:
     """One backend instance per process: a process group cannot be created twice, so repeated
     ``train()`` calls in one process (tests, sweeps, requeue loops) reuse it."""
     if backend not in _SHARED:
@@ -49,7 +50,8 @@ def shared_comm(backend: str, info: RankInfo | None = None, *, timeout_s: int = 
             import atexit
 
             atexit.register(_release_at_exit)
-        _SHARED[backend] = init_comm(backend, info, timeout_s=timeout_s, torch_backend=torch_backend)
+        _SHARED[backend] = init_comm(backend, info, timeout_s=timeout_s, torch_backend=torch_backend,
+                                     horovod=horovod)
     return _SHARED[backend]
 
 

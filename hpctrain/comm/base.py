@@ -69,6 +69,11 @@ class GradientExchange(abc.ABC):
 class BucketExchange(GradientExchange):
     """Flat-bucket averaging with hooks; subclasses only start and wait for one bucket's allreduce."""
 
+    # False: a bucket no hook started is reduced with the blocking call, one after another (MPI's
+    # blocking Allreduce is faster than Iallreduce + wait). True: every such bucket is started
+    # before the first wait (a backend that batches what is pending, like Horovod's cycle).
+    start_all_first: bool = False
+
     def __init__(self, model, optimizer, *, size: int, backward_passes_per_step: int = 1,
                  bucket_mb: float = 4.0):
         import torch
@@ -172,6 +177,10 @@ class BucketExchange(GradientExchange):
                 self._handles = [None] * len(self.buckets)
             self._attach_views()
         prescaled = self._prescaled()
+        if self.start_all_first:
+            for b, flat in enumerate(self.flat):
+                if self._handles[b] is None:
+                    self._handles[b] = self._start(flat)
         for b, flat in enumerate(self.flat):
             if self._handles[b] is None:
                 # Not started by a hook (grads set by hand, or unused parameters): nothing is

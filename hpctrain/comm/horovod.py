@@ -1,30 +1,31 @@
-"""The ``horovod`` backend (the default): ``hvd.DistributedOptimizer`` over MPI.
+"""The ``horovod`` backend (the default): Horovod's allreduce over MPI on flat gradient buckets.
 
 MPI is initialised by mpi4py first and handed to ``hvd.init(comm)``, so the fail-fast
 abort hook and the control plane use the same world as Horovod.
+
+The gradient exchange is :class:`~hpctrain.comm.base.BucketExchange` with Horovod underneath
+(not ``hvd.DistributedOptimizer``): gradients live in flat buckets, so each bucket is one tensor
+that Horovod reduces in place (no copy into its fusion buffer); its ``hvd.allreduce_async_``
+starts from the gradient hook once the bucket's last gradient is in, and the loss is pre-scaled
+by 1/world so a SUM is already the average. The same exchange as the mpi and torch backends,
+so clipping, fp16 scaling and accumulation behave alike on all three. Horovod's background
+thread runs with the ``comm.horovod_*`` settings; what each lever did, measured with
+scripts/bench_comm.py, is in docs/benchmarks.md ("Horovod tuning").
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
+from typing import Any
 
-
-from hpctrain.comm.base import GradientExchange
+from hpctrain.comm.base import BucketExchange, GradientExchange
+from hpctrain.comm.horovod_knobs import HorovodKnobs, horovod_env
 from hpctrain.comm.mpi import MpiComm
 from hpctrain.errors import HpctrainError
 
-# Horovod's background thread fuses small tensors into one buffer every cycle. The stall
-# inspector only shuts down when HOROVOD_STALL_SHUTDOWN_TIME_SECONDS is set (default: warn
-# forever), and the shutdown time must exceed the check time to be honoured.
-
-
-def horovod_env(timeout_s: int) -> dict[str, str]:
-    """The Horovod variables fail-fast needs (pure; applied with setdefault before hvd.init)."""
-    check = max(5, timeout_s // 3)
-    return {
-        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(check),
-        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(check + 1, timeout_s // 2)),
-    }
+__all__ = ["HorovodComm", "HorovodKnobs", "horovod_env", "import_horovod"]
 
 
 def import_horovod():
@@ -41,8 +42,9 @@ class HorovodComm(MpiComm):
     # mpi4py carries those tiny messages without a Horovod negotiation round.
     name = "horovod"
 
-    def __init__(self, timeout_s: int = 60):
-        for k, v in horovod_env(timeout_s).items():
+    def __init__(self, timeout_s: int = 60, knobs: HorovodKnobs | None = None):
+        self.knobs = knobs or HorovodKnobs()
+        for k, v in horovod_env(timeout_s, self.knobs).items():
             os.environ.setdefault(k, v)
         from mpi4py import MPI
 
@@ -70,24 +72,57 @@ class HorovodComm(MpiComm):
 
     def gradient_exchange(self, model, optimizer, *, compression: bool = False,
                           backward_passes_per_step: int = 1, bucket_mb: float = 4.0) -> GradientExchange:
-        return _HorovodExchange(self.hvd, model, optimizer, compression, backward_passes_per_step)
+        return _HorovodBuckets(self, model, optimizer, compression, size=self.size,
+                               backward_passes_per_step=backward_passes_per_step, bucket_mb=bucket_mb)
+
+    def wait(self, handle) -> Any:
+        """``hvd.synchronize(handle)``; with ``poll_us`` > 0 sleeping between polls first."""
+        pause = self.knobs.poll_us * 1e-6
+        if pause > 0:
+            while not self.hvd.poll(handle):
+                time.sleep(pause)
+        return self.hvd.synchronize(handle)
 
     def allreduce_mean_(self, tensor) -> None:
-        self.hvd.allreduce_(tensor, op=self.hvd.Average, name="bench")
+        self.wait(self.hvd.allreduce_async_(tensor, op=self.hvd.Average, name="hpctrain.bench"))
 
     def shutdown(self) -> None:
         self.hvd.shutdown()
 
 
-class _HorovodExchange(GradientExchange):
-    def __init__(self, hvd, model, optimizer, compression: bool, passes: int):
-        self.inner = optimizer
-        comp = hvd.Compression.fp16 if compression else hvd.Compression.none
-        self.optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=list(model.named_parameters()),
-                                                  compression=comp, backward_passes_per_step=passes)
+_SERIALS = itertools.count(1)
 
-    def step(self) -> None:
-        self.optimizer.step()
 
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad()
+class _HorovodBuckets(BucketExchange):
+    # Buckets not started by a hook are all submitted before the first wait, so Horovod can
+    # negotiate (and fuse) them in one cycle instead of one cycle each.
+    start_all_first = True
+
+    def __init__(self, comm: HorovodComm, model, optimizer, compression: bool, **kw):
+        self.c = comm
+        self.compression = compression
+        super().__init__(model, optimizer, **kw)
+        # Horovod matches tensors across ranks by name; bucket b has the same name on every rank
+        # because every rank builds the same buckets from the same model, and the exchanges of
+        # one process in the same order. The serial keeps two exchanges apart (a train() run
+        # again in the same process).
+        serial = next(_SERIALS)
+        self._names = {id(f): f"hpctrain.grad{serial}.b{b}" for b, f in enumerate(self.flat)}
+
+    def _start(self, flat):
+        if self.c.size == 1:
+            return None
+        hvd = self.c.hvd
+        name = self._names[id(flat)]
+        if self.compression:
+            half = flat.half()
+            return half, hvd.allreduce_async_(half, op=hvd.Sum, name=name)
+        return None, hvd.allreduce_async_(flat, op=hvd.Sum, name=name)
+
+    def _wait(self, handle, flat) -> None:
+        if handle is None:
+            return
+        half, h = handle
+        self.c.wait(h)
+        if half is not None:
+            flat.copy_(half)

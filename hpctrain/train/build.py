@@ -16,7 +16,24 @@ def get_comm(cfg: TrainConfig, info: RankInfo):
     if cfg.comm.timeline:
         # Horovod reads this once, in hvd.init; DYNAMIC lets the trainer open the file in the run dir
         os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
-    return shared_comm(cfg.comm.backend, info, timeout_s=cfg.comm.timeout_s, torch_backend=cfg.comm.torch_backend)
+    return shared_comm(cfg.comm.backend, info, timeout_s=cfg.comm.timeout_s, torch_backend=cfg.comm.torch_backend,
+                       horovod=horovod_knobs(cfg, info.rank == 0))
+
+
+def horovod_knobs(cfg: TrainConfig, is_root: bool):
+    from hpctrain.comm.horovod_knobs import HorovodKnobs
+    from hpctrain.rundir import RunDir
+
+    c = cfg.comm
+    log = None
+    if c.horovod_autotune and c.backend == "horovod":
+        # Horovod's coordinator (rank 0) writes the log; the directory must exist before hvd.init.
+        log = RunDir(cfg.run.dir).horovod_autotune
+        if is_root:
+            log.parent.mkdir(parents=True, exist_ok=True)
+    return HorovodKnobs(cycle_time_ms=c.horovod_cycle_time_ms, fusion_mb=c.horovod_fusion_mb,
+                        cache_capacity=c.horovod_cache_capacity, poll_us=c.horovod_poll_us,
+                        autotune=c.horovod_autotune, autotune_log=str(log) if log else None)
 
 
 def make_optimizer(cfg: TrainConfig, model, transfer: bool):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from hpctrain.comm.horovod_knobs import HorovodKnobs
 from hpctrain.config import apply_overrides, field_docs, from_mapping, load_yaml, to_dict
 from hpctrain.errors import ConfigError, HpctrainError
 
@@ -298,6 +299,10 @@ class LoggingConfig:
         _positive("logging.every_steps", self.every_steps)
 
 
+# Measured with scripts/bench_comm.py on 2 ranks (docs/benchmarks.md, "Horovod tuning").
+_HVD = HorovodKnobs()
+
+
 @dataclass(kw_only=True, slots=True)
 class CommConfig:
     backend: Literal["horovod", "torch", "mpi"] = field(default="horovod", metadata={
@@ -316,6 +321,23 @@ class CommConfig:
     timeline: bool = field(default=False, metadata={
         "help": "horovod: write Horovod's timeline (a Chrome trace of every tensor's negotiation and allreduce) "
                 "to RUN/monitor/timeline.json; open it in chrome://tracing or ui.perfetto.dev"})
+    # Defaults measured with scripts/bench_comm.py (docs/benchmarks.md, "Horovod tuning");
+    # an exported HOROVOD_* variable wins over these.
+    horovod_cycle_time_ms: float = field(default=_HVD.cycle_time_ms, metadata={
+        "help": "horovod: how often its background thread negotiates pending tensors (HOROVOD_CYCLE_TIME); lower "
+                "answers sooner, higher leaves more CPU to the training threads"})
+    horovod_fusion_mb: float = field(default=_HVD.fusion_mb, metadata={
+        "help": "horovod: tensors ready in one cycle are copied into one buffer up to this size "
+                "(HOROVOD_FUSION_THRESHOLD); 0 reduces each gradient bucket in place, with no copy"})
+    horovod_cache_capacity: int = field(default=_HVD.cache_capacity, metadata={
+        "help": "horovod: response cache entries (HOROVOD_CACHE_CAPACITY); a cached tensor is negotiated with a "
+                "bit vector instead of its full description; 0 turns the cache off"})
+    horovod_poll_us: float = field(default=_HVD.poll_us, metadata={
+        "help": "horovod: > 0 makes the waiting training thread sleep this long between polls of an unfinished "
+                "allreduce; 0 spins in hvd.synchronize, which measured faster on every setting tried"})
+    horovod_autotune: bool = field(default=False, metadata={
+        "help": "horovod: let HOROVOD_AUTOTUNE search cycle time and fusion during the run and log what it tried "
+                "to RUN/monitor/horovod_autotune.csv (copy the best row into your cluster's config)"})
 
     def __post_init__(self):
         if self.timeline and self.backend != "horovod":
@@ -324,6 +346,10 @@ class CommConfig:
         _positive("comm.backward_passes_per_step", self.backward_passes_per_step)
         _positive("comm.bucket_mb", self.bucket_mb)
         _positive("comm.timeout_s", self.timeout_s)
+        _positive("comm.horovod_cycle_time_ms", self.horovod_cycle_time_ms)
+        _positive("comm.horovod_fusion_mb", self.horovod_fusion_mb, allow_zero=True)
+        _positive("comm.horovod_cache_capacity", self.horovod_cache_capacity, allow_zero=True)
+        _positive("comm.horovod_poll_us", self.horovod_poll_us, allow_zero=True)
         if self.fp16_compression and self.backend == "mpi":
             raise ConfigError("comm.fp16_compression: MPI has no float16 reduction; use comm.backend=horovod or "
                               "torch, or set comm.fp16_compression=false")
