@@ -13,7 +13,10 @@ connections; ``--seconds`` each, 20 for the recorded run) it measures:
 2. **limit**: the model called in-process (``TrainedRun.predict_proba``, imputation included)
    at the mean batch size the server formed in that row: samples/s with no HTTP at all;
 3. **peer**: the same server with batching off (``--max-batch 1 --max-wait-ms 0``: one forward
-   pass per request, what a plain FastAPI/Flask endpoint does).
+   pass per request, what a plain FastAPI/Flask endpoint does);
+4. **HTTP floor**: ``GET /health`` on the batching server at the same concurrency (half the
+   seconds): no body, no JSON, no model, so the most requests/s this HTTP stack answers on this
+   machine. When it is below half the limit, no server on this stack can reach the 0.5x target.
 
 The machine's load average is printed before and after: on a shared machine the absolute
 figures move with it, the side-by-side ratios much less. Usage:
@@ -93,10 +96,10 @@ def batch_hist(port: int) -> tuple[float, float]:
     return vals["hpctrain_batch_size_count"], vals["hpctrain_batch_size_sum"]
 
 
-def run_wrk(port: int, conns: int, seconds: float, script: str) -> dict:
+def run_wrk(port: int, conns: int, seconds: float, script: str | None, path: str = "/predict") -> dict:
     threads = min(conns, 2)
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds:g}s", "--timeout", "10s", "--latency",
-           "-s", script, f"http://127.0.0.1:{port}/predict"]
+           *(["-s", script] if script else []), f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     pct = {}
@@ -177,6 +180,10 @@ def main() -> int:
                     n1, r1 = batch_hist(port)
                     res["mean_batch"] = (r1 - r0) / max(n1 - n0, 1)
                     results[(mode, c)] = res
+                    if mode == "server":
+                        # GET /health through the same stack: no body, no JSON, no model; what the
+                        # HTTP side alone can answer here, the ceiling of any model behind it
+                        results[("floor", c)] = run_wrk(port, c, a.seconds / 2, None, "/health")
                     print(f"  {mode:6s} c={c:3d}: {res['rps']:8.0f} req/s  p50 {res['p50_ms']:.2f} ms  "
                           f"p99 {res['p99_ms']:.2f} ms  mean batch {res['mean_batch']:.1f}  errors {res['errors']}",
                           flush=True)
@@ -188,18 +195,20 @@ def main() -> int:
             lim, lim_p99 = limit(trained, x, b, min(a.seconds, 5.0))
             rows.append({"concurrency": c, "server_rps": s["rps"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
                          "mean_batch": s["mean_batch"], "limit_sps": lim, "limit_p99_ms": lim_p99,
-                         "peer_rps": peer["rps"],
+                         "peer_rps": peer["rps"], "http_floor_rps": results[("floor", c)]["rps"],
                          "peer_p99_ms": peer["p99_ms"], "vs_limit": s["rps"] / lim, "vs_peer": s["rps"] / peer["rps"],
                          "errors": s["errors"] + peer["errors"]})
     load_after = os.getloadavg()
     print("\n| concurrency | server req/s | p50 ms | p99 ms | mean batch | in-process limit samples/s (same batch) "
-          "| limit p99 ms per call | server / limit | unbatched peer req/s | peer p99 ms | server / peer | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| limit p99 ms per call | server / limit | unbatched peer req/s | peer p99 ms | server / peer "
+          "| HTTP floor req/s (GET /health) | floor / limit | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['concurrency']} | {r['server_rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
               f"{r['mean_batch']:.1f} | {r['limit_sps']:.0f} | {r['limit_p99_ms']:.2f} | {r['vs_limit']:.2f} | "
               f"{r['peer_rps']:.0f} | "
-              f"{r['peer_p99_ms']:.2f} | {r['vs_peer']:.2f} | {r['errors']} |")
+              f"{r['peer_p99_ms']:.2f} | {r['vs_peer']:.2f} | {r['http_floor_rps']:.0f} | "
+              f"{r['http_floor_rps'] / r['limit_sps']:.2f} | {r['errors']} |")
     print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); {os.cpu_count()} CPUs")
     by_c = {r["concurrency"]: r for r in rows}
     if 16 in by_c and 64 in by_c:

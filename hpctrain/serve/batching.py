@@ -5,6 +5,9 @@ The loop follows the shape of Triton's dynamic batcher (a maximum queue delay) a
 batching loop: the first request opens a batch, the batch closes when it is full or the delay
 has passed, and the forward pass runs in one worker thread so the event loop keeps accepting
 (and queueing) requests meanwhile. A request with more rows than ``max_batch`` runs alone.
+Unlike both, a batch also closes as soon as it holds as many rows as the previous one and
+nothing more is queued: with one client, waiting out the delay only added latency (3.6 ms
+against 1.0 ms for no batching, scripts/bench_serve.py at concurrency 1).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ class MicroBatcher:
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._depth = 0
+        # How many rows to expect before the delay is up: the size of the last batch. Clients
+        # that got their answers come back, so a batch of 16 is followed by about 16 requests;
+        # after a batch of 1 (one client) nobody else is coming, and waiting is only latency.
+        self._expect = max_batch
         # one thread: forward passes run one at a time, in order, off the event loop
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hpctrain-forward")
 
@@ -69,7 +76,10 @@ class MicroBatcher:
                 return
             batch, rows = [item], len(item[0])
             deadline = loop.time() + self.max_wait_s
+            want = min(self.max_batch, self._expect)
             while rows < self.max_batch:
+                if rows >= want and self._queue.empty():
+                    break
                 try:
                     left = deadline - loop.time()
                     nxt = self._queue.get_nowait() if left <= 0 else await asyncio.wait_for(self._queue.get(), left)
@@ -83,6 +93,7 @@ class MicroBatcher:
                     break
                 batch.append(nxt)
                 rows += len(nxt[0])
+            self._expect = next_expected(rows, self._queue.qsize())
             self._depth -= rows
             self.on_depth(self._depth)
             await self._run(loop, batch, rows)
@@ -105,3 +116,9 @@ class MicroBatcher:
             if not fut.done():  # the client may have gone away
                 fut.set_result((out[lo:lo + len(x)], tag))
             lo += len(x)
+
+
+def next_expected(rows: int, queued: int) -> int:
+    """Rows the next batch waits for (pure): those of the batch just closed plus those already
+    queued behind it (at least 1). Up to ``max_wait`` later a batch closes anyway."""
+    return max(1, rows + queued)
