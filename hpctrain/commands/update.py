@@ -15,6 +15,8 @@ then scores the finished run (update.json).
 
 
 def add_arguments(p):
+    from hpctrain.serve.options import LR_SCALE
+
     p.add_argument("run", help="run directory of a completed training run")
     p.add_argument("new_shards", help="shard directory of the new data")
     p.add_argument("--out", required=True, help="directory of the new run")
@@ -23,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="held out for validation when the new shards have no train split (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the replay sample and the split")
+    p.add_argument("--lr-scale", type=float, default=LR_SCALE,
+                   help=f"the update's learning rate as a share of the run's optimizer.lr (default {LR_SCALE:g}; "
+                        "--set optimizer.lr=... sets it outright)")
     p.add_argument("-n", "--ranks", type=int, default=1, help="MPI ranks (default 1: in this process)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the update's training config (repeatable)")
@@ -36,14 +41,15 @@ def run(args):
 
     if args.prepare_only:
         path = prepare_update(args.run, args.new_shards, args.out, replay=args.replay, epochs=args.epochs,
-                              val_fraction=args.val_fraction, seed=args.seed, overrides=args.overrides)
+                              val_fraction=args.val_fraction, seed=args.seed, lr_scale=args.lr_scale,
+                              overrides=args.overrides)
         print(f"wrote {path}; train it with 'hpctrain train {path}' (or launch/submit)")
         return 0
     if args.report:
         r = score_update(args.out)
     else:
         r = update(args.run, args.new_shards, args.out, replay=args.replay, epochs=args.epochs, ranks=args.ranks,
-                   val_fraction=args.val_fraction, seed=args.seed, overrides=args.overrides)
+                   val_fraction=args.val_fraction, seed=args.seed, lr_scale=args.lr_scale, overrides=args.overrides)
 
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"

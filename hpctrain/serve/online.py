@@ -13,6 +13,7 @@ data, before (the parent) and after (the new run).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hpctrain.errors import HpctrainError
+from hpctrain.serve.options import LR_SCALE
 
 CONFIG = "update.yaml"
 PARENT = "parent.json"
@@ -41,7 +43,7 @@ def _rows(data_dir, split):
 
 
 def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int | None = None,
-                   val_fraction: float = 0.2, seed: int = 0, overrides=()) -> Path:
+                   val_fraction: float = 0.2, seed: int = 0, lr_scale: float = LR_SCALE, overrides=()) -> Path:
     """Write ``out/data`` (mixed shards), ``out/update.yaml`` and ``out/parent.json``; return the config path."""
     import yaml
 
@@ -61,6 +63,8 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
                           "-n N, or --prepare-only and then launch/submit NEW_RUN/update.yaml")
     if not 0.0 <= replay < 1.0:
         raise UpdateError(f"--replay {replay}: expected the share of old rows in the mixed training set, in [0, 1)")
+    if not (lr_scale > 0 and math.isfinite(lr_scale)):
+        raise UpdateError(f"--lr-scale {lr_scale}: expected a factor > 0 for the parent's optimizer.lr (e.g. 0.3)")
     if is_artifact(run_dir):
         raise UpdateError(f"{str(run_dir)!r} is a model artifact; update continues from a run dir (it needs the "
                           "run's checkpoint and training shards)")
@@ -125,6 +129,9 @@ def prepare_update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int
     cfg["data"]["train_split"] = "train"
     cfg["data"]["val_split"] = "val" if x_va is not None and len(y_va) else None
     cfg["model"]["init_from"] = str(Path(trained.checkpoint).resolve())
+    # Fine-tuning steps smaller than the parent's: the weights are already good for the old
+    # data, and a full-size step on a batch dominated by new rows walks away from them.
+    cfg["optimizer"]["lr"] = float(cfg["optimizer"]["lr"]) * lr_scale
     cfg = apply_overrides(cfg, list(overrides))
     load_config(cfg)  # fails now, with the key, rather than in every rank
     path = out / CONFIG
@@ -145,12 +152,12 @@ def _f1(trained, x, y) -> float | None:
 
 
 def update(run_dir, new_shards, out, *, replay: float = 0.2, epochs: int | None = None, ranks: int = 1,
-           val_fraction: float = 0.2, seed: int = 0, overrides=()) -> dict:
+           val_fraction: float = 0.2, seed: int = 0, lr_scale: float = LR_SCALE, overrides=()) -> dict:
     """Prepare, train (in-process, or ``ranks`` MPI ranks through ``hpctrain launch``), score; the report."""
     from hpctrain.train.config import load_config
 
     cfg_path = prepare_update(run_dir, new_shards, out, replay=replay, epochs=epochs, val_fraction=val_fraction,
-                              seed=seed, overrides=overrides)
+                              seed=seed, lr_scale=lr_scale, overrides=overrides)
     out = Path(out)
     if ranks == 1:
         from hpctrain.train.trainer import train

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from hpctrain.errors import HpctrainError
 
 
+# 'hpctrain update': its optimizer.lr as a share of the parent run's (docs/online.md: measured
+# with tests/test_update.py's replay test). Here, not in serve.online, so the CLI reads it light.
+LR_SCALE = 1.0
+
+
 class ServeError(HpctrainError):
     """The server cannot start with these options."""
 
