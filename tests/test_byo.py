@@ -282,7 +282,7 @@ def test_bf16_on_cpu_trains_and_resumes_bit_for_bit(tmp_path, data):
 
 def test_fp16_without_cuda_is_refused_with_the_reason(tmp_path, data):
     from hpctrain.errors import ConfigError
-    from hpctrain.train.config import check_runtime
+    from hpctrain.train.plan import check_runtime
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: fp16 is allowed here")
@@ -372,7 +372,7 @@ def test_regression_with_several_targets(tmp_path):
 
 def test_task_mismatch_and_classification_options_are_refused(tmp_path, data, diabetes):
     from hpctrain.errors import ConfigError
-    from hpctrain.train.config import check_runtime
+    from hpctrain.train.plan import check_runtime
 
     with pytest.raises(ConfigError, match="data.task: regression asked, but .* holds classification labels"):
         check_runtime(cfg(data, tmp_path / "a", data={"task": "regression"}), 1)
@@ -395,7 +395,7 @@ def test_extra_metrics_by_name_and_import_path(tmp_path, data, diabetes):
     from hpctrain.data.shards import iter_arrays
     from hpctrain.errors import ConfigError
     from hpctrain.predict import load_run
-    from hpctrain.train.config import check_runtime
+    from hpctrain.train.plan import check_runtime
     from hpctrain.train.trainer import train
 
     (tmp_path / "mymetrics.py").write_text(textwrap.dedent("""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_launcher import _without_mpi_vars, mpirun
+from launch_helpers import mpirun, without_mpi_vars
 
 pytestmark = pytest.mark.launcher
 
@@ -22,7 +22,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "byo"
 
 @pytest.fixture
 def env(mpi_env):
-    return dict(_without_mpi_vars(mpi_env), PYTHONPATH=str(EXAMPLE))
+    return dict(without_mpi_vars(mpi_env), PYTHONPATH=str(EXAMPLE))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hpctrain.errors import ConfigError
-from hpctrain.train.config import SECTIONS, TrainConfig, check_runtime, frozen_names, load_config
+from hpctrain.train.config import SECTIONS, TrainConfig, load_config
+from hpctrain.train.plan import check_runtime, frozen_names
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "docs" / "examples").glob("*.yaml"))

@@ -331,7 +331,7 @@ def test_monitor_follow_shows_samples_of_a_run_still_writing(tmp_path):
 @pytest.mark.launcher
 def test_timeline_under_two_ranks_and_both_ranks_sample(tmp_path, mpi_env):
     from slurm_helpers import make_blobs
-    from test_train_launcher import HPCTRAIN, _without_mpi_vars, mpirun
+    from launch_helpers import HPCTRAIN, mpirun, without_mpi_vars
 
     data = make_blobs(tmp_path / "blobs", train=128, val=32)
     run_dir = tmp_path / "run"
@@ -345,7 +345,7 @@ comm: {{backend: horovod, timeline: true}}
 monitor: {{interval_s: 0.2}}
 """)
     p = subprocess.run(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), capture_output=True, text=True, timeout=300,
-                       env=_without_mpi_vars(mpi_env))
+                       env=without_mpi_vars(mpi_env))
     assert p.returncode == 0, p.stdout + p.stderr
     events = json.loads((run_dir / "monitor" / "timeline.json").read_text())  # valid JSON once stopped
     names = {str(e.get("name", "")) for e in events}

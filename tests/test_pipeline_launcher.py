@@ -8,17 +8,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from test_train_launcher import _alive, _rank_pid, mpirun
+from launch_helpers import HPCTRAIN, alive, mpirun, rank_pid, start_training
 
 pytestmark = pytest.mark.launcher
-
-HPCTRAIN = [sys.executable, "-m", "hpctrain"]
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +86,9 @@ def test_two_stages_by_two_replicas_equal_one_rank_with_the_same_global_batch(tm
 def test_a_rank_dying_inside_the_pipeline_ends_the_job_within_60s(tmp_path, small_blobs, mpi_env, victim):
     cfg = write_cfg(tmp_path / "c.yaml", small_blobs, tmp_path / "run", batch=8, epochs=100000, stages=2,
                     logging={"every_steps": 5})
-    proc = subprocess.Popen(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), env=mpi_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_training(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), mpi_env, tmp_path / "run")
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.is_file() and metrics.stat().st_size > 0):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        assert metrics.is_file(), "training never started"
-        dead, other = _rank_pid(proc.pid, victim), _rank_pid(proc.pid, 1 - victim)
+        dead, other = rank_pid(proc.pid, victim), rank_pid(proc.pid, 1 - victim)
         assert dead is not None and other is not None
         os.kill(dead, signal.SIGKILL)
         t0 = time.monotonic()
@@ -110,7 +100,7 @@ def test_a_rank_dying_inside_the_pipeline_ends_the_job_within_60s(tmp_path, smal
             proc.wait()
     assert rc != 0
     assert took < 60, f"the job took {took:.1f} s to end after rank {victim} died"
-    assert not _alive(other), "the surviving stage outlived the job"
+    assert not alive(other), "the surviving stage outlived the job"
     assert not (tmp_path / "run" / "result.json").exists()
 
 

@@ -199,7 +199,7 @@ def test_what_a_pipeline_does_not_combine_with(blobs, tmp_path, section, value, 
 
 
 def test_check_runtime_plans_replicas_and_reports_the_arithmetic(blobs, tmp_path):
-    from hpctrain.train.config import check_runtime
+    from hpctrain.train.plan import check_runtime
 
     plan = check_runtime(_cfg(blobs, tmp_path, schedule={"scale_lr": True}), 4)
     assert (plan.stages, plan.replicas, plan.microbatches, plan.batch_size) == (2, 2, 4, 8)
@@ -218,7 +218,7 @@ def test_check_runtime_plans_replicas_and_reports_the_arithmetic(blobs, tmp_path
 
 
 def test_data_parallel_plan_is_unchanged(blobs, tmp_path):
-    from hpctrain.train.config import Plan, check_runtime
+    from hpctrain.train.plan import Plan, check_runtime
 
     cfg = _cfg(blobs, tmp_path, parallel={"pipeline_stages": 1}, comm={"backend": "mpi"})
     assert check_runtime(cfg, 2) == Plan(world_size=2, batch_size=8, accum=1, global_batch=16, lr=2e-3)

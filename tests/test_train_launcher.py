@@ -9,37 +9,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from launch_helpers import HPCTRAIN, alive, mpirun, rank_pid, start_training, without_mpi_vars
 
 pytestmark = pytest.mark.launcher
-
-HPCTRAIN = [sys.executable, "-m", "hpctrain"]
-
-
-def mpirun(n: int, cmd: list[str]) -> list[str]:
-    from hpctrain.launch import LaunchSpec, mpirun_argv
-
-    return mpirun_argv(LaunchSpec(np=n, command=cmd, oversubscribe=True), cpu_count=os.cpu_count() or 1,
-                       as_root=os.geteuid() == 0)
-
-
-_KEEP = ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "OMPI_MCA_btl_vader_single_copy_mechanism")
-
-
-def _without_mpi_vars(env: dict) -> dict:
-    # An MPI singleton started earlier in this pytest process (another test's mpi4py import)
-    # leaves OMPI_*/PMIX_* variables in os.environ that point at its own daemon; a child
-    # mpirun or srun that inherits them joins the wrong job, and the singleton then hangs in
-    # MPI_Finalize at exit.
-    return {k: v for k, v in env.items() if k in _KEEP or not k.startswith(("OMPI_", "PMIX_", "PMI_", "OPAL_"))}
 
 
 @pytest.fixture
 def clean_env(mpi_env) -> dict:
-    return _without_mpi_vars(mpi_env)
+    return without_mpi_vars(mpi_env)
 
 
 @pytest.fixture(scope="module")
@@ -112,49 +92,13 @@ def test_bad_config_fails_on_every_rank_before_training(tmp_path, digits, clean_
     assert not (tmp_path / "run").exists()
 
 
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of MPI rank ``rank`` among the descendants of ``parent`` (from /proc)."""
-    todo, seen = [parent], []
-    while todo:
-        pid = todo.pop()
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        seen.append(pid)
-    for pid in seen:
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and b"hpctrain" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    return None
-
-
 # ids: a bare "mpi" id would become a keyword that pytest-mpi reads as its marker and skips
 @pytest.mark.parametrize("backend", ["horovod", "torch", "mpi"], ids=["horovod", "torch", "mpi-backend"])
 def test_killing_one_rank_ends_the_job(tmp_path, digits, clean_env, backend):
     cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=500, backend=backend)
-    proc = subprocess.Popen(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), env=clean_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_training(mpirun(2, [*HPCTRAIN, "train", str(cfg)]), clean_env, tmp_path / "run")
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.is_file() and metrics.stat().st_size > 0):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        assert metrics.is_file(), "training never started"
-        victim, survivor = _rank_pid(proc.pid, 1), _rank_pid(proc.pid, 0)
+        victim, survivor = rank_pid(proc.pid, 1), rank_pid(proc.pid, 0)
         assert victim is not None and survivor is not None
         os.kill(victim, signal.SIGKILL)
         # the job ends by itself (the wait's timeout only guards against a hang): 500 epochs
@@ -165,7 +109,7 @@ def test_killing_one_rank_ends_the_job(tmp_path, digits, clean_env, backend):
             proc.kill()
             proc.wait()
     assert rc != 0
-    assert not _alive(survivor), "the surviving rank outlived the job"
+    assert not alive(survivor), "the surviving rank outlived the job"
     assert not (tmp_path / "run" / "result.json").exists(), "the survivor went on to finish the run"
 
 
@@ -198,7 +142,7 @@ def test_exception_on_one_rank_aborts_all_with_its_traceback(tmp_path, clean_env
 def test_under_srun(tmp_path, digits, backend, mpi):
     """The same command under srun: ranks from Slurm/PMIx; torch's rendezvous from Slurm when there is no MPI."""
     cfg = write_cfg(tmp_path / "c.yaml", digits, tmp_path / "run", epochs=2, backend=backend)
-    env = _without_mpi_vars(dict(os.environ))
+    env = without_mpi_vars(dict(os.environ))
     p = subprocess.run(["srun", "-n", "2", f"--mpi={mpi}", "--kill-on-bad-exit=1", "-t", "3", *HPCTRAIN, "train",
                         str(cfg)], capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -50,7 +50,8 @@ def run(args):
 
     from hpctrain.env import rank_info
     from hpctrain.errors import HpctrainError
-    from hpctrain.train.config import check_runtime, load_config
+    from hpctrain.train.config import load_config
+    from hpctrain.train.plan import check_runtime
 
     # Everything up to check_runtime is identical on every rank and runs before any process
     # group exists, so a bad config fails each rank the same way with exit status 2. Rank 0

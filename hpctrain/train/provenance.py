@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hpctrain.env import RankInfo
 from hpctrain.rundir import RESOLVED, RunDir  # noqa: F401 - RESOLVED: public name, kept here
-from hpctrain.train.config import Plan, TrainConfig
+from hpctrain.train.config import TrainConfig
+from hpctrain.train.plan import Plan
 
 def versions() -> dict:
     import importlib.metadata as md

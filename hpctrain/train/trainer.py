@@ -28,7 +28,8 @@ from hpctrain.errors import ConfigError
 from hpctrain.fileio import append_jsonl, atomic_write_text
 from hpctrain.rundir import METRICS, RESULT, RunDir  # noqa: F401 - RESULT: public name, kept here
 from hpctrain.train.build import get_comm, make_optimizer
-from hpctrain.train.config import Plan, TrainConfig, check_runtime
+from hpctrain.train.config import TrainConfig
+from hpctrain.train.plan import Plan, check_runtime
 from hpctrain.train.provenance import RESOLVED, write_resolved  # noqa: F401 - RESOLVED: public name, kept here
 from hpctrain.train.checkpoint import state_mismatch  # noqa: F401 - public name, kept here
 from hpctrain.train.result import Progress, TrainResult
@@ -90,7 +91,7 @@ class Trainer:
 
             self.fresh_head = load_transfer(self.model, load(Path(cfg.model.init_from))["model"])
         if cfg.model.freeze:
-            from hpctrain.train.config import frozen_names
+            from hpctrain.train.plan import frozen_names
 
             names = frozen_names(cfg.model.freeze, [n for n, _ in self.model.named_parameters()])
             for n, p in self.model.named_parameters():
@@ -152,7 +153,7 @@ class Trainer:
         self.eval_criterion = Criterion(cfg.imbalance.loss, weight=None, gamma=cfg.imbalance.focal_gamma)
         if plan.stages > 1:
             self._setup_pipeline()
-        from hpctrain.train.config import monitor_for
+        from hpctrain.train.plan import monitor_for
 
         self.monitor = monitor = monitor_for(cfg, self.regression)
         self.early = EarlyStopping(monitor, cfg.regularization.patience, cfg.regularization.min_delta,
