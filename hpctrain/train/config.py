@@ -306,8 +306,8 @@ _HVD = HorovodKnobs()
 @dataclass(kw_only=True, slots=True)
 class CommConfig:
     backend: Literal["horovod", "torch", "mpi"] = field(default="horovod", metadata={
-        "help": "gradient exchange: horovod (DistributedOptimizer), torch (torch.distributed gloo/nccl), "
-                "mpi (mpi4py Allreduce of flat buckets, overlapped with backward)"})
+        "help": "gradient exchange: horovod (Horovod's allreduce of flat buckets), torch (torch.distributed "
+                "gloo/nccl), mpi (mpi4py Allreduce of flat buckets); all overlapped with backward"})
     torch_backend: Literal["auto", "gloo", "nccl"] = field(default="auto", metadata={
         "help": "torch backend's process group: auto = nccl with CUDA, else gloo"})
     fp16_compression: bool = field(default=False, metadata={
