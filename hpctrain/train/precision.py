@@ -46,13 +46,9 @@ def make_scaler(precision: str, device) -> Any:
 def _synchronize(exchange) -> contextlib.AbstractContextManager:
     """Finish the gradient exchange now; returns the context in which the optimizer may step
     without exchanging again."""
-    opt = exchange.optimizer
     if hasattr(exchange, "synchronize"):  # every backend's buckets: step() of the raw optimizer exchanges nothing
         exchange.synchronize()
         return contextlib.nullcontext()
-    if hasattr(opt, "synchronize") and hasattr(opt, "skip_synchronize"):  # a user's hvd.DistributedOptimizer
-        opt.synchronize()
-        return opt.skip_synchronize()
     raise ConfigError(f"gradient exchange {type(exchange).__name__} cannot be synchronised before clipping or "
                       "unscaling; use comm.backend mpi, torch or horovod")
 
