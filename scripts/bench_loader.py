@@ -15,7 +15,8 @@
      random order, rows permuted inside the run by the worker, cut into batches by the main
      process: one DataLoader hand-off per run instead of per batch.
 (f)  ShardLoader as (b) over an encrypted copy of the same shards ('hpctrain shard --encrypt':
-     AES-256-GCM, decrypted chunk by chunk as HDF5 reads, no plaintext on disk); target >= 0.7x (b).
+     AES-256-GCM; the rows' byte ranges decrypted straight into the loader's buffers, no
+     plaintext on disk); target >= 0.7x (b).
 (c)  naive: one dset[i] per sample, DataLoader(shuffle=True); timed on a subset (about 1000x
      slower), its full-epoch time scaled from that rate.
 

@@ -17,7 +17,8 @@ pytest.importorskip("cryptography")
 
 
 @pytest.mark.mpi(min_size=2)
-def test_encrypted_loader_equals_plaintext_on_two_ranks():
+@pytest.mark.parametrize("compression", ["lzf", None])  # lzf: through h5py; None: direct rows
+def test_encrypted_loader_equals_plaintext_on_two_ranks(compression):
     from mpi4py import MPI
 
     from hpctrain.data.loader import ShardLoader
@@ -35,7 +36,7 @@ def test_encrypted_loader_equals_plaintext_on_two_ranks():
         y = rng.integers(0, 4, 1500)
         for name, k in (("plain", None), ("enc", key)):
             with ShardWriter(os.path.join(root, name), feature_names=None, sample_shape=(8,), rows_per_shard=170,
-                             key=k) as w:
+                             key=k, compression=compression) as w:
                 w.add(x, y)
     root = comm.bcast(root, root=0)
     keyring.clear()
@@ -48,6 +49,9 @@ def test_encrypted_loader_equals_plaintext_on_two_ranks():
                                 buffer_rows=256)
                 L.set_epoch(epoch)
                 got[name] = [(bx.numpy().copy(), by.numpy().copy()) for bx, by in L]
+                if name == "enc":  # the reader the compression selects was the one used
+                    assert all((direct is None) == (compression is not None)
+                               for *_, direct in L._files.open.values())
             assert len(got["plain"]) == len(got["enc"]) > 0
             for (a, ay), (b, by) in zip(got["plain"], got["enc"]):
                 np.testing.assert_array_equal(a, b)

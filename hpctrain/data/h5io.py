@@ -57,9 +57,16 @@ def open_shard(m, s, *, locking: bool | None = None, **h5_kwargs: Any):
     is decrypted as HDF5 reads it, chunk by chunk, through
     :class:`hpctrain.secure.container.EncryptedFile`: memory stays at a few chunks per open
     file and no plaintext is written anywhere."""
+    return open_shard_source(m, s, locking=locking, **h5_kwargs)[0]
+
+
+def open_shard_source(m, s, *, locking: bool | None = None, **h5_kwargs: Any):
+    """``(h5py file, EncryptedFile or None)``: :func:`open_shard`, also handing out the
+    decrypting file object under an encrypted shard, for readers that bypass HDF5's driver
+    (:mod:`hpctrain.data.direct_read`)."""
     enc = m.meta.get("encryption")
     if not enc:
-        return h5_open(m.path(s), "r", locking=locking, **h5_kwargs)
+        return h5_open(m.path(s), "r", locking=locking, **h5_kwargs), None
     from hpctrain.secure import keyring
     from hpctrain.secure.container import EncryptedFile
     from hpctrain.secure.keys import SecurityError
@@ -74,7 +81,7 @@ def open_shard(m, s, *, locking: bool | None = None, **h5_kwargs: Any):
 
     try:
         # the file object, not a path: HDF5's own locking does not apply to it
-        return h5py.File(src, "r", **h5_kwargs)
+        return h5py.File(src, "r", **h5_kwargs), src
     except Exception as e:  # noqa: BLE001  h5py may wrap the reader's error in its own
         why = src.failure or e
         src.close()

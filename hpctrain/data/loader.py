@@ -40,7 +40,9 @@ from hpctrain.data.shards import (
     Manifest, ShardError, ShardInfo, check_datasets, check_sha256, default_file_locking, read_rows,
 )
 from hpctrain.data.epoch_plan import EpochPlan, Piece, UnderShardedWarning, plan_epoch, slabs_of  # noqa: F401
-from hpctrain.data.h5io import open_shard
+from hpctrain.data.direct_read import chunk_index, read_rows_direct
+from hpctrain.data.h5io import open_shard_source
+from hpctrain.errors import HpctrainError
 
 DEFAULT_BUFFER_BYTES = 64 << 20
 BLOCK_BYTES = 4 << 20
@@ -76,22 +78,29 @@ class _Files:
                 self.verified.add(i)
             # No HDF5 chunk cache: reads cover whole chunks, so caching would only add a copy
             # (and about 1 MiB of memory per open file).
-            f = open_shard(self.m, s, locking=self.locking, rdcc_nbytes=0)
+            f, src = open_shard_source(self.m, s, locking=self.locking, rdcc_nbytes=0)
             try:
                 xd, yd = check_datasets(self.m, s, f)
             except ShardError:
                 f.close()
                 raise
-            self.open[i] = (f, xd, yd)
+            # An encrypted shard's rows are decrypted straight into the buffers (direct_read)
+            # when its layout allows; otherwise, and for plaintext, h5py reads them.
+            direct = None
+            if src is not None:
+                xi, yi = chunk_index(xd), chunk_index(yd)
+                if xi is not None and yi is not None:
+                    direct = (src, xi, yi)
+            self.open[i] = (f, xd, yd, direct)
             while len(self.open) > MAX_OPEN_FILES:
-                _, (old, _, _) = self.open.popitem(last=False)
+                _, (old, *_) = self.open.popitem(last=False)
                 old.close()
             return self.open[i]
 
     def close(self) -> None:
         with self.lock:
             if self.pid == os.getpid():
-                for f, _, _ in self.open.values():
+                for f, *_ in self.open.values():
                     try:
                         f.close()
                     except Exception:  # noqa: BLE001  closing at shutdown must not raise
@@ -249,9 +258,17 @@ class ShardLoader:
         return self._files.get(i)
 
     def _read(self, slab: Piece, xbuf: np.ndarray, ybuf: np.ndarray, at: int, n: int) -> None:
-        _, xd, yd = self._file(slab.shard)
+        _, xd, yd, direct = self._file(slab.shard)
         path = self.manifest.path(self.shards[slab.shard])
         a = slab.start
+        if direct is not None:
+            src, xi, yi = direct
+            try:
+                read_rows_direct(src, xi, a, a + n, xbuf[at:at + n])
+                read_rows_direct(src, yi, a, a + n, ybuf[at:at + n])
+            except HpctrainError as e:  # authentication failure: the buffers were zeroed
+                raise ShardError(str(e)) from None
+            return
         read_rows(path, xd, a, a + n, xbuf[at:at + n])
         read_rows(path, yd, a, a + n, ybuf[at:at + n])
 

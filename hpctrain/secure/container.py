@@ -28,6 +28,7 @@ import io
 import os
 import secrets
 import struct
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -41,6 +42,10 @@ HEADER_BYTES = HEADER.size  # 64
 TAG_BYTES = 16
 DEFAULT_CHUNK_BYTES = 256 << 10
 CACHE_CHUNKS = 4
+# sealed chunks read per positioned read: the scratch buffer is this many chunks per reading
+# thread (4 MiB at the default chunk size), shared by all the files the thread reads
+READ_CHUNKS = 16
+_scratch = threading.local()
 # the chunk index is the 96-bit nonce; cap far below that so sizes stay sane
 MAX_CHUNKS = 1 << 32
 
@@ -122,6 +127,7 @@ class EncryptedFile(io.RawIOBase):
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_chunks = max(1, cache_chunks)
         self._pos = 0
+        self._lock = threading.Lock()
         try:
             self._f = open(self.path, "rb", buffering=0)  # reads are whole chunks: no second buffer
         except FileNotFoundError:
@@ -165,7 +171,6 @@ class EncryptedFile(io.RawIOBase):
         self.header, self.chunk_bytes, self.size, self.n_chunks = raw, cb, size, n
         self._aead = _aesgcm(fk)
         self._fk = fk
-        self._scratch: bytearray | None = None
         self._direct = True  # decrypt whole chunks straight into the caller's buffer (see _decrypt_into)
 
     # -- io.RawIOBase
@@ -186,15 +191,46 @@ class EncryptedFile(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def _read_exact(self, offset: int, n: int) -> bytes:
-        parts, got = [], 0
+    def _read_sealed(self, first: int, last: int) -> memoryview:
+        """The sealed chunks first..last (ciphertext and tags, back to back) in one positioned
+        read into this thread's scratch buffer. One read, not one per chunk: a read releases the
+        GIL, and getting it back can cost a switch interval (5 ms) when another thread of the
+        process is busy in Python, as the loader's batch assembly is."""
+        start = HEADER_BYTES + first * (self.chunk_bytes + TAG_BYTES)
+        n = (last - first) * (self.chunk_bytes + TAG_BYTES) + self._plain_len(last) + TAG_BYTES
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = _scratch.buf = bytearray(max(n, READ_CHUNKS * (self.chunk_bytes + TAG_BYTES)))
+        view, got = memoryview(buf)[:n], 0
         while got < n:
-            piece = os.pread(self._f.fileno(), n - got, offset + got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        return b"".join(parts)
+            k = os.preadv(self._f.fileno(), [view[got:]], start + got)
+            if not k:
+                raise self._fail(f"chunk {first + got // (self.chunk_bytes + TAG_BYTES)} is cut short on disk "
+                                 "(the file shrank after it was opened)")
+            got += k
+        return view
+
+    def _sealed_of(self, window: memoryview, first: int, i: int) -> memoryview:
+        at = (i - first) * (self.chunk_bytes + TAG_BYTES)
+        return window[at:at + self._plain_len(i) + TAG_BYTES]
+
+    def _bad_chunk(self, i: int) -> SecurityError:
+        return self._fail(f"chunk {i} of {self.n_chunks} fails authentication: the file was modified, its chunks "
+                          "reordered or mixed with another file's, or it was renamed from another name than "
+                          f"{self.identity.decode(errors='replace')!r}")
+
+    def _open_chunk(self, i: int, sealed: memoryview) -> bytes:
+        """Chunk i's plaintext from its sealed bytes, kept in the cache."""
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            plain = self._aead.decrypt(i.to_bytes(12, "big"), sealed, _aad(self.header, self.identity, i))
+        except InvalidTag:
+            raise self._bad_chunk(i) from None
+        self._cache[i] = plain
+        while len(self._cache) > self._cache_chunks:
+            self._cache.popitem(last=False)
+        return plain
 
     def _chunk(self, i: int) -> bytes:
         got = self._cache.get(i)
@@ -203,44 +239,20 @@ class EncryptedFile(io.RawIOBase):
             return got
         if self._failure is not None:
             raise SecurityError(self._failure)
-        plain_len = self._plain_len(i)
-        sealed = self._read_exact(HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES), plain_len + TAG_BYTES)
-        from cryptography.exceptions import InvalidTag
-
-        try:
-            plain = self._aead.decrypt(i.to_bytes(12, "big"), sealed, _aad(self.header, self.identity, i))
-        except InvalidTag:
-            raise self._fail(f"chunk {i} of {self.n_chunks} fails authentication: the file was modified, its "
-                             "chunks reordered or mixed with another file's, or it was renamed from "
-                             f"another name than {self.identity.decode(errors='replace')!r}") from None
-        self._cache[i] = plain
-        while len(self._cache) > self._cache_chunks:
-            self._cache.popitem(last=False)
-        return plain
+        return self._open_chunk(i, self._read_sealed(i, i))
 
     def _plain_len(self, i: int) -> int:
         return min(self.chunk_bytes, self.size - i * self.chunk_bytes)
 
-    def _decrypt_into(self, i: int, dest: memoryview) -> bool:
+    def _decrypt_into(self, i: int, sealed: memoryview, dest: memoryview) -> bool:
         """Decrypt chunk i straight into ``dest`` (exactly its length), saving the copy and the
-        allocation of the cached path: the ciphertext goes into one reused buffer, the plaintext
-        into the caller's. If the tag fails, ``dest`` is zeroed before raising, so no
-        unauthenticated byte stays behind. False when this cryptography build cannot (older
+        allocation of the cached path. If the tag fails, ``dest`` is zeroed before raising, so
+        no unauthenticated byte stays behind. False when this cryptography build cannot (older
         versions want 15 spare bytes after the output)."""
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
         n = len(dest)
-        if self._scratch is None or len(self._scratch) < n + TAG_BYTES:
-            self._scratch = bytearray(self.chunk_bytes + TAG_BYTES)
-        sealed = memoryview(self._scratch)[:n + TAG_BYTES]
-        # positioned reads: no shared file offset for a forked child or another thread to move
-        start, got = HEADER_BYTES + i * (self.chunk_bytes + TAG_BYTES), 0
-        while got < len(sealed):
-            k = os.preadv(self._f.fileno(), [sealed[got:]], start + got)
-            if not k:
-                break
-            got += k
         dec = Cipher(algorithms.AES(self._fk), modes.GCM(i.to_bytes(12, "big"), bytes(sealed[n:]))).decryptor()
         dec.authenticate_additional_data(_aad(self.header, self.identity, i))
         try:
@@ -252,28 +264,71 @@ class EncryptedFile(io.RawIOBase):
             dec.finalize()
         except InvalidTag:
             dest[:] = bytes(n)
-            raise self._fail(f"chunk {i} of {self.n_chunks} fails authentication: the file was modified, its "
-                             "chunks reordered or mixed with another file's, or it was renamed from another name "
-                             f"than {self.identity.decode(errors='replace')!r}") from None
+            raise self._bad_chunk(i) from None
         return True
 
     def readinto(self, b) -> int:
         out = memoryview(b).cast("B")
         want = min(len(out), max(0, self.size - self._pos))
-        done = 0
-        while done < want:
-            i, off = divmod(self._pos + done, self.chunk_bytes)
-            plain_len = self._plain_len(i)
-            if (off == 0 and want - done >= plain_len and self._direct and i not in self._cache
-                    and self._failure is None and self._decrypt_into(i, out[done:done + plain_len])):
-                done += plain_len
-                continue
-            chunk = self._chunk(i)
-            k = min(want - done, len(chunk) - off)
-            out[done:done + k] = chunk[off:off + k]
-            done += k
-        self._pos += done
-        return done
+        self.pread_into(self._pos, out[:want])
+        self._pos += want
+        return want
+
+    def pread_into(self, offset: int, dest) -> None:
+        """Fill ``dest`` with the plaintext at ``offset`` (positional: the file position does
+        not move). The range must lie inside the file. See :meth:`pread_ranges`."""
+        self.pread_ranges([(offset, dest)])
+
+    def pread_ranges(self, pieces) -> None:
+        """Fill each ``(offset, dest)`` of ``pieces`` with the plaintext at that offset.
+
+        The sealed chunks are read in windows of up to ``READ_CHUNKS`` (one read per window,
+        windows shared by neighbouring pieces); whole chunks inside a piece are decrypted
+        straight into it, only partial chunks at its ends pass through the cache. Serialised
+        by a lock: the cache is shared."""
+        views = []
+        for offset, dest in pieces:
+            out = memoryview(dest).cast("B")
+            if offset < 0 or offset + len(out) > self.size:
+                raise ValueError(f"read of {len(out)} bytes at {offset} is outside the {self.size}-byte plaintext "
+                                 f"of {str(self.path)!r}")
+            if len(out):
+                views.append((offset, out))
+        views.sort(key=lambda p: p[0])
+        cb = self.chunk_bytes
+        # the last chunk of the run of touching pieces each piece belongs to: a window never
+        # reads the gap between two pieces that share no chunk
+        run_end = [0] * len(views)
+        for k in range(len(views) - 1, -1, -1):
+            off, out = views[k]
+            run_end[k] = (off + len(out) - 1) // cb
+            if k + 1 < len(views) and views[k + 1][0] // cb <= run_end[k] + 1:
+                run_end[k] = max(run_end[k], run_end[k + 1])
+        with self._lock:
+            if self._failure is not None:
+                raise SecurityError(self._failure)
+            window, first, last = None, -1, -2
+            for k, (offset, out) in enumerate(views):
+                done, want = 0, len(out)
+                while done < want:
+                    i, off = divmod(offset + done, cb)
+                    plain_len = self._plain_len(i)
+                    whole = off == 0 and want - done >= plain_len
+                    cached = self._cache.get(i)
+                    if cached is None and not first <= i <= last:
+                        first, last = i, min(i + READ_CHUNKS - 1, run_end[k])
+                        window = self._read_sealed(first, last)
+                    if (whole and cached is None and self._direct
+                            and self._decrypt_into(i, self._sealed_of(window, first, i), out[done:done + plain_len])):
+                        done += plain_len
+                        continue
+                    if cached is None:
+                        cached = self._open_chunk(i, self._sealed_of(window, first, i))
+                    else:
+                        self._cache.move_to_end(i)
+                    n = min(want - done, len(cached) - off)
+                    out[done:done + n] = cached[off:off + n]
+                    done += n
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
