@@ -144,6 +144,24 @@ def test_flag_handler_only_sets_the_flag():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_after_the_work_a_repeated_preemption_signal_does_not_kill_but_sigterm_does():
+    code = ("import os, signal, time\n"
+            "from hpctrain.slurm.requeue import PreemptionFlag\n"
+            "f = PreemptionFlag().install()\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "f.uninstall(keep_preemption_signal=True)\n"
+            "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "time.sleep(0.2)\n"
+            "print('alive after the second USR2', flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n"
+            "print('still alive')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "alive after the second USR2" in p.stdout, p.stderr
+    assert p.returncode == -signal.SIGTERM and "still alive" not in p.stdout
+
+
 def test_second_sigterm_is_not_swallowed():
     code = ("import os, signal, time\n"
             "from hpctrain.slurm.requeue import PreemptionFlag\n"

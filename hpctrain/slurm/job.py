@@ -119,10 +119,16 @@ class RunJob:
         if facts.executor == "local":
             _redirect_local_logs(run_dir, facts.rank)
         flag = PreemptionFlag(self.policy.signal).install()
+        try:
+            return self._run(run_dir, facts, flag)
+        finally:
+            flag.uninstall()  # all default again for whoever called this (also a library call)
+
+    def _run(self, run_dir: Path, facts: JobFacts, flag: PreemptionFlag) -> str:
         started = time.monotonic()
         if RunDir(run_dir).is_completed():
             # the double-requeue case: the work is done, touch nothing and leave at once
-            flag.uninstall()
+            flag.uninstall(keep_preemption_signal=True)
             if facts.is_root:
                 journal.record(run_dir, "already_completed", job_id=facts.job_id, restart_count=facts.restart_count)
             print(f"hpctrain: run {run_dir} already completed; exiting without running again", flush=True)
@@ -140,15 +146,16 @@ class RunJob:
         try:
             outcome = self.task(run_dir, stop)
         except BaseException as e:
-            flag.uninstall()
+            flag.uninstall(keep_preemption_signal=True)
             if not isinstance(e, (SystemExit, KeyboardInterrupt)):
                 permanent = is_permanent(e)
                 journal.record(run_dir, "failed", job_id=facts.job_id, rank=facts.rank, permanent=permanent,
                                message=f"{type(e).__name__}: {e}"[:2000])
                 traceback.print_exc()
             raise
-        # the work is over: from here a SIGTERM must kill, not be swallowed
-        flag.uninstall()
+        # the work is over: from here a SIGTERM must kill, not be swallowed; a repeated
+        # preemption signal must not (its default action would end the step before the requeue)
+        flag.uninstall(keep_preemption_signal=True)
         if outcome == "completed":
             if facts.is_root:
                 journal.record(run_dir, "completed", job_id=facts.job_id)

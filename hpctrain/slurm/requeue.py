@@ -62,11 +62,19 @@ class PreemptionFlag:
             self._old[s] = signal.signal(s, self._handler)
         return self
 
-    def uninstall(self) -> None:
-        """Back to the default actions (not submitit's, which bypass SIGTERM)."""
+    def uninstall(self, *, keep_preemption_signal: bool = False) -> None:
+        """Back to the default actions (not submitit's, which bypass SIGTERM).
+
+        ``keep_preemption_signal``: SIGTERM kills again, but the preemption signal stays caught
+        (a repeat only sets the flag again). For the rest of a job step after its work has
+        stopped: there the default action of USR2 (terminate) would kill the step before it
+        records and starts the next attempt, and a second USR2 does come (seen in CI: exit 140
+        between 'stop requested' and the requeue record)."""
         for s in list(self._old):
+            if keep_preemption_signal and s == self._signum:
+                continue
             signal.signal(s, signal.SIG_DFL)
-        self._old.clear()
+            del self._old[s]
 
     def _handler(self, signum: int, frame) -> None:  # noqa: ARG002
         if signum == signal.SIGTERM and self.received == signal.SIGTERM:
