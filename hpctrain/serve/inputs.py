@@ -59,12 +59,32 @@ def parse_body(body: bytes, schema: Schema) -> np.ndarray:
     return to_rows(rows, schema)
 
 
+_NUMBER_OR_NULL = frozenset({float, int, type(None)})
+
+
+def _flat_rows(rows: list, per: int) -> np.ndarray | None:
+    """The common case, fast: every sample a flat list of ``per`` JSON numbers or nulls, as
+    float64 (null -> NaN). None when anything else is there, for :func:`to_rows`' checks that
+    name the problem. At one sample per request this was most of the parsing cost (about
+    40 us of 70 us for the demo's 64 features)."""
+    for r in rows:
+        if type(r) is not list or len(r) != per or not _NUMBER_OR_NULL.issuperset(map(type, r)):
+            return None
+    try:
+        return np.array(rows, dtype=np.float64)
+    except (OverflowError, ValueError):  # an integer beyond any float: the slow path reports it
+        return None
+
+
 def to_rows(rows: list, schema: Schema) -> np.ndarray:
+    per = schema.n_features
+    x = _flat_rows(rows, per)
+    if x is not None:
+        return _checked(x.reshape((len(x), *schema.sample_shape)), schema)
     try:
         a = np.array(rows, dtype=object)
     except ValueError:
         a = None
-    per = schema.n_features
     if a is None or a.dtype != object or any(isinstance(v, list) for v in a.flat):
         raise RequestError(422, f"the samples are ragged (lists of different lengths); each sample must hold "
                                 f"{per} values (flat, or nested as {list(schema.sample_shape)})")
@@ -81,12 +101,16 @@ def to_rows(rows: list, schema: Schema) -> np.ndarray:
         x = np.array(a.tolist(), dtype=np.float64)
     except OverflowError:
         x = np.full(shape, np.inf)  # an integer beyond any float: reported below as out of range
-    x = x.reshape((len(x), *schema.sample_shape))
+    return _checked(x.reshape((len(x), *schema.sample_shape)), schema)
+
+
+def _checked(x: np.ndarray, schema: Schema) -> np.ndarray:
+    """float64 rows with NaN for missing values -> float32, after the missing and range checks."""
     missing = np.isnan(x)
     if missing.any() and not schema.missing_ok:
         raise RequestError(422, f"{int(missing.sum())} value(s) are missing (null/NaN) and this model has no "
                                 "imputer; send complete samples, or train with imputation.imputer set")
-    if np.any(np.abs(x[~missing]) > F32_MAX):
+    if (np.abs(x) > F32_MAX).any():  # NaN compares False: missing values pass
         raise RequestError(422, "some values are infinite or beyond the float32 range (|x| > 3.4e38); send "
                                 "finite values scaled as the training data was")
     return x.astype(np.float32)
